@@ -1,0 +1,1 @@
+"""payphone-ai: the talking payphone app."""

@@ -1,0 +1,5 @@
+"""`python -m payphone`."""
+
+from payphone.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (`python -m payphone bench NAME`), never pass/fail."""

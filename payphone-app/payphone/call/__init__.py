@@ -1,0 +1,1 @@
+"""The call loop: states, timers, persona switching, barge-in (pure asyncio)."""

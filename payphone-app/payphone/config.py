@@ -1,0 +1,215 @@
+"""Every knob of the payphone, typed and bounded, in one place.
+
+Precedence, lowest first: defaults < TOML file < `.env` < environment (`PAYPHONE_` prefix, nested
+groups joined with `__`, e.g. `PAYPHONE_VAD__AGGRESSIVENESS=2`). A bad value is reported by
+`payphone.settings_errors` naming the setting the way the user wrote it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "PAYPHONE_"
+ENV_NESTED_DELIMITER = "__"
+DEFAULT_CONFIG_FILE = Path("/etc/payphone/payphone.toml")
+DEFAULT_ENV_FILE = Path(".env")
+
+BcmPin = Annotated[int, Field(ge=0, le=27, description="BCM GPIO number")]
+DeviceSelector = Annotated[
+    str | int | None,
+    Field(description="name substring (USB cards change index) or index; empty = system default"),
+]
+
+
+class Group(BaseModel):
+    """A settings group: unknown keys are errors, so a typo never silently does nothing."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class AudioSettings(Group):
+    input_device: DeviceSelector = None
+    output_device: DeviceSelector = None
+    device_rate: Literal[8000, 16000, 22050, 32000, 44100, 48000] = 48000
+    buffer_ms: Annotated[int, Field(ge=5, le=200)] = 20
+    retry_max_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+
+
+class HookSettings(Group):
+    pin: BcmPin = 17
+    switch: Literal["normally_open", "normally_closed"] = "normally_open"
+    pull_up: bool = True
+    debounce_ms: Annotated[int, Field(ge=1, le=1000)] = 50
+
+
+class KeypadSettings(Group):
+    source: Literal["matrix", "mt8870", "inband", "none"] = "inband"
+    layout: Literal["4x3", "4x4"] = "4x3"
+    row_pins: list[BcmPin] = Field(default_factory=lambda: [5, 6, 13, 19])
+    column_pins: list[BcmPin] = Field(default_factory=lambda: [12, 16, 20])
+    mt8870_pins: list[BcmPin] = Field(
+        default_factory=lambda: [22, 23, 24, 25], description="Q1..Q4"
+    )
+    mt8870_std_pin: BcmPin = 27
+    debounce_ms: Annotated[int, Field(ge=1, le=500)] = 30
+    scan_interval_ms: Annotated[int, Field(ge=1, le=100)] = 5
+
+
+class VadSettings(Group):
+    aggressiveness: Annotated[int, Field(ge=0, le=3)] = 2
+    frame_ms: Literal[10, 20, 30] = 30
+    sample_rate: Literal[8000, 16000, 32000, 48000] = 16000
+    start_voiced_frames: Annotated[int, Field(ge=1, le=50)] = 4
+    start_window_frames: Annotated[int, Field(ge=1, le=50)] = 6
+    hangover_ms: Annotated[int, Field(ge=90, le=5000)] = 600
+    preroll_ms: Annotated[int, Field(ge=300, le=2000)] = 300
+    min_utterance_ms: Annotated[int, Field(ge=0, le=5000)] = 200
+    max_utterance_s: Annotated[float, Field(ge=1, le=60)] = 15.0
+    barge_in: bool = False
+
+
+class SttSettings(Group):
+    model: Annotated[str, Field(min_length=1)] = "tiny.en"
+    compute_type: Literal["int8", "int8_float32", "float32"] = "int8"
+    cpu_threads: Annotated[int, Field(ge=0, le=64)] = 0
+    language: Annotated[str, Field(pattern=r"^[a-z]{2}$")] = "en"
+    beam_size: Annotated[int, Field(ge=1, le=10)] = 1
+    window: Literal["utterance", "full"] = "utterance"
+    no_speech_threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
+
+
+class TtsSettings(Group):
+    voice: Annotated[str, Field(min_length=1)] = "en_US-joe-medium"
+    telephone_filter: bool = True
+    target_dbfs: Annotated[float, Field(ge=-40, le=-3)] = -18.0
+
+
+class LlmSettings(Group):
+    backend: Literal["embedded", "ollama"] = "embedded"
+    gguf: Annotated[str, Field(min_length=1)] = "SmolLM2-135M-Instruct"
+    ollama_host: AnyHttpUrl = AnyHttpUrl("http://10.10.10.11:11434")
+    ollama_model: Annotated[str, Field(min_length=1)] = "payphone-persona"
+    keep_alive: str = "-1"
+    prompt_style: Literal["tag", "full"] = "full"
+    connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
+    first_token_timeout_s: Annotated[float, Field(gt=0, le=120)] = 8.0
+    token_timeout_s: Annotated[float, Field(gt=0, le=60)] = 4.0
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
+    num_predict: Annotated[int, Field(ge=8, le=1024)] = 96
+    num_ctx: Annotated[int, Field(ge=256, le=32768)] = 2048
+    n_threads: Annotated[int, Field(ge=0, le=64)] = 0
+    history_tokens: Annotated[int, Field(ge=64, le=16384)] = 1024
+    max_reply_words: Annotated[int, Field(ge=5, le=300)] = 60
+    blocklist: list[str] = Field(default_factory=list)
+
+
+class CallSettings(Group):
+    inter_digit_timeout_s: Annotated[float, Field(gt=0, le=30)] = 3.0
+    idle_prompt_s: Annotated[float, Field(gt=0, le=600)] = 15.0
+    idle_goodbye_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    max_call_s: Annotated[float, Field(gt=0, le=7200)] = 600.0
+    filler_after_s: Annotated[float, Field(gt=0, le=10)] = 1.2
+    default_persona_key: Annotated[str, Field(pattern=r"^[0-9A-D]$")] = "0"
+
+
+class PersonaSettings(Group):
+    user_dir: Path | None = None
+
+
+class ModelSettings(Group):
+    dir: Path = Field(
+        default_factory=lambda: (
+            Path(os.environ.get("STATE_DIRECTORY") or Path.home() / ".cache" / "payphone")
+            / "models"
+        )
+    )
+    hub_url: AnyHttpUrl = AnyHttpUrl("https://huggingface.co")
+    allow_download: bool = False
+
+
+class LoggingSettings(Group):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+_toml_file: ContextVar[Path | None] = ContextVar("payphone_toml_file", default=None)
+
+
+class Settings(BaseSettings):
+    """The whole configuration; build it with `load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        env_file=DEFAULT_ENV_FILE,
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    audio: AudioSettings = Field(default_factory=AudioSettings)
+    hook: HookSettings = Field(default_factory=HookSettings)
+    keypad: KeypadSettings = Field(default_factory=KeypadSettings)
+    vad: VadSettings = Field(default_factory=VadSettings)
+    stt: SttSettings = Field(default_factory=SttSettings)
+    tts: TtsSettings = Field(default_factory=TtsSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
+    call: CallSettings = Field(default_factory=CallSettings)
+    personas: PersonaSettings = Field(default_factory=PersonaSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # first wins: explicit arguments, environment, .env, TOML file, defaults
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        toml_file = _toml_file.get()
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def config_file_in_use(explicit: Path | None) -> Path | None:
+    """The TOML file to read: `--config`, else $PAYPHONE_CONFIG, else /etc/payphone if present."""
+    if explicit is not None:
+        return explicit
+    from_env = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if from_env:
+        return Path(from_env)
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_settings(config_file: Path | None = None, env_file: Path | None = None) -> Settings:
+    """Read settings from every source; raises `SettingsError` with readable problems."""
+    from payphone.settings_errors import SettingsError, explain
+
+    toml_path = config_file_in_use(config_file)
+    env_path = env_file if env_file is not None else DEFAULT_ENV_FILE
+    if toml_path is not None and not toml_path.is_file():
+        raise SettingsError([f"config file {toml_path}: not found"])
+    token = _toml_file.set(toml_path)
+    try:
+        return Settings(_env_file=env_path)
+    except Exception as exc:
+        raise explain(exc, toml_path, env_path) from exc
+    finally:
+        _toml_file.reset(token)

@@ -1,0 +1,1 @@
+"""Chat backends (Ollama on Pi #2, embedded llama.cpp), history, fallbacks."""

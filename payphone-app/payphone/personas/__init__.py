@@ -1,0 +1,1 @@
+"""Persona files (TOML) shipped with the app, and their loader."""

@@ -1,0 +1,1 @@
+"""The simulated payphone: scripted calls, WAV in/out, latency report."""

@@ -1,0 +1,63 @@
+"""The command line as a user meets it: help, config, and exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, run_module
+
+SUBCOMMANDS = ("run", "simulate", "doctor", "personas", "bench", "dtmf", "config", "stats")
+
+
+def test_payphone_help_lists_every_subcommand() -> None:
+    result = run_module("payphone", "--help")
+    assert result.returncode == 0, result.stderr
+    for name in SUBCOMMANDS:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_subcommand_help(name: str) -> None:
+    result = run_module("payphone", name, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+
+
+def test_training_help_from_the_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    result = run_module("training", "--help")
+    assert result.returncode == 0, result.stderr
+    for stage in ("data", "train", "export", "modelfile", "eval"):
+        assert stage in result.stdout
+
+
+def test_config_prints_effective_settings() -> None:
+    result = run_module("payphone", "config", env={"PAYPHONE_VAD__AGGRESSIVENESS": "3"})
+    assert result.returncode == 0, result.stderr
+    assert "settings valid" in result.stdout
+    assert "aggressiveness = 3" in result.stdout
+
+
+def test_bad_setting_exits_2_with_one_line_and_no_traceback() -> None:
+    result = run_module("payphone", "config", env={"PAYPHONE_VAD__AGGRESSIVENESS": "7"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "PAYPHONE_VAD__AGGRESSIVENESS" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_config_option_reads_a_toml_file(tmp_path: Path) -> None:
+    toml = tmp_path / "p.toml"
+    toml.write_text("[hook]\npin = 40\n", encoding="utf-8")
+    result = run_module("payphone", "--config", str(toml), "config")
+    assert result.returncode == 2
+    assert "[hook] pin" in result.stderr
+
+
+def test_unbuilt_subcommand_fails_clearly() -> None:
+    result = run_module("payphone", "stats")
+    assert result.returncode == 1
+    assert "not built yet" in result.stderr

@@ -1,0 +1,138 @@
+"""The model resolver: explicit paths, the real demo packages, downloads from a local server."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from payphone.config import load_settings
+from payphone.download import DownloadError
+from payphone.models import (
+    ModelNotFound,
+    demo_package_path,
+    resolve_all,
+    resolve_gguf,
+    resolve_voice,
+    resolve_whisper,
+)
+
+
+def test_demo_packages_resolve_to_real_model_files() -> None:
+    settings = load_settings()
+    whisper = resolve_whisper(settings)
+    assert (whisper / "model.bin").stat().st_size > 10_000_000
+    voice = resolve_voice(settings)
+    assert voice.suffix == ".onnx"
+    assert voice.with_suffix(".onnx.json").is_file()
+    gguf = resolve_gguf(settings)
+    assert gguf.read_bytes()[:4] == b"GGUF"
+
+
+def test_explicit_path_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = resolve_voice(load_settings())
+    copy = tmp_path / "mine" / "voice.onnx"
+    copy.parent.mkdir()
+    shutil.copy(source, copy)
+    shutil.copy(source.with_suffix(".onnx.json"), copy.with_suffix(".onnx.json"))
+    monkeypatch.setenv("PAYPHONE_TTS__VOICE", str(copy))
+    assert resolve_voice(load_settings()) == copy
+
+
+def test_missing_path_names_setting_and_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PAYPHONE_LLM__GGUF", str(tmp_path / "gone.gguf"))
+    with pytest.raises(ModelNotFound, match=r"llm\.gguf \(PAYPHONE_LLM__GGUF\).*gone\.gguf"):
+        resolve_gguf(load_settings())
+
+
+def test_unknown_name_says_which_command_fixes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYPHONE_STT__MODEL", "small.en")
+    with pytest.raises(ModelNotFound) as info:
+        resolve_whisper(load_settings())
+    message = str(info.value)
+    assert "stt.model (PAYPHONE_STT__MODEL) = 'small.en'" in message
+    assert "python -m payphone models --download" in message
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A local HTTP server laid out like the model hub, serving copies of the demo files."""
+    root = tmp_path / "hub"
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_download_whisper_and_voice_from_the_hub(
+    hub: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    url, root = hub
+    demo = load_settings()
+    whisper_src = resolve_whisper(demo)
+    voice_src = resolve_voice(demo)
+    repo = root / "Systran" / "faster-whisper-base.en" / "resolve" / "main"
+    repo.mkdir(parents=True)
+    for name in ("config.json", "model.bin", "tokenizer.json", "vocabulary.txt"):
+        shutil.copy(whisper_src / name, repo / name)
+    voices = root / "rhasspy/piper-voices/resolve/main/en/en_US/joe/low"
+    voices.mkdir(parents=True)
+    shutil.copy(voice_src, voices / "en_US-joe-low.onnx")
+    shutil.copy(voice_src.with_suffix(".onnx.json"), voices / "en_US-joe-low.onnx.json")
+
+    monkeypatch.setenv("PAYPHONE_MODELS__HUB_URL", url)
+    monkeypatch.setenv("PAYPHONE_STT__MODEL", "base.en")
+    monkeypatch.setenv("PAYPHONE_TTS__VOICE", "en_US-joe-low")
+    settings = load_settings()
+    with pytest.raises(ModelNotFound):
+        resolve_whisper(settings)  # downloads are off unless asked for
+    got = resolve_whisper(settings, download=True)
+    assert got == settings.models.dir / "whisper" / "base.en"
+    assert (got / "model.bin").read_bytes() == (whisper_src / "model.bin").read_bytes()
+    assert resolve_whisper(settings) == got  # found in the cache next time, no download
+    voice = resolve_voice(settings, download=True)
+    assert voice.read_bytes() == voice_src.read_bytes()
+
+
+def test_failed_download_leaves_nothing_behind(
+    hub: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = hub
+    monkeypatch.setenv("PAYPHONE_MODELS__HUB_URL", url)
+    monkeypatch.setenv("PAYPHONE_LLM__GGUF", "hf:someone/repo/model.gguf")
+    settings = load_settings()
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        resolve_gguf(settings, download=True)
+    assert not [p for p in (settings.models.dir / "gguf").rglob("*") if p.is_file()]
+
+
+def test_resolve_all_collects_every_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYPHONE_STT__MODEL", "/nowhere/whisper")
+    monkeypatch.setenv("PAYPHONE_TTS__VOICE", "/nowhere/voice.onnx")
+    results = resolve_all(load_settings(), voices=[])
+    errors = [r.error for r in results if r.error]
+    assert len(errors) == 2
+    assert any("stt.model" in e for e in errors)
+    assert any("tts.voice" in e for e in errors)
+    assert next(r.path for r in results if r.setting.key == "llm.gguf") is not None
+
+
+def test_demo_package_lookup_does_not_need_the_package() -> None:
+    assert demo_package_path("no_such_package_here", "x") is None

@@ -1,0 +1,1 @@
+"""python -m training: persona data -> LoRA fine-tune -> GGUF -> Modelfile -> eval."""
