@@ -39,9 +39,31 @@ def everything(ctx: typer.Context, out: OutOption = DEFAULT_OUT) -> None:
 
 
 @app.command()
-def data(out: OutOption = DEFAULT_OUT) -> None:
+def data(
+    out: OutOption = DEFAULT_OUT,
+    seed: Annotated[int, typer.Option(help="Seed for the STT-style augmentation.")] = 0,
+    copies: Annotated[int, typer.Option(help="Augmented copies of each training conversation.")] = 1,
+    eval_share: Annotated[float, typer.Option(help="Share of conversations held out.")] = 0.1,
+) -> None:
     """Validate the authored conversations, augment user turns, split train/eval."""
-    not_built("data")
+    from training.augment import augment
+    from training.dataset import DataValidationError, load_dir, write_jsonl
+    from training.split import split
+
+    try:
+        conversations = load_dir()
+    except DataValidationError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(1) from exc
+    parts = split(conversations, eval_share=eval_share)
+    train = [*parts.train, *augment(parts.train, seed=seed, copies=copies)]
+    n_train = write_jsonl(train, out / "data" / "train.jsonl")
+    n_eval = write_jsonl(parts.eval, out / "data" / "eval.jsonl")
+    err.print(
+        f"data: {len(conversations)} conversations valid; train {n_train} "
+        f"({len(parts.train)} + {n_train - len(parts.train)} STT copies), eval {n_eval} "
+        f"{parts.eval_counts()}"
+    )
 
 
 @app.command()

@@ -1,0 +1,400 @@
+"""The authored persona data: it validates, bad data is caught at file:line, augmentation and the
+train/eval split are deterministic and stable."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from training.augment import augment, augment_conversation, stt_rewrite
+from training.dataset import (
+    DATA_DIR,
+    MAX_WORDS,
+    MIN_WORDS,
+    PERSONAS,
+    Conversation,
+    DataValidationError,
+    display_path,
+    find_phone_numbers,
+    load,
+    load_dir,
+    near_duplicates,
+    word_count,
+    write_jsonl,
+)
+from training.split import bucket, is_eval, split
+
+
+@pytest.fixture(scope="module")
+def shipped() -> list[Conversation]:
+    return load_dir()
+
+
+# --- the shipped data -----------------------------------------------------------------------
+
+
+def test_shipped_data_validates_with_enough_conversations_per_persona(
+    shipped: list[Conversation],
+) -> None:
+    for slug, persona in PERSONAS.items():
+        mine = [c for c in shipped if c.persona == slug]
+        assert len(mine) >= 60, slug
+        assert {c.system for c in mine} == {persona.tag}
+        assert all(c.source == f"training/data/{slug}.jsonl" for c in mine)
+    replies = [m["content"] for c in shipped for m in c.messages if m["role"] == "assistant"]
+    assert all(MIN_WORDS <= word_count(r) <= MAX_WORDS for r in replies)
+
+
+def test_shipped_data_has_no_near_duplicates(shipped: list[Conversation]) -> None:
+    assert near_duplicates(shipped, threshold=0.4) == []
+
+
+def _users(convs: list[Conversation]) -> list[str]:
+    return [m["content"] for c in convs for m in c.messages if m["role"] == "user"]
+
+
+@pytest.mark.parametrize("slug", list(PERSONAS))
+def test_each_persona_covers_the_required_situations(
+    shipped: list[Conversation], slug: str
+) -> None:
+    mine = [c for c in shipped if c.persona == slug]
+    users = " | ".join(_users(mine)).lower()
+    replies = " | ".join(m["content"] for c in mine for m in c.messages if m["role"] == "assistant")
+    assert re.search(r"ignore (all )?(your )?previous|ignore your instructions", users)
+    assert "system prompt" in users
+    assert re.search(r"\b(ai|robot)\b", users)
+    assert re.search(r"weather|rain today", users)
+    assert re.search(r"\b(bye|goodbye|goodnight)\b", users)
+    assert re.search(r"[Pp]ress (1|2|3|star|the star|the little star|the STAR)", replies)
+    assert re.search(
+        r"\b(don't|do not|couldn't|cannot|can't) (know|tell|say)|no idea|not a clue|"
+        r"NOT FOUND|NOT COMPUTABLE|ZERO headlines|UNKNOWN",
+        replies,
+    )
+    # callers whose words look like phone STT output: lower case, no punctuation at all
+    assert sum(1 for u in _users(mine) if re.fullmatch(r"[a-z0-9' ]+", u)) >= 3
+
+
+# --- validation errors ----------------------------------------------------------------------
+
+SYSTEM = {"role": "system", "content": "persona: Operator"}
+GOOD_REPLY = "Operator, how may I direct your call? Press 1 for Detective Jones, dear."
+
+
+def record(conv_id: str = "operator-900", **overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": conv_id,
+        "persona": "operator",
+        "messages": [
+            SYSTEM,
+            {"role": "user", "content": "Hello?"},
+            {"role": "assistant", "content": GOOD_REPLY},
+        ],
+    }
+    base.update(overrides)
+    return base
+
+
+def with_turns(*turns: tuple[str, str], system: dict[str, str] = SYSTEM) -> dict[str, Any]:
+    return record(messages=[system, *({"role": r, "content": c} for r, c in turns)])
+
+
+def reply(text: str) -> dict[str, Any]:
+    """A one-exchange record whose assistant reply is `text`."""
+    return with_turns(("user", "Hi"), ("assistant", text))
+
+
+def write_lines(path: Path, lines: list[Any]) -> Path:
+    path.write_text(
+        "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines),
+        encoding="utf-8",
+    )
+    return path
+
+
+def errors_of(*paths: Path) -> list[str]:
+    with pytest.raises(DataValidationError) as caught:
+        load(paths)
+    return [str(e) for e in caught.value.errors]
+
+
+LONG = " ".join(["word"] * 62)
+BAD_LINES: list[tuple[str, Any, str]] = [
+    ("invalid JSON", '{"id": "operator-900", "persona": ', "invalid JSON"),
+    ("not an object", [1, 2], "line must be a JSON object"),
+    ("missing field", {"id": "operator-900", "persona": "operator"}, "missing field(s): messages"),
+    ("unknown field", record(extra=1), "unknown field(s): extra"),
+    ("bad id", record("Operator 1"), "id 'Operator 1' must be lower-case"),
+    ("unknown persona", record(persona="pirate"), "unknown persona 'pirate'"),
+    ("persona in wrong file", record(persona="grandma_mae"), "does not belong in operator.jsonl"),
+    (
+        "wrong tag",
+        with_turns(
+            ("user", "Hi"), ("assistant", GOOD_REPLY), system={"role": "system", "content": "x"}
+        ),
+        "system tag 'x' does not match persona 'operator'",
+    ),
+    (
+        "system not first",
+        record(messages=with_turns(("user", "Hi"), ("assistant", GOOD_REPLY))["messages"][1:]),
+        "first message must be the system persona tag",
+    ),
+    (
+        "two users in a row",
+        with_turns(("user", "Hi"), ("user", "Hello?"), ("assistant", GOOD_REPLY)),
+        "message 2 has role 'user', expected 'assistant'",
+    ),
+    ("ends with user", with_turns(("user", "Hi")), "must end with an assistant reply"),
+    (
+        "too many exchanges",
+        with_turns(*[("user", "Hi"), ("assistant", GOOD_REPLY)] * 5),
+        "conversation has 5 exchanges (allowed 1-4)",
+    ),
+    (
+        "empty content",
+        with_turns(("user", " "), ("assistant", GOOD_REPLY)),
+        "message 1 (user) has empty or non-string content",
+    ),
+    (
+        "reply too long",
+        reply(LONG),
+        "assistant reply has 62 words (allowed 10-50) in message 2",
+    ),
+    (
+        "reply too short",
+        reply("Operator speaking."),
+        "assistant reply has 2 words (allowed 10-50)",
+    ),
+    (
+        "markdown",
+        reply("**Operator** here, how may I direct your call today, dear?"),
+        "markdown, a list or a stage direction ('*')",
+    ),
+    (
+        "stage direction",
+        reply("Operator here. (smiles warmly) How may I direct your call?"),
+        "markdown, a list or a stage direction ('(')",
+    ),
+    (
+        "emoji",
+        reply("Operator here, how may I direct your call today, dear? 😊"),
+        "assistant reply has an emoji",
+    ),
+    (
+        "invented number in a reply",
+        reply("Operator here, dear. Dial 555-1234 for the bakery, it's lovely."),
+        "invented phone number '555-1234'",
+    ),
+    (
+        "invented number in a user turn",
+        with_turns(("user", "Call (212) 555-0101 for me"), ("assistant", GOOD_REPLY)),
+        "'(212) 555-0101' (only the personas' 555-0100..0103 are allowed) in message 1",
+    ),
+    (
+        "spoken invented number",
+        reply("Dial eight six seven five three oh nine for Jenny, dear, she's lovely."),
+        "invented phone number '8675309'",
+    ),
+    (
+        "street address",
+        reply("Come by 42 Maple Street, dear, the switchboard is upstairs on the left."),
+        "street address '42 Maple Street'",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"), [(b[1], b[2]) for b in BAD_LINES], ids=[b[0] for b in BAD_LINES]
+)
+def test_each_error_names_file_and_line(tmp_path: Path, line: Any, expected: str) -> None:
+    path = write_lines(tmp_path / "operator.jsonl", [record("operator-001"), "", line])
+    errors = errors_of(path)
+    assert any(e.startswith(f"{path}:3: ") and expected in e for e in errors), errors
+    assert not any(f"{path}:1:" in e for e in errors)
+
+
+def test_all_errors_are_collected_into_one_exception(tmp_path: Path) -> None:
+    path = write_lines(
+        tmp_path / "operator.jsonl",
+        [
+            "not json",
+            record("operator-002"),
+            reply(LONG),
+            record("operator-004", persona="comp_u_tron"),
+        ],
+    )
+    with pytest.raises(DataValidationError) as caught:
+        load([path])
+    lines = [str(e).split(": ", 1)[0] for e in caught.value.errors]
+    assert list(dict.fromkeys(lines)) == [f"{path}:1", f"{path}:3", f"{path}:4"]
+    message = str(caught.value)
+    assert message.startswith(f"{len(lines)} errors in the training data:")
+    assert message.count("\n") == len(lines)
+    assert f"{path}:3: assistant reply has 62 words (allowed 10-50) in message 2" in message
+
+
+def test_duplicate_ids_and_conversations_across_files(tmp_path: Path) -> None:
+    first = write_lines(tmp_path / "operator.jsonl", [record("operator-001")])
+    twin = record("operator-002")
+    twin["messages"][2] = {"role": "assistant", "content": GOOD_REPLY.upper().replace(",", "")}
+    second = write_lines(
+        tmp_path / "extra.jsonl",
+        [record("operator-001", messages=reply("Yo there, " + GOOD_REPLY)["messages"]), twin],
+    )
+    errors = errors_of(first, second)
+    assert errors == [
+        f"{second}:1: duplicate id 'operator-001' (first at {first}:1)",
+        f"{second}:2: duplicate conversation (first at {first}:1)",
+    ]
+
+
+def test_missing_persona_file_is_an_error(tmp_path: Path) -> None:
+    write_lines(tmp_path / "operator.jsonl", [record("operator-001")])
+    with pytest.raises(DataValidationError, match=r"grandma_mae.jsonl:0: persona file is missing"):
+        load_dir(tmp_path)
+
+
+def test_repo_files_are_named_relative_to_the_repo() -> None:
+    assert display_path(DATA_DIR / "operator.jsonl") == "training/data/operator.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("Dial 555-0101 or 555-0103, or press 2.", []),
+        ("five five five, zero one zero two", []),
+        ("Call 555-0199.", ["555-0199"]),
+        ("Try (415) 555-0100 instead.", ["(415) 555-0100"]),
+        ("Dial 1-800-555-0134 now", ["1-800-555-0134"]),
+        ("Call 2125550123", ["2125550123"]),
+        ("Nineteen 1947 to 1948, sixty 64 kilobytes, COMP-U-TRON 3000.", []),
+    ],
+)
+def test_phone_number_detector(text: str, found: list[str]) -> None:
+    assert find_phone_numbers(text) == found
+
+
+def test_written_data_loads_back_identically(tmp_path: Path, shipped: list[Conversation]) -> None:
+    path = tmp_path / "all.jsonl"
+    assert write_jsonl(shipped, path) == len(shipped)
+    again = load([path])
+    assert [c.to_record() for c in again] == [c.to_record() for c in shipped]
+    assert not (tmp_path / "all.jsonl.tmp").exists()
+
+
+# --- augmentation ---------------------------------------------------------------------------
+
+
+def test_augmentation_is_deterministic_by_seed(shipped: list[Conversation]) -> None:
+    a = augment(shipped, seed=7)
+    b = augment(shipped, seed=7)
+    c = augment(shipped, seed=8)
+    assert [x.to_record() for x in a] == [x.to_record() for x in b]
+    assert _users(a) != _users(c)
+    assert sum(u1 != u2 for u1, u2 in zip(_users(a), _users(c), strict=True)) > len(_users(a)) // 4
+    # independent of order and of the rest of the data set
+    assert augment_conversation(shipped[5], seed=7) == a[5]
+
+
+def test_only_user_turns_change(shipped: list[Conversation]) -> None:
+    copies = augment(shipped, seed=3, copies=2)
+    assert len(copies) == 2 * len(shipped)
+    assert len({c.id for c in copies} | {c.id for c in shipped}) == 3 * len(shipped)
+    for k, aug in enumerate(copies):
+        orig = shipped[k // 2]
+        assert aug.id == f"{orig.id}-stt{k % 2 + 1}"
+        assert aug.persona == orig.persona
+        assert [m["role"] for m in aug.messages] == [m["role"] for m in orig.messages]
+        for new, old in zip(aug.messages, orig.messages, strict=True):
+            if new["role"] == "user":
+                assert re.fullmatch(r"[a-z0-9' -]+", new["content"]), new["content"]
+            else:
+                assert new == old
+    changed = [
+        (n["content"], o["content"])
+        for aug, orig in zip(copies[::2], shipped, strict=True)
+        for n, o in zip(aug.messages, orig.messages, strict=True)
+        if n["role"] == "user"
+    ]
+    assert sum(n != o for n, o in changed) > 0.9 * len(changed)
+
+
+def test_stt_rewrite_has_the_phone_effects() -> None:
+    import random
+
+    text = "Are you there? I want to know their number for the weather. Press 2 for Grandma Mae!"
+    outs = [stt_rewrite(text, random.Random(i)) for i in range(200)]
+    words = [set(o.split()) for o in outs]
+    assert all(o == o.lower() and not re.search(r"[?.,!]", o) for o in outs)
+    assert any({"they're", "there", "theyre"} & w and "their" not in w for w in words)  # homophone
+    assert any("four" in w for w in words)
+    assert any({"um", "uh", "er", "hmm"} & w for w in words)  # disfluencies
+    assert any(len(o.split()) < len(text.split()) for o in outs)  # dropped words
+    assert any(re.search(r"\b(\w+) \1\b", o) for o in outs)  # repeated words
+    assert any("may" in w for w in words)
+    assert all("2" not in w for w in words)  # keypad digits come out as spoken words
+
+
+def test_augmented_data_still_validates(tmp_path: Path, shipped: list[Conversation]) -> None:
+    path = tmp_path / "augmented.jsonl"
+    write_jsonl(augment(shipped, seed=1), path)
+    assert len(load([path])) == len(shipped)
+
+
+# --- split ----------------------------------------------------------------------------------
+
+
+def test_split_is_disjoint_and_covers_every_persona(shipped: list[Conversation]) -> None:
+    result = split(shipped)
+    train_ids = {c.id for c in result.train}
+    eval_ids = {c.id for c in result.eval}
+    assert not train_ids & eval_ids
+    assert train_ids | eval_ids == {c.id for c in shipped}
+    assert all(n >= 3 for n in result.eval_counts().values()), result.eval_counts()
+    assert result.topped_up == ()  # the shipped data needs no top-up: the split is purely by hash
+    assert 0.05 < len(eval_ids) / len(shipped) < 0.15
+    assert all(is_eval(c.id) for c in result.eval)
+
+
+def test_adding_conversations_never_moves_existing_ones(shipped: list[Conversation]) -> None:
+    before = split(shipped)
+    grown = [*shipped, *(replace(c, id=f"{c.id}-new") for c in shipped)]
+    after = split(grown)
+    before_eval = {c.id for c in before.eval}
+    after_eval = {c.id for c in after.eval}
+    assert {c.id for c in shipped} & after_eval == before_eval
+    assert after_eval - before_eval  # some new ones were held out
+    assert split(list(reversed(shipped))).eval_counts() == before.eval_counts()
+
+
+def test_small_persona_is_topped_up_with_lowest_buckets(shipped: list[Conversation]) -> None:
+    few = [c for c in shipped if c.persona == "grandma_mae" and not is_eval(c.id)][:6]
+    result = split(few, min_eval_per_persona=3)
+    assert len(result.eval) == 3
+    assert set(result.topped_up) == {c.id for c in sorted(few, key=lambda c: bucket(c.id))[:3]}
+
+
+def test_bucket_is_a_fixed_function_of_the_id() -> None:
+    assert bucket("operator-001") == bucket("operator-001")
+    assert 0.0 <= bucket("operator-001") < 1.0
+    assert bucket("operator-001") != bucket("operator-002")
+    with pytest.raises(ValueError, match="eval_share"):
+        split([], eval_share=1.5)
+
+
+def test_data_modules_import_without_torch() -> None:
+    code = (
+        "import sys, training.dataset, training.augment, training.split; "
+        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

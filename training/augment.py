@@ -1,0 +1,148 @@
+"""Rewrite caller turns the way phone speech-to-text hears them.
+
+At run time the model never reads typed text: it reads Whisper's transcript of a caller on a
+narrow-band handset. Training on tidy user turns alone teaches the persona to expect prose it
+will never get, so augmented copies lower-case the caller, drop punctuation, swap homophones,
+lose short words and add "um"s and stutters. Only user turns change; the system tag and every
+assistant reply stay byte-identical, because those are what the model learns to say.
+
+Everything is deterministic by seed: each conversation gets its own `random.Random` seeded from
+(seed, conversation id, copy number), so the result does not depend on order or on the rest of
+the data set.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from training.dataset import Conversation, Message
+
+# Words Whisper swaps for a same-sounding word, both directions where it makes sense.
+_HOMOPHONE_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("their", "there", "they're"),
+    ("to", "too", "two"),
+    ("for", "four"),
+    ("your", "you're"),
+    ("its", "it's"),
+    ("here", "hear"),
+    ("know", "no"),
+    ("right", "write"),
+    ("by", "buy", "bye"),
+    ("one", "won"),
+    ("weather", "whether"),
+    ("hour", "our"),
+    ("new", "knew"),
+    ("would", "wood"),
+    ("wait", "weight"),
+    ("see", "sea"),
+    ("week", "weak"),
+    ("eight", "ate"),
+    ("meet", "meat"),
+    ("through", "threw"),
+    ("dear", "deer"),
+    ("hi", "high"),
+    ("peace", "piece"),
+    ("whole", "hole"),
+    ("mae", "may"),
+    ("then", "than"),
+    ("where", "wear"),
+    ("which", "witch"),
+)
+HOMOPHONES: dict[str, tuple[str, ...]] = {}
+for _group in _HOMOPHONE_GROUPS:
+    for _word in _group:
+        HOMOPHONES[_word] = tuple(w for w in _group if w != _word)
+
+# How keypad words and persona names come out of a phone transcript.
+_RESPELLINGS: dict[str, tuple[str, ...]] = {
+    "comp-u-tron": ("computron", "comp you tron", "comp u tron"),
+    "3000": ("three thousand",),
+    "*": ("star",),
+    "#": ("pound",),
+    "1": ("one", "won"),
+    "2": ("two", "to", "too"),
+    "3": ("three",),
+    "4": ("four", "for"),
+}
+FILLERS: tuple[str, ...] = ("um", "uh", "er", "hmm", "like", "you know", "so", "well")
+# Short words STT loses on a noisy line; content words are kept so the meaning survives.
+DROPPABLE = frozenset({
+    "a", "an", "the", "is", "are", "was", "to", "of", "and", "do", "does", "did", "can",
+    "could", "i", "just", "that", "it", "in", "on", "at", "be",
+})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NoiseProfile:
+    """How often each STT effect happens, per word (or per turn for the opening filler)."""
+
+    homophone: float = 0.5
+    drop: float = 0.08
+    filler: float = 0.06
+    opening_filler: float = 0.35
+    repeat: float = 0.04
+    keep_apostrophe: float = 0.7
+
+
+DEFAULT_NOISE = NoiseProfile()
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case words with inner apostrophes and dashes kept; everything else is dropped."""
+    text = text.lower().replace("’", "'")
+    text = re.sub(r"(?<=\d),(?=\d)", "", text)
+    return re.findall(r"[a-z0-9*#]+(?:['-][a-z0-9]+)*", text)
+
+
+def stt_rewrite(text: str, rng: random.Random, noise: NoiseProfile = DEFAULT_NOISE) -> str:
+    """One caller turn as a phone transcript: lower case, no punctuation, misheard and halting."""
+    out: list[str] = []
+    if rng.random() < noise.opening_filler:
+        out.append(rng.choice(FILLERS[:4]))
+    words = _words(text)
+    for i, word in enumerate(words):
+        if word in _RESPELLINGS:
+            word = rng.choice(_RESPELLINGS[word])
+        elif word in HOMOPHONES and rng.random() < noise.homophone:
+            word = rng.choice(HOMOPHONES[word])
+        if word in DROPPABLE and len(words) > 3 and rng.random() < noise.drop:
+            continue
+        if "'" in word and rng.random() >= noise.keep_apostrophe:
+            word = word.replace("'", "")
+        if rng.random() < noise.repeat:
+            out.append(word)
+        out.append(word)
+        if i < len(words) - 1 and rng.random() < noise.filler:
+            out.append(rng.choice(FILLERS))
+    return " ".join(out) if out else text.lower()
+
+
+def augment_conversation(
+    conv: Conversation, seed: int, copy: int = 1, noise: NoiseProfile = DEFAULT_NOISE
+) -> Conversation:
+    """A copy of `conv` whose user turns read like STT output; id gets `-stt{copy}` appended."""
+    rng = random.Random(f"{seed}:{conv.id}:{copy}")
+    messages = tuple(
+        Message(role="user", content=stt_rewrite(m["content"], rng, noise))
+        if m["role"] == "user"
+        else m
+        for m in conv.messages
+    )
+    return replace(conv, id=f"{conv.id}-stt{copy}", messages=messages)
+
+
+def augment(
+    conversations: Iterable[Conversation],
+    seed: int,
+    copies: int = 1,
+    noise: NoiseProfile = DEFAULT_NOISE,
+) -> list[Conversation]:
+    """`copies` STT-style copies of every conversation (the originals are not included)."""
+    return [
+        augment_conversation(conv, seed, k, noise)
+        for conv in conversations
+        for k in range(1, copies + 1)
+    ]
