@@ -42,7 +42,7 @@ def everything(ctx: typer.Context, out: OutOption = DEFAULT_OUT) -> None:
 def data(
     out: OutOption = DEFAULT_OUT,
     seed: Annotated[int, typer.Option(help="Seed for the STT-style augmentation.")] = 0,
-    copies: Annotated[int, typer.Option(help="Augmented copies of each training conversation.")] = 1,
+    copies: Annotated[int, typer.Option(help="Augmented copies of each conversation.")] = 1,
     eval_share: Annotated[float, typer.Option(help="Share of conversations held out.")] = 0.1,
 ) -> None:
     """Validate the authored conversations, augment user turns, split train/eval."""
