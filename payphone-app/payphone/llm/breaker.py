@@ -1,0 +1,210 @@
+"""A circuit breaker: stop calling a dead Pi #2, probe it in the background, resume on its return.
+
+Closed: calls go to the backend. After `failure_threshold` consecutive failures it opens: calls
+fail at once with `LlmError("circuit_open")` (the caller hears the fallback without waiting for
+timeouts) and a background task probes the backend, with back-off. While a probe runs the state
+is half-open. A probe that succeeds re-primes the model with the last system prompt and closes
+the breaker; calls use the backend again, no restart. `start()` probes once, so the service can
+start without Pi #2: degraded, with the reason logged and shown in `status` for `doctor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
+from payphone.log import get_logger, ms
+
+log = get_logger("payphone.llm.breaker")
+
+CIRCUIT_OPEN = "circuit_open"
+
+Probe = Callable[[], Awaitable[None]]
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+@dataclass(frozen=True)
+class BreakerStatus:
+    """What `doctor` and the logs show: the state, and why it is not closed."""
+
+    state: BreakerState
+    failures: int
+    last_cause: str | None
+    last_detail: str
+    open_since_s: float | None  # seconds the breaker has been open, None when closed
+    probes: int  # probes since it opened
+
+    def explain(self) -> str:
+        """One line for `doctor` and the start-up log."""
+        if self.state is BreakerState.CLOSED:
+            return "LLM backend: up"
+        since = f" for {self.open_since_s:.0f} s" if self.open_since_s is not None else ""
+        return (
+            f"LLM backend: down{since} ({self.last_cause}: {self.last_detail}); callers hear "
+            f"the 'all circuits are busy' line; probing in the background ({self.probes} so far)"
+        )
+
+
+class CircuitBreaker(ChatBackend):
+    """Wraps a backend; `probe` is a cheap health check that raises `LlmError` on failure."""
+
+    def __init__(
+        self,
+        backend: ChatBackend,
+        probe: Probe,
+        *,
+        failure_threshold: int = 3,
+        probe_interval_s: float = 2.0,
+        probe_max_interval_s: float = 30.0,
+        backoff: float = 2.0,
+    ) -> None:
+        self.backend = backend
+        self._probe = probe
+        self.failure_threshold = failure_threshold
+        self.probe_interval_s = probe_interval_s
+        self.probe_max_interval_s = probe_max_interval_s
+        self.backoff = backoff
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._last_cause: str | None = None
+        self._last_detail = ""
+        self._opened_at: float | None = None
+        self._probes = 0
+        self._system_prompt: str | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self._closed_event = asyncio.Event()
+        self._closed_event.set()
+
+    @property
+    def status(self) -> BreakerStatus:
+        return BreakerStatus(
+            state=self._state,
+            failures=self._failures,
+            last_cause=self._last_cause,
+            last_detail=self._last_detail,
+            open_since_s=None if self._opened_at is None else time.monotonic() - self._opened_at,
+            probes=self._probes,
+        )
+
+    @property
+    def state(self) -> BreakerState:
+        return self._state
+
+    async def wait_closed(self) -> None:
+        """Return once the breaker is closed (tests, and start-up code that wants to wait)."""
+        await self._closed_event.wait()
+
+    async def start(self, system_prompt: str | None = None) -> BreakerStatus:
+        """Probe once and warm up; on failure start degraded (open) and keep probing."""
+        if system_prompt is not None:
+            self._system_prompt = system_prompt
+        try:
+            await self._probe()
+            if self._system_prompt is not None:
+                await self.backend.warm_up(self._system_prompt)
+        except LlmError as exc:
+            self._open(exc, reason="start-up")
+        return self.status
+
+    def _check(self) -> None:
+        if self._state is not BreakerState.CLOSED:
+            raise LlmError(
+                CIRCUIT_OPEN, f"backend down ({self._last_cause}: {self._last_detail})"[:300]
+            )
+
+    async def stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[str]:
+        self._check()
+        inner = self.backend.stream(messages, options)
+        answered = False
+        try:
+            async for piece in inner:
+                answered = True
+                yield piece
+        except LlmError as exc:
+            self._record_failure(exc)
+            raise
+        except GeneratorExit:
+            if answered:  # the consumer had enough (e.g. a length cap): the backend works
+                self._failures = 0
+            raise
+        else:
+            self._failures = 0
+        finally:
+            await inner.aclose()  # type: ignore[attr-defined]
+
+    async def warm_up(self, system_prompt: str) -> None:
+        """Remember the prompt (re-primed after recovery) and warm up now unless open."""
+        self._system_prompt = system_prompt
+        if self._state is not BreakerState.CLOSED:
+            return
+        try:
+            await self.backend.warm_up(system_prompt)
+        except LlmError as exc:
+            self._record_failure(exc)
+            raise
+
+    def _record_failure(self, exc: LlmError) -> None:
+        self._failures += 1
+        self._last_cause = exc.cause
+        self._last_detail = exc.detail
+        if self._state is BreakerState.CLOSED and self._failures >= self.failure_threshold:
+            self._open(exc, reason=f"{self._failures} consecutive failures")
+
+    def _open(self, exc: LlmError, reason: str) -> None:
+        self._state = BreakerState.OPEN
+        self._last_cause = exc.cause
+        self._last_detail = exc.detail
+        self._opened_at = time.monotonic()
+        self._probes = 0
+        self._closed_event.clear()
+        log.warning("llm_breaker_open", reason=reason, cause=exc.cause, detail=exc.detail)
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(
+                self._probe_until_up(), name="llm-breaker-probe"
+            )
+
+    def _close(self) -> None:
+        down_s = 0.0 if self._opened_at is None else time.monotonic() - self._opened_at
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = None
+        self._closed_event.set()
+        log.info("llm_breaker_closed", down_ms=ms(down_s), probes=self._probes)
+
+    async def _probe_until_up(self) -> None:
+        interval = self.probe_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            self._state = BreakerState.HALF_OPEN
+            self._probes += 1
+            try:
+                await self._probe()
+                if self._system_prompt is not None:
+                    await self.backend.warm_up(self._system_prompt)
+            except LlmError as exc:
+                self._state = BreakerState.OPEN
+                self._last_cause = exc.cause
+                self._last_detail = exc.detail
+                interval = min(interval * self.backoff, self.probe_max_interval_s)
+                log.info("llm_probe_failed", cause=exc.cause, next_s=interval, probes=self._probes)
+                continue
+            self._close()
+            return
+
+    async def aclose(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+            self._prober = None
+        await self.backend.aclose()

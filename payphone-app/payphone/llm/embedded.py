@@ -1,0 +1,231 @@
+"""The persona GGUF in-process (one-Pi mode, laptops, the demo) with llama-cpp-python.
+
+The model is loaded once and used by one generation at a time. Generation runs in a worker
+thread (llama.cpp holds the CPU for whole tokens) and hands pieces to the event loop through an
+asyncio queue. Cancelling the stream sets a flag the worker checks between tokens: it stops
+after at most one more token, and whatever it produces late is dropped. The next generation waits
+for the previous worker on a thread lock, so the model is never used by two threads at once.
+
+Prompt caching: `Llama.generate` keeps the KV cache of the last prompt and re-evaluates only the
+tokens after the longest common prefix. `warm_up` evaluates the system prompt once, so the first
+reply pays only for the caller's words (`last_stats.prompt_tokens` shows how many were evaluated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
+from payphone.log import get_logger, ms
+
+log = get_logger("payphone.llm.embedded")
+
+LOAD_FAILED = "load_failed"
+GENERATION_FAILED = "generation_failed"
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """llama.cpp's own counters for one generation (from `llama_perf_context`)."""
+
+    prompt_tokens: int  # prompt tokens evaluated (the cached prefix is not counted)
+    generated_tokens: int
+    ttft_ms: float | None
+    total_ms: float
+
+
+class _End:
+    """Marks the end of a worker's output in the queue."""
+
+
+_END = _End()
+Item = str | BaseException | _End
+
+
+class EmbeddedBackend(ChatBackend):
+    """llama.cpp with the GGUF's own chat template, streaming from a worker thread."""
+
+    def __init__(self, model_path: Path, *, n_ctx: int = 2048, n_threads: int = 0) -> None:
+        self.model_path = model_path
+        self.n_ctx = n_ctx
+        # 0: half the cores, leaving CPU for Whisper, Piper and the event loop. Prompt batches
+        # use the same count: llama-cpp's default (all cores) made the first token 30x slower
+        # (0.19 s -> 5-7 s) on a busy 2-core machine, its threads spinning against each other.
+        self.n_threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
+        self._llm: Any = None
+        self._load_lock = threading.Lock()  # a thread lock: usable from any event loop
+        self._model_lock = threading.Lock()  # one generation at a time, across threads
+        self._worker: threading.Thread | None = None
+        self.last_stats: GenerationStats | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._llm is not None
+
+    async def load(self) -> None:
+        """Load the GGUF once (in a thread; ~0.1 s for the demo model, seconds for a persona)."""
+        if self._llm is not None:
+            return
+        try:
+            await asyncio.to_thread(self._load_sync)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise LlmError(LOAD_FAILED, f"{self.model_path}: {exc}") from exc
+
+    def _load_sync(self) -> None:
+        import llama_cpp
+
+        with self._load_lock:
+            if self._llm is not None:
+                return
+            started = time.perf_counter()
+            self._llm = llama_cpp.Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                verbose=False,
+            )
+            log.info(
+                "llm_loaded",
+                backend="embedded",
+                model=self.model_path.name,
+                chat_format=self._llm.chat_format,
+                load_ms=ms(time.perf_counter() - started),
+            )
+
+    async def probe(self) -> None:
+        """Health for the breaker: the model loads."""
+        await self.load()
+
+    def count_tokens(self, text: str) -> int:
+        """The model's own token count, for `Conversation` budgets (needs `load()` first)."""
+        if self._llm is None:
+            raise RuntimeError("load() the model first")
+        return len(self._llm.tokenize(text.encode(), add_bos=False, special=True))
+
+    @property
+    def context_tokens(self) -> int:
+        """Tokens held in the KV cache now (the prefix a next prompt can reuse)."""
+        return 0 if self._llm is None else int(self._llm.n_tokens)
+
+    async def stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[str]:
+        """Yield reply pieces as the worker thread produces them; cancel stops the worker."""
+        await self.load()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Item] = asyncio.Queue()
+        stop = threading.Event()
+        kwargs: dict[str, Any] = {
+            "messages": [dict(m) for m in messages],
+            "max_tokens": options.num_predict,
+            "temperature": options.temperature,
+            "stop": list(options.stop),
+            "stream": True,
+        }
+        self._start_worker(kwargs, stop, self._emitter(loop, queue, stop))
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _End):
+                    return
+                if isinstance(item, BaseException):
+                    raise LlmError(GENERATION_FAILED, f"{type(item).__name__}: {item}") from item
+                yield item
+        finally:
+            stop.set()  # the worker stops after the token it is on; its late output is dropped
+
+    async def warm_up(self, system_prompt: str) -> None:
+        """Evaluate the system prompt (plus the assistant header) so it stays in the KV cache."""
+        await self.load()
+        started = time.perf_counter()
+        system: Message = {"role": "system", "content": system_prompt}
+        async for _ in self.stream([system], ChatOptions(num_predict=1)):
+            pass
+        stats = self.last_stats
+        log.info(
+            "llm_warm",
+            backend="embedded",
+            prompt_tokens=stats.prompt_tokens if stats else None,
+            prime_ms=ms(time.perf_counter() - started),
+        )
+
+    @staticmethod
+    def _emitter(
+        loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Item], stop: threading.Event
+    ) -> Callable[[Item], None]:
+        def emit(item: Item) -> None:
+            if stop.is_set() and not isinstance(item, _End):
+                return  # cancelled: drop late pieces
+            # a closed loop raises RuntimeError: nobody is listening any more
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        return emit
+
+    def _start_worker(
+        self, kwargs: dict[str, Any], stop: threading.Event, emit: Callable[[Item], None]
+    ) -> None:
+        worker = threading.Thread(
+            target=self._generate, args=(kwargs, stop, emit), name="llm-embedded", daemon=True
+        )
+        self._worker = worker
+        worker.start()
+
+    def _generate(
+        self, kwargs: dict[str, Any], stop: threading.Event, emit: Callable[[Item], None]
+    ) -> None:
+        import llama_cpp
+
+        with self._model_lock:
+            try:
+                if stop.is_set():
+                    return
+                llm = self._llm
+                llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
+                started = time.perf_counter()
+                first: float | None = None
+                chunks = llm.create_chat_completion(**kwargs)
+                try:
+                    for chunk in chunks:
+                        if stop.is_set():
+                            break
+                        text = chunk["choices"][0]["delta"].get("content")
+                        if text:
+                            if first is None:
+                                first = time.perf_counter()
+                            emit(text)
+                finally:
+                    chunks.close()
+                perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
+                self.last_stats = GenerationStats(
+                    prompt_tokens=int(perf.n_p_eval),
+                    generated_tokens=int(perf.n_eval),
+                    ttft_ms=None if first is None else ms(first - started),
+                    total_ms=ms(time.perf_counter() - started),
+                )
+            except Exception as exc:
+                emit(exc)
+            finally:
+                emit(_END)
+
+    async def wait_idle(self, timeout_s: float = 30.0) -> bool:
+        """Wait for the last worker thread to finish; False if it is still running."""
+        worker = self._worker
+        if worker is None:
+            return True
+        await asyncio.to_thread(worker.join, timeout_s)
+        return not worker.is_alive()
+
+    async def aclose(self) -> None:
+        """Stop using the model: wait for the worker, then free llama.cpp's memory."""
+        await self.wait_idle()
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            await asyncio.to_thread(llm.close)

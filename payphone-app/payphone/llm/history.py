@@ -1,0 +1,102 @@
+"""Conversation memory for one call and one persona, trimmed to a token budget.
+
+The model sees the system prompt, then as many of the latest turns as fit the budget. Old turns
+go first; the system prompt and the caller's latest words are never dropped, so a long call
+forgets its beginning instead of failing. A reply the caller cut into is remembered as what was
+actually spoken plus a marker, so the persona does not believe it finished a sentence it never
+said. A new persona starts a new history (`reset`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+from payphone.llm.base import Message
+
+TokenCounter = Callable[[str], int]
+
+INTERRUPTED_MARKER = "[the caller interrupted]"
+# role markers a chat template adds around each message (<|im_start|>user\n ... <|im_end|>)
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters per token for English: good enough for a budget, no tokenizer."""
+    return math.ceil(len(text) / 4)
+
+
+def choose_system_prompt(style: Literal["tag", "full"], tag: str, prompt: str) -> str:
+    """A fine-tuned persona model needs only its short tag; a base model needs the whole prompt."""
+    return tag if style == "tag" else prompt
+
+
+class Conversation:
+    """The turns of one call with one persona; `messages()` is what goes to the model."""
+
+    def __init__(
+        self,
+        system_prompt: str,
+        budget_tokens: int,
+        count_tokens: TokenCounter = estimate_tokens,
+    ) -> None:
+        self._system = system_prompt
+        self._budget = budget_tokens
+        self._count = count_tokens
+        self._turns: list[Message] = []
+
+    @property
+    def system_prompt(self) -> str:
+        return self._system
+
+    @property
+    def turns(self) -> list[Message]:
+        """Every stored turn (untrimmed), oldest first."""
+        return list(self._turns)
+
+    def reset(self, system_prompt: str) -> None:
+        """A new persona: a new system prompt and an empty memory."""
+        self._system = system_prompt
+        self._turns.clear()
+
+    def add_user(self, text: str) -> None:
+        self._turns.append({"role": "user", "content": text})
+
+    def add_assistant(self, text: str) -> None:
+        self._turns.append({"role": "assistant", "content": text})
+
+    def add_interrupted(self, spoken_text: str) -> None:
+        """Store only what the caller heard, marked as cut off by the caller."""
+        spoken = spoken_text.strip()
+        content = f"{spoken} — {INTERRUPTED_MARKER}" if spoken else INTERRUPTED_MARKER
+        self.add_assistant(content)
+
+    def discard_unanswered(self) -> None:
+        """Forget a trailing user turn whose reply never happened (the turn was cancelled)."""
+        while self._turns and self._turns[-1]["role"] == "user":
+            self._turns.pop()
+
+    def tokens(self, message: Message) -> int:
+        return self._count(message["content"]) + MESSAGE_OVERHEAD_TOKENS
+
+    def messages(self) -> list[Message]:
+        """System prompt + the newest turns that fit the budget, oldest dropped first.
+
+        Trimming drops whole leading turns and never leaves an assistant turn first, so the
+        model always sees a user turn right after the system prompt.
+        """
+        system: Message = {"role": "system", "content": self._system}
+        used = self.tokens(system)
+        kept: list[Message] = []
+        for index, turn in enumerate(reversed(self._turns)):
+            cost = self.tokens(turn)
+            is_latest_user = index == 0 and turn["role"] == "user"
+            if used + cost > self._budget and not is_latest_user:
+                break
+            kept.append(turn)
+            used += cost
+        kept.reverse()
+        while len(kept) > 1 and kept[0]["role"] == "assistant":
+            kept.pop(0)
+        return [system, *kept]
