@@ -13,6 +13,7 @@ from rich.table import Table
 
 from payphone.config import Settings, config_file_in_use, load_settings
 from payphone.log import setup_logging
+from payphone.models import ModelNotFound as ModelNotFoundError
 from payphone.settings_errors import SettingsError
 
 EXIT_FAIL = 1
@@ -131,9 +132,17 @@ def models_command(
 
 
 @app.command("demo")
-def demo_command(ctx: typer.Context) -> None:
+def demo_command(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the recording goes.")] = Path(
+        "demo-output"
+    ),
+) -> None:
     """The quick-start demo: check settings and models, then make a simulated call."""
+    import asyncio
+
     from payphone.models import resolve_all
+    from payphone.sim.simulate import render_demo_lines, simulate
 
     settings = state(ctx).settings
     out.print("[green]settings valid[/green]")
@@ -145,22 +154,101 @@ def demo_command(ctx: typer.Context) -> None:
             out.print(f"model found: {r.setting.key} = {r.value} -> {r.path}")
     if any(r.error for r in results):
         raise typer.Exit(EXIT_FAIL)
-    out.print("[green]models found[/green]")
-    out.print("The simulated demo call arrives with the simulator (issue #6).")
+    out.print("[green]models found[/green]; calling the payphone (a minute or two)...")
+    setup_logging("warning", settings.logging.format)
+
+    async def run_demo() -> None:
+        script = await render_demo_lines(settings, out_dir)
+        await simulate(settings, script, out_dir, False, out)
+
+    asyncio.run(run_demo())
 
 
 @app.command("run")
-def run_command() -> None:
+def run_command(ctx: typer.Context) -> None:
     """Run the payphone service: load everything, notify systemd, take calls forever."""
-    not_built("run", 8)
+    import asyncio
+
+    from payphone.service import Service
+
+    settings = state(ctx).settings
+    configure_logging(settings)
+    try:
+        code = asyncio.run(Service(settings).run())
+    except ModelNotFoundError as exc:
+        err.print(f"payphone: {exc}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_FAIL) from None
+    raise typer.Exit(code)
 
 
 @app.command("simulate")
 def simulate_command(
-    script: Annotated[Path | None, typer.Argument(help="Call script (YAML).")] = None,
+    ctx: typer.Context,
+    script: Annotated[
+        Path | None, typer.Argument(help="Call script (YAML).", dir_okay=False)
+    ] = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where call.wav and report.json go.")
+    ] = Path("sim-output"),
+    llm: Annotated[
+        str | None, typer.Option("--llm", help="embedded | ollama (default: llm.backend).")
+    ] = None,
+    ollama_host: Annotated[
+        str | None, typer.Option("--ollama-host", help="e.g. http://pi2:11434")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="GGUF path for the embedded LLM.")
+    ] = None,
+    fast: Annotated[
+        bool, typer.Option("--fast", help="Feed audio without real-time pacing.")
+    ] = False,
+    interactive: Annotated[
+        bool, typer.Option("--interactive", help="Keyboard and microphone.")
+    ] = False,
 ) -> None:
-    """Drive a simulated phone through the real call loop from a YAML script."""
-    not_built("simulate", 6)
+    """Drive a simulated phone through the real call loop and models from a YAML script."""
+    import asyncio
+
+    from payphone.sim.script import ScriptError
+
+    if interactive:
+        not_built("simulate --interactive", 6)
+    if script is None:
+        err.print("payphone: simulate needs a SCRIPT.yaml (or --interactive)")
+        raise typer.Exit(EXIT_BAD_SETTINGS)
+    settings = with_llm_overrides(state(ctx), llm, ollama_host, model)
+    configure_logging(
+        settings.model_copy(
+            update={"logging": settings.logging.model_copy(update={"level": "warning"})}
+        )
+    )
+    from payphone.sim.simulate import simulate
+
+    try:
+        asyncio.run(simulate(settings, script, out_dir, fast, out))
+    except ScriptError as exc:
+        err.print(f"payphone: {exc}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
+    except ModelNotFoundError as exc:
+        err.print(f"payphone: {exc}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_FAIL) from None
+
+
+def with_llm_overrides(
+    st: State, llm: str | None, ollama_host: str | None, model: str | None
+) -> Settings:
+    """Command-line LLM choices, validated like any other setting (exit 2 when bad)."""
+    import os
+
+    overrides = {
+        "PAYPHONE_LLM__BACKEND": llm,
+        "PAYPHONE_LLM__OLLAMA_HOST": ollama_host,
+        "PAYPHONE_LLM__GGUF": str(Path(model).resolve()) if model else None,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[name] = value
+    return settings_or_exit(st.config)
 
 
 @app.command("doctor")
@@ -170,25 +258,75 @@ def doctor_command() -> None:
 
 
 @app.command("personas")
-def personas_command() -> None:
-    """List the personas: key, 555 number, name, voice."""
-    not_built("personas", 3)
+def personas_command(ctx: typer.Context) -> None:
+    """List the personas: key, 555 number, name, voice (exit 1 if a file is broken)."""
+    from payphone.personas.loader import load_personas
+
+    book = load_personas(state(ctx).settings.personas.user_dir)
+    table = Table("key", "number", "name", "voice", "greeting")
+    for p in book:
+        voice = f"{p.voice.model} x{p.voice.length_scale} {p.voice.effect}"
+        table.add_row(p.key, p.number, p.name, voice, p.greeting)
+    out.print(table)
+    for problem in book.errors:
+        err.print(f"payphone: persona file problem: {problem}")
+    if book.errors:
+        raise typer.Exit(EXIT_FAIL)
+
+
+BENCHES = {
+    "hangup": ("payphone.bench.hangup", 3),
+    "stt": ("payphone.bench.stt", 4),
+    "vad": ("payphone.bench.vad", 4),
+    "tts": ("payphone.bench.tts", 4),
+    "llm": ("payphone.bench.llm", 5),
+    "latency": ("payphone.bench.latency", 6),
+    "soak": ("payphone.bench.soak", 6),
+}
 
 
 @app.command("bench")
 def bench_command(
-    name: Annotated[str, typer.Argument(help="hangup | stt | tts | vad | llm | latency | soak")],
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help=" | ".join(BENCHES))],
+    trials: Annotated[
+        int | None, typer.Option("--trials", min=1, help="Repetitions (default: the bench's own).")
+    ] = None,
 ) -> None:
     """Benchmarks that print figures (JSON on the last line), never pass/fail."""
-    not_built(f"bench {name}", 3)
+    import importlib
+
+    if name not in BENCHES:
+        err.print(f"payphone: unknown bench {name!r}; choose one of: {', '.join(BENCHES)}")
+        raise typer.Exit(EXIT_BAD_SETTINGS)
+    module_name, issue = BENCHES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        not_built(f"bench {name}", issue)
+    settings = state(ctx).settings
+    setup_logging("warning", settings.logging.format)
+    options = {} if trials is None else {"trials": trials}
+    result = module.main(settings, **options)
+    print(json.dumps(result))
 
 
 @app.command("dtmf")
 def dtmf_command(
-    wav: Annotated[Path, typer.Argument(help="A WAV file, any rate.")],
+    wav: Annotated[Path, typer.Argument(help="A WAV file, any rate.", exists=True, dir_okay=False)],
 ) -> None:
     """Print the DTMF digits found in a WAV file on one line."""
-    not_built("dtmf", 3)
+    import wave
+
+    from payphone.speech.dtmf import detect_wav
+
+    setup_logging("warning")
+    try:
+        digits = detect_wav(wav)
+    except (wave.Error, EOFError, ValueError) as exc:
+        err.print(f"payphone: {wav}: not a readable WAV file ({exc or type(exc).__name__})")
+        raise typer.Exit(EXIT_FAIL) from None
+    print(digits)
 
 
 @app.command("stats")

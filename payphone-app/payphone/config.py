@@ -111,10 +111,23 @@ class LlmSettings(Group):
     n_threads: Annotated[int, Field(ge=0, le=64)] = 0
     history_tokens: Annotated[int, Field(ge=64, le=16384)] = 1024
     max_reply_words: Annotated[int, Field(ge=5, le=300)] = 60
-    blocklist: list[str] = Field(default_factory=list)
+    # a public phone: the reply ends politely at any of these (`*` matches word endings)
+    blocklist: list[str] = Field(
+        default_factory=lambda: [
+            "fuck*",
+            "motherfuck*",
+            "shit*",
+            "cunt*",
+            "bitch*",
+            "asshole*",
+            "bastard*",
+            "dickhead*",
+        ]
+    )
 
 
 class CallSettings(Group):
+    dial_tone_s: Annotated[float, Field(gt=0, le=120)] = 4.0
     inter_digit_timeout_s: Annotated[float, Field(gt=0, le=30)] = 3.0
     idle_prompt_s: Annotated[float, Field(gt=0, le=600)] = 15.0
     idle_goodbye_s: Annotated[float, Field(gt=0, le=600)] = 10.0

@@ -68,8 +68,8 @@ def setup_logging(
 
 
 def get_logger(name: str | None = None) -> Any:
-    """A structlog logger; `name` becomes the `logger` key."""
-    return structlog.get_logger(name) if name is None else structlog.get_logger().bind(logger=name)
+    """A lazy structlog logger (safe at import time); `name` becomes the `component` key."""
+    return structlog.get_logger() if name is None else structlog.get_logger(component=name)
 
 
 @contextmanager

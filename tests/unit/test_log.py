@@ -40,3 +40,13 @@ def test_console_format_is_not_json() -> None:
     text = stream.getvalue()
     assert "hello" in text
     assert not text.lstrip().startswith("{")
+
+
+def test_loggers_made_at_import_time_follow_later_configuration() -> None:
+    early = get_logger("early")  # as modules do at import, before setup_logging runs
+    stream = io.StringIO()
+    setup_logging("warning", "json", stream)
+    early.info("quiet")
+    early.warning("loud")
+    [line] = stream.getvalue().splitlines()
+    assert json.loads(line)["component"] == "early"

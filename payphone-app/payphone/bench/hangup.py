@@ -1,0 +1,151 @@
+"""`bench hangup`: how fast the line goes quiet and the call's tasks end after on-hook.
+
+The real call loop, real hook debounce (the configured 50 ms) on gpiozero mock pins, a real-time
+in-memory earpiece; scripted speech stages that work in worker threads as the models do. The
+clock starts at the hook pin's edge, so the debounce is part of every figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from payphone.call.events import CallState
+from payphone.config import CallSettings, Settings
+from payphone.hardware.base import HookState
+from payphone.sim.rig import Rig, build_rig
+from payphone.sim.stand_ins import (
+    EnergyEndpointer,
+    ScriptedBackend,
+    ScriptedTranscriber,
+    ToneSynthesizer,
+    speech_burst,
+)
+
+SETTINGS = CallSettings(dial_tone_s=0.2, idle_prompt_s=60, filler_after_s=10)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return round(ordered[index], 1)
+
+
+async def _listening_call(rig: Rig) -> None:
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING, timeout=10)
+
+
+async def _hang_up_and_measure(rig: Rig) -> tuple[float, float]:
+    """(ms until the earpiece got its last buffer, ms until every task of the call ended)."""
+    call = rig.phone.call
+    assert call is not None
+    edge = time.monotonic()
+    rig.replace()
+    while rig.phone.call is not None or any(
+        t.get_name().startswith("call-") for t in asyncio.all_tasks()
+    ):
+        await asyncio.sleep(0.001)
+    tasks_done = time.monotonic() - edge
+    await asyncio.sleep(0.2)
+    last = rig.sink.last_heard_at() or edge
+    await rig.wait_hook(HookState.ON_HOOK)
+    return max(0.0, last - edge) * 1000, tasks_done * 1000
+
+
+async def _trial_speaking(rig: Rig) -> tuple[float, float]:
+    await _listening_call(rig)
+    rig.mic.push(speech_burst(0.4))
+    await rig.wait_state(CallState.SPEAKING, timeout=10)
+    await asyncio.sleep(0.15)
+    return await _hang_up_and_measure(rig)
+
+
+async def _trial_stt(rig: Rig) -> tuple[float, float]:
+    await _listening_call(rig)
+    rig.mic.push(speech_burst(0.4))
+    await rig.wait_state(CallState.THINKING, timeout=10)
+    await asyncio.sleep(0.1)  # Whisper (scripted: 0.5 s in a worker thread) is busy now
+    return await _hang_up_and_measure(rig)
+
+
+async def _trial_llm(rig: Rig) -> tuple[float, float]:
+    await _listening_call(rig)
+    rig.mic.push(speech_burst(0.4))
+    await rig.wait_state(CallState.THINKING, timeout=10)
+    await asyncio.sleep(0.7)  # past STT; tokens flow, no sentence end yet, nothing audible
+    return await _hang_up_and_measure(rig)
+
+
+async def _trial_key(rig: Rig) -> float:
+    """ms from a persona key to the first ringback sample in the earpiece."""
+    await _listening_call(rig)
+    before = len(rig.sink.heard)
+    pressed = time.monotonic()
+    rig.keypad.press("2")
+    while len(rig.sink.heard) <= before:
+        await asyncio.sleep(0.0005)
+    latency = (rig.sink.heard[before].at - pressed) * 1000
+    await _hang_up_and_measure(rig)
+    return latency
+
+
+def _rig(settings: Settings, transcribe_s: float, reply: str) -> Rig:
+    transcriber = ScriptedTranscriber(deque(["hello"] * 10_000), delay_s=transcribe_s)
+    backend = ScriptedBackend(reply=reply, token_delay_s=0.02)
+    return build_rig(
+        transcriber,
+        backend,
+        ToneSynthesizer(),
+        EnergyEndpointer,
+        call_settings=SETTINGS,
+        debounce_ms=settings.hook.debounce_ms,
+    )
+
+
+async def _run(settings: Settings, trials: int) -> dict[str, float]:
+    long_reply = "Well now " + " ".join(["listen"] * 200) + "."
+    scenarios: list[tuple[str, float, str, Callable[[Rig], Awaitable[tuple[float, float]]]]] = [
+        ("speaking", 0.05, "Sure thing. " * 100, _trial_speaking),
+        ("stt", 0.5, long_reply, _trial_stt),
+        ("llm", 0.05, long_reply, _trial_llm),
+    ]
+    result: dict[str, float] = {"trials": trials, "debounce_ms": settings.hook.debounce_ms}
+    for name, stt_s, reply, trial in scenarios:
+        rig = _rig(settings, stt_s, reply)
+        task = await rig.start()
+        silent, ended = [], []
+        for _ in range(trials):
+            quiet_ms, done_ms = await trial(rig)
+            silent.append(quiet_ms)
+            ended.append(done_ms)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await rig.sink.aclose()
+        rig.hook.close()
+        print(
+            f"hang-up while {name:8s}: silent p50 {percentile(silent, 50):6.1f} ms "
+            f"p99 {percentile(silent, 99):6.1f} ms | tasks ended "
+            f"p50 {percentile(ended, 50):6.1f} ms p99 {percentile(ended, 99):6.1f} ms"
+        )
+        result[f"{name}_p50_ms"] = percentile(silent, 50)
+        result[f"{name}_p99_ms"] = percentile(silent, 99)
+        result[f"{name}_tasks_p99_ms"] = percentile(ended, 99)
+    rig = _rig(settings, 0.05, "Hello.")
+    task = await rig.start()
+    keys = [await _trial_key(rig) for _ in range(trials)]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rig.sink.aclose()
+    rig.hook.close()
+    median = statistics.median(keys)
+    print(f"persona key -> ringback: median {median:.1f} ms, p99 {percentile(keys, 99)} ms")
+    result["key_to_ringback_p50_ms"] = round(statistics.median(keys), 1)
+    return result
+
+
+def main(settings: Settings, trials: int = 50) -> dict[str, float]:
+    return asyncio.run(_run(settings, trials))

@@ -1,0 +1,64 @@
+"""What a call reacts to: everything arrives as a message on the call's inbox."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from payphone.hardware.base import Pcm
+
+
+@dataclass(frozen=True)
+class KeyPress:
+    key: str
+    at: float
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    at: float
+
+
+@dataclass(frozen=True)
+class Heard:
+    """One utterance the endpointer cut: 16 kHz PCM and when the caller stopped speaking."""
+
+    pcm: Pcm = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int16))
+    speech_end: float = 0.0
+
+
+class Timer(enum.Enum):
+    DIAL_TONE = "dial_tone"
+    IDLE = "idle"
+    INTER_DIGIT = "inter_digit"
+    MAX_CALL = "max_call"
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    timer: Timer
+    token: int
+
+
+@dataclass(frozen=True)
+class ActivityDone:
+    name: str
+    token: int
+
+
+CallEvent = KeyPress | SpeechStarted | Heard | TimerFired | ActivityDone
+
+
+class CallState(enum.Enum):
+    DIAL_TONE = "dial_tone"
+    GREETING = "greeting"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+    DIALING = "dialing"
+    RINGBACK = "ringback"
+    ANNOUNCEMENT = "announcement"
+    HOWLER = "howler"
+    ENDED = "ended"

@@ -1,0 +1,68 @@
+"""Fixed lines (greetings, fillers, busy lines) rendered once and kept as PCM.
+
+A fallback must play even when the model host is gone, and a greeting must start at once, so
+every persona's fixed lines are synthesized at start-up and reused for every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import numpy as np
+
+from payphone.hardware.base import Pcm
+from payphone.personas.loader import Persona
+from payphone.speech.base import Synthesizer
+from payphone.streams import closing
+
+FIXED_LINES = (
+    "greeting",
+    "goodbye",
+    "idle_prompt",
+    "busy_line",
+    "stall_line",
+    "apology",
+    "not_in_service",
+)
+
+
+class LineBook:
+    """Pre-rendered persona lines, keyed by (persona id, text)."""
+
+    def __init__(self, synthesizer: Synthesizer) -> None:
+        self._synth = synthesizer
+        self._cache: dict[tuple[str, str], Pcm] = {}
+        self._lock = asyncio.Lock()
+
+    async def render(self, persona: Persona, text: str) -> Pcm:
+        """The line as PCM, synthesized on first use (one synthesis at a time)."""
+        key = (persona.id, text)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        async with self._lock:
+            if key not in self._cache:
+                parts: list[Pcm] = []
+                async with closing(self._synth.synthesize(text, persona.voice_spec)) as stream:
+                    async for pcm in stream:
+                        parts.append(pcm)
+                joined = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+                self._cache[key] = joined
+        return self._cache[key]
+
+    async def line(self, persona: Persona, field: str) -> Pcm:
+        """One of the persona's fixed lines by field name (e.g. "busy_line")."""
+        return await self.render(persona, str(getattr(persona, field)))
+
+    async def prerender(self, personas: Iterable[Persona]) -> int:
+        """Render every fixed line and filler of every persona; returns how many."""
+        count = 0
+        for persona in personas:
+            for field in FIXED_LINES:
+                await self.line(persona, field)
+                count += 1
+            for filler in persona.fillers:
+                await self.render(persona, filler)
+                count += 1
+        return count

@@ -1,0 +1,141 @@
+"""The payphone itself: hook, keypads and microphone feed calls; on-hook ends a call at once.
+
+The phone owns the long-lived streams (hook events, key presses, mic frames) and routes them to
+the current call, so a call is a short-lived task with nothing to clean up but itself. The mic is
+read all the time (a capture device must never back up) and ignored between calls, except for
+in-band DTMF, which reads every frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from payphone.call.events import CallState, Heard, KeyPress, SpeechStarted
+from payphone.call.session import Call
+from payphone.hardware.base import AudioSink, AudioSource, HookState, HookSwitch, Keypad, Pcm
+from payphone.hardware.keypad import InbandKeypad
+from payphone.log import bind_call, get_logger, ms
+
+log = get_logger("phone")
+
+HANGUP_GRACE_S = 2.0
+
+
+class Endpointer(Protocol):
+    """Cuts mic frames into utterances (webrtcvad in production)."""
+
+    def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | Heard]: ...
+
+
+CallFactory = Callable[[str], Call]
+
+
+class Phone:
+    """Takes calls forever: `run` until cancelled."""
+
+    def __init__(
+        self,
+        hook: HookSwitch,
+        keypads: Sequence[Keypad],
+        source: AudioSource,
+        sink: AudioSink,
+        make_call: CallFactory,
+        make_endpointer: Callable[[], Endpointer],
+    ) -> None:
+        self.hook = hook
+        self.keypads = list(keypads)
+        self.inband = [k for k in self.keypads if isinstance(k, InbandKeypad)]
+        self.source = source
+        self.sink = sink
+        self.make_call = make_call
+        self.make_endpointer = make_endpointer
+        self.call: Call | None = None
+        self.calls_taken = 0
+        self._call_task: asyncio.Task[None] | None = None
+        self._endpointer: Endpointer | None = None
+        self._numbers = itertools.count(1)
+        self.on_call_ended: Callable[[Call], None] | None = None
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._pump_hook(), name="phone-hook")
+                tg.create_task(self._pump_mic(), name="phone-mic")
+                for keypad in self.keypads:
+                    tg.create_task(self._pump_keys(keypad), name="phone-keys")
+        finally:
+            await self.end_call()
+
+    # -- pumps ----------------------------------------------------------------------------------
+
+    async def _pump_hook(self) -> None:
+        if self.hook.state is HookState.OFF_HOOK:
+            self.start_call()
+        async for state in self.hook.events():
+            if state is HookState.OFF_HOOK:
+                self.start_call()
+            else:
+                await self.end_call()
+
+    async def _pump_keys(self, keypad: Keypad) -> None:
+        async for key in keypad.keys():
+            if self.call is not None:
+                self.call.post(KeyPress(key, time.monotonic()))
+            else:
+                log.debug("key_on_hook_ignored", key=key)
+
+    async def _pump_mic(self) -> None:
+        async for frame in self.source.frames():
+            if not self._own_key_tone_playing():
+                for keypad in self.inband:
+                    keypad.feed(frame)
+            if self.call is None or self._endpointer is None:
+                continue
+            gated = self.sink.playing and self.call.our_voice_playing
+            for event in self._endpointer.feed(frame, gated):
+                self.call.post(event)
+
+    def _own_key_tone_playing(self) -> bool:
+        """Our DTMF key feedback, heard back through the handset, must not dial again."""
+        call = self.call
+        return call is not None and call.state is CallState.DIALING and self.sink.playing
+
+    # -- calls ------------------------------------------------------------------------------------
+
+    def start_call(self) -> None:
+        if self._call_task is not None and not self._call_task.done():
+            return
+        call_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.calls_taken += 1
+        with bind_call(call_id=call_id):
+            self.call = self.make_call(call_id)
+            self._endpointer = self.make_endpointer()
+            # the task copies the context now, so every event it logs carries the call id
+            self._call_task = asyncio.create_task(self.call.run(), name=f"call-{call_id}")
+
+    async def end_call(self) -> None:
+        """On-hook: silence first, then cancel the call and wait for every task of it."""
+        task, call = self._call_task, self.call
+        if task is None or call is None:
+            return
+        started = time.monotonic()
+        self.sink.stop()
+        self.call, self._endpointer, self._call_task = None, None, None
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=HANGUP_GRACE_S)
+        if not done:
+            log.error("call_task_stuck", call_id=call.call_id)
+        await call.wait_activity_ended()
+        log.info(
+            "call_ended",
+            call_id=call.call_id,
+            turns=len(call.log.turns),
+            hangup_ms=ms(time.monotonic() - started),
+        )
+        if self.on_call_ended is not None:
+            self.on_call_ended(call)

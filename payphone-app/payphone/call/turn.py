@@ -1,0 +1,244 @@
+"""One turn: caller's words -> transcript -> model stream -> speakable chunks -> PCM -> earpiece.
+
+The stages are tasks joined by bounded queues, so the first sentence plays while the model is
+still writing. Every stage closes its upstream generator when it stops (`aclosing`), so a hang-up
+closes the model stream and the backend stops generating. A failing model becomes the persona's
+busy line (with SIT tones) or, mid-reply, its graceful stall line; any other failure becomes the
+persona's apology. Only a cancel (hang-up, `#`, a new persona) ends a turn without a sound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from payphone.call.events import Heard
+from payphone.call.lines import LineBook
+from payphone.call.player import play_and_wait
+from payphone.hardware.base import AudioSink, Pcm
+from payphone.llm.base import ChatBackend, ChatOptions, LlmError
+from payphone.llm.history import Conversation
+from payphone.log import get_logger, ms
+from payphone.personas.loader import Persona
+from payphone.speech import tones
+from payphone.speech.base import Synthesizer, Transcriber
+from payphone.streams import closing
+
+log = get_logger("turn")
+
+Speakable = Callable[[AsyncIterator[str]], AsyncIterator[str]]
+
+MARKS = ("transcript_ready", "first_token", "first_chunk", "first_audio", "reply_done")
+
+
+@dataclass
+class TurnRecord:
+    """What happened in a turn, with latencies in ms from the end of the caller's speech."""
+
+    persona: str
+    speech_end: float
+    heard: str = ""
+    reply: str = ""
+    fallback: bool = False
+    cause: str | None = None
+    interrupted: bool = False
+    filler: bool = False
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str) -> None:
+        self.latency_ms.setdefault(name, ms(time.monotonic() - self.speech_end))
+
+    def as_report(self) -> dict[str, object]:
+        return {
+            "persona": self.persona,
+            "heard": self.heard,
+            "reply": self.reply,
+            "fallback": self.fallback,
+            "interrupted": self.interrupted,
+            "latency_ms": {name: self.latency_ms.get(name) for name in MARKS},
+        }
+
+
+@dataclass
+class TurnDeps:
+    """Everything a turn uses; the call loop builds it once per call."""
+
+    transcriber: Transcriber
+    backend: ChatBackend
+    synthesizer: Synthesizer
+    sink: AudioSink
+    lines: LineBook
+    speakable: Speakable
+    options: ChatOptions = field(default_factory=ChatOptions)
+    filler_after_s: float = 1.2
+    chunk_queue: int = 4
+    pcm_queue: int = 32
+
+
+def sit_tones(rate: int) -> Pcm:
+    """The three rising "no circuit" tones that precede a busy announcement."""
+    return tones.render(tones.SIT_NO_CIRCUIT, rate, 1.2)
+
+
+class Turn:
+    """Runs one turn; `run` returns the record, or None when the audio held no speech."""
+
+    def __init__(
+        self, deps: TurnDeps, persona: Persona, conversation: Conversation, heard: Heard
+    ) -> None:
+        self.deps = deps
+        self.persona = persona
+        self.conversation = conversation
+        self.heard = heard
+        self.record = TurnRecord(persona=persona.id, speech_end=heard.speech_end)
+        self._reply: list[str] = []
+        self._spoken: list[str] = []
+        self._audible = asyncio.Event()
+        self.on_audible: Callable[[], None] | None = None
+
+    async def run(self) -> TurnRecord | None:
+        rec = self.record
+        try:
+            transcript = await self.deps.transcriber.transcribe(self.heard.pcm)
+            rec.mark("transcript_ready")
+            if not transcript.is_speech:
+                log.info("no_speech", **{"stt_ms": rec.latency_ms["transcript_ready"]})
+                return None
+            rec.heard = transcript.text.strip()
+            self.conversation.add_user(rec.heard)
+            await self._reply_with_fallbacks()
+        except asyncio.CancelledError:
+            self._cut_off()
+            raise
+        except Exception as exc:  # a broken stage ends the turn, never the call
+            log.exception("turn_failed", error=repr(exc))
+            rec.fallback, rec.cause = True, f"error:{type(exc).__name__}"
+            self.conversation.discard_unanswered()
+            await self._say(await self.deps.lines.line(self.persona, "apology"))
+        rec.mark("reply_done")
+        log.info(
+            "turn_done",
+            heard=rec.heard,
+            reply=rec.reply,
+            fallback=rec.fallback,
+            cause=rec.cause,
+            **{f"{k}_ms": v for k, v in rec.latency_ms.items()},
+        )
+        return rec
+
+    async def _reply_with_fallbacks(self) -> None:
+        failure: BaseException | None = None
+        try:
+            await self._pipeline()
+        except* LlmError as group:
+            failure = group.exceptions[0]
+        if isinstance(failure, LlmError):
+            await self._fall_back(failure)
+            return
+        self.record.reply = "".join(self._reply).strip()
+        self.conversation.add_assistant(self.record.reply)
+
+    async def _fall_back(self, error: LlmError) -> None:
+        """SIT and the busy line when nothing was said; the stall line to close a cut reply."""
+        rec = self.record
+        rec.fallback, rec.cause = True, error.cause
+        log.warning(
+            "llm_fallback", cause=error.cause, detail=error.detail, spoken=len(self._spoken)
+        )
+        await self.deps.sink.drain()
+        if self._spoken:
+            rec.reply = " ".join(self._spoken)
+            self.conversation.add_assistant(rec.reply)
+            await self._say(await self.deps.lines.line(self.persona, "stall_line"))
+        else:
+            self.conversation.discard_unanswered()
+            await self._say(sit_tones(self.deps.sink.sample_rate))
+            await self._say(await self.deps.lines.line(self.persona, "busy_line"))
+
+    async def _pipeline(self) -> None:
+        chunks: asyncio.Queue[str | None] = asyncio.Queue(self.deps.chunk_queue)
+        pcm: asyncio.Queue[tuple[str | None, Pcm] | None] = asyncio.Queue(self.deps.pcm_queue)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._write(chunks))
+            tg.create_task(self._synthesize(chunks, pcm))
+            tg.create_task(self._speak(pcm))
+            tg.create_task(self._filler())
+        await self.deps.sink.drain()
+
+    async def _tokens(self, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+        async for piece in stream:
+            self.record.mark("first_token")
+            self._reply.append(piece)
+            yield piece
+
+    async def _write(self, out: asyncio.Queue[str | None]) -> None:
+        messages = self.conversation.messages()
+        raw = self.deps.backend.stream(messages, self.deps.options)
+        tokens = self._tokens(raw)
+        chunks = self.deps.speakable(tokens)
+        async with closing(raw), closing(tokens), closing(chunks):
+            async for chunk in chunks:
+                self.record.mark("first_chunk")
+                await out.put(chunk)
+        await out.put(None)
+
+    async def _synthesize(
+        self, chunks: asyncio.Queue[str | None], out: asyncio.Queue[tuple[str | None, Pcm] | None]
+    ) -> None:
+        voice = self.persona.voice_spec
+        while (chunk := await chunks.get()) is not None:
+            label: str | None = chunk
+            async with closing(self.deps.synthesizer.synthesize(chunk, voice)) as stream:
+                async for pcm in stream:
+                    await out.put((label, pcm))
+                    label = None
+        await out.put(None)
+
+    async def _speak(self, pcm: asyncio.Queue[tuple[str | None, Pcm] | None]) -> None:
+        while (item := await pcm.get()) is not None:
+            label, audio = item
+            if not self._audible.is_set():
+                self._audible.set()
+                if self.record.filler:
+                    self.deps.sink.stop()  # the real answer takes over from the filler at once
+                self.record.mark("first_audio")
+                if self.on_audible is not None:
+                    self.on_audible()
+            if label is not None:
+                self._spoken.append(label)
+            await self.deps.sink.play(audio)
+
+    async def _filler(self) -> None:
+        """A short persona filler if nothing is audible soon after the caller stopped."""
+        if not self.persona.fillers:
+            return
+        due = self.heard.speech_end + self.deps.filler_after_s - time.monotonic()
+        try:
+            async with asyncio.timeout(max(due, 0.0)):
+                await self._audible.wait()
+                return
+        except TimeoutError:
+            pass
+        filler = random.choice(self.persona.fillers)
+        audio = await self.deps.lines.render(self.persona, filler)
+        if not self._audible.is_set():
+            self.record.filler = True
+            await self.deps.sink.play(audio)
+
+    async def _say(self, pcm: Pcm) -> None:
+        await play_and_wait(self.deps.sink, pcm)
+
+    def _cut_off(self) -> None:
+        """Cancelled: keep only what the caller heard, marked as interrupted. No awaits here."""
+        self.deps.sink.stop()
+        rec = self.record
+        if rec.heard and not rec.reply:
+            rec.interrupted = True
+            rec.reply = " ".join(self._spoken)
+            if self._spoken:
+                self.conversation.add_interrupted(rec.reply)
+            else:
+                self.conversation.discard_unanswered()

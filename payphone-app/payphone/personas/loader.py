@@ -1,0 +1,137 @@
+"""Personas as data: TOML files shipped with the app, plus an operator's own directory.
+
+A file in the user directory replaces the shipped file of the same name. A broken file is
+reported with its path and field, and the others still load.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from payphone.speech.base import VoiceSpec
+
+SHIPPED_DIR = Path(__file__).resolve().parent
+OPERATOR_KEY = "0"
+Effect = Literal["none", "telephone", "noir", "elderly", "robot"]
+
+
+class VoiceFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[str, Field(min_length=1)] = "en_US-joe-medium"
+    speaker: Annotated[int, Field(ge=0)] | None = None
+    length_scale: Annotated[float, Field(ge=0.5, le=2.0)] = 1.0
+    effect: Effect = "none"
+    pitch_semitones: Annotated[float, Field(ge=-12, le=12)] = 0.0
+
+
+class Persona(BaseModel):
+    """One character on the line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    name: Annotated[str, Field(min_length=1)]
+    key: Annotated[str, Field(pattern=r"^[0-9A-D]$")]
+    number: Annotated[str, Field(pattern=r"^555-\d{4}$")]
+    greeting: Annotated[str, Field(min_length=1)]
+    prompt_tag: Annotated[str, Field(min_length=1)]
+    prompt: Annotated[str, Field(min_length=1)]
+    goodbye: Annotated[str, Field(min_length=1)]
+    idle_prompt: Annotated[str, Field(min_length=1)]
+    busy_line: Annotated[str, Field(min_length=1)]
+    stall_line: Annotated[str, Field(min_length=1)]
+    apology: Annotated[str, Field(min_length=1)]
+    not_in_service: str = (
+        "We're sorry, the number you have dialed is not in service. "
+        "Please check the number and dial again."
+    )
+    fillers: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    voice: VoiceFields = Field(default_factory=VoiceFields)
+
+    @property
+    def digits(self) -> str:
+        """The 555 number as dialled: digits only."""
+        return re.sub(r"\D", "", self.number)
+
+    @property
+    def voice_spec(self) -> VoiceSpec:
+        v = self.voice
+        return VoiceSpec(v.model, v.speaker, v.length_scale, v.effect, v.pitch_semitones)
+
+
+@dataclass
+class PersonaBook:
+    """The loaded personas, by key and by dialled number, and the problems found."""
+
+    personas: dict[str, Persona] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def by_key(self, key: str) -> Persona | None:
+        return self.personas.get(key)
+
+    def by_number(self, digits: str) -> Persona | None:
+        """A dialled number: the full 555 number (7 digits) or its last four."""
+        for persona in self.personas.values():
+            if digits in (persona.digits, persona.digits[-4:]):
+                return persona
+        return None
+
+    @property
+    def operator(self) -> Persona:
+        return self.personas.get(OPERATOR_KEY) or next(iter(self.personas.values()))
+
+    def __iter__(self) -> Iterator[Persona]:
+        return iter(sorted(self.personas.values(), key=lambda p: p.key))
+
+
+def persona_files(user_dir: Path | None) -> list[Path]:
+    """Shipped files, with user files of the same name taking their place."""
+    files = {p.name: p for p in sorted(SHIPPED_DIR.glob("*.toml"))}
+    if user_dir is not None and user_dir.is_dir():
+        files.update({p.name: p for p in sorted(user_dir.glob("*.toml"))})
+    return list(files.values())
+
+
+def load_persona(path: Path) -> Persona:
+    """Read one file; raises ValueError naming the file and the field."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
+    data.setdefault("id", path.stem)
+    try:
+        return Persona.model_validate(data)
+    except ValidationError as exc:
+        lines = [
+            f"{path}: field {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        ]
+        raise ValueError("; ".join(lines)) from None
+
+
+def load_personas(user_dir: Path | None = None) -> PersonaBook:
+    """Every persona that loads; problems are collected, never fatal for the others."""
+    book = PersonaBook()
+    for path in persona_files(user_dir):
+        try:
+            persona = load_persona(path)
+        except ValueError as exc:
+            book.errors.append(str(exc))
+            continue
+        clash = book.personas.get(persona.key)
+        if clash is not None:
+            book.errors.append(f"{path}: field key: {persona.key!r} is already used by {clash.id}")
+            continue
+        book.personas[persona.key] = persona
+    if not book.personas:
+        book.errors.append("no persona could be loaded")
+    return book

@@ -1,0 +1,178 @@
+"""Runs a call script through the real call loop on a simulated phone.
+
+The phone is the same rig the tests use (mock hook pin, in-memory mic and earpiece) with the
+stages it is given: the real models for `simulate` and the demo. `say` feeds the mic at real-time
+pace unless `fast` is set (then latency figures mean nothing, but tests run quickly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+from payphone.call.events import CallState
+from payphone.call.phone import Endpointer
+from payphone.call.session import CallLog
+from payphone.call.turn import Speakable
+from payphone.config import CallSettings
+from payphone.hardware.base import HookState, Pcm
+from payphone.hardware.keypad import InbandKeypad
+from payphone.llm.base import ChatBackend
+from payphone.log import get_logger
+from payphone.personas.loader import PersonaBook
+from payphone.sim.recording import MicTape
+from payphone.sim.rig import Rig, build_rig
+from payphone.sim.script import Step
+from payphone.speech import tones
+from payphone.speech.base import Synthesizer, Transcriber
+
+log = get_logger("sim")
+
+MIC_RATE = 16000
+FRAME_S = 0.03
+KEY_GAP_S = 0.15
+QUIET_STATES = (CallState.LISTENING, CallState.HOWLER, CallState.ENDED, CallState.DIAL_TONE)
+
+
+@dataclass
+class SimResult:
+    calls: list[CallLog]
+    rig: Rig
+    tape: MicTape
+
+
+def read_wav_16k(path: Path) -> Pcm:
+    """Any WAV (rate, channels, 8/16/32-bit) as 16 kHz mono int16."""
+    with wave.open(str(path), "rb") as wav:
+        rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
+        raw = wav.readframes(wav.getnframes())
+    dtype = {1: np.uint8, 2: np.int16, 4: np.int32}[width]
+    data = np.frombuffer(raw, dtype=dtype).astype(np.float32)
+    if width == 1:
+        data = (data - 128.0) * 256.0
+    elif width == 4:
+        data /= 65536.0
+    mono = data.reshape(-1, channels).mean(axis=1)
+    if rate != MIC_RATE:
+        mono = soxr.resample(mono, rate, MIC_RATE)
+    return np.clip(mono, -32768, 32767).astype(np.int16)
+
+
+class ScriptRunner:
+    """Plays one script; every step waits for what a person would wait for."""
+
+    def __init__(self, rig: Rig, tape: MicTape, fast: bool) -> None:
+        self.rig = rig
+        self.tape = tape
+        self.fast = fast
+
+    async def feed(self, pcm: Pcm) -> None:
+        """Into the mic: all at once in fast mode, else frame by frame in real time."""
+        self.tape.record(pcm)
+        if self.fast:
+            self.rig.mic.push(pcm)
+            return
+        frame = round(MIC_RATE * FRAME_S)
+        started = time.monotonic()
+        for index, offset in enumerate(range(0, len(pcm), frame)):
+            self.rig.mic.push(pcm[offset : offset + frame])
+            await asyncio.sleep(max(0.0, started + (index + 1) * FRAME_S - time.monotonic()))
+
+    async def step(self, step: Step) -> None:
+        rig = self.rig
+        match step.action:
+            case "offhook":
+                rig.lift()
+                await rig.wait_hook(HookState.OFF_HOOK)
+            case "onhook":
+                rig.replace()
+                await rig.wait_hook(HookState.ON_HOOK)
+                while rig.phone.call is not None:
+                    await asyncio.sleep(0.01)
+            case "wait":
+                await asyncio.sleep(step.seconds)
+            case "press":
+                for key in step.keys:
+                    rig.keypad.press(key)
+                    await asyncio.sleep(KEY_GAP_S)
+            case "tones":
+                await self.feed(tones.dtmf_sequence(step.keys, MIC_RATE, on_s=0.1, off_s=0.1))
+            case "say":
+                assert step.path is not None
+                await self.feed(read_wav_16k(step.path))
+                await self.feed(np.zeros(round(MIC_RATE * 0.1), dtype=np.int16))
+            case "wait_reply":
+                await self.wait_reply(step.seconds)
+
+    async def wait_reply(self, timeout_s: float) -> None:
+        """Until the persona answered and went quiet (or nothing was heard to answer)."""
+        rig = self.rig
+        try:
+            async with asyncio.timeout(timeout_s):
+                quiet_since = time.monotonic()
+                while True:  # phase 1: the caller's words reach the loop (or prove to be nothing)
+                    call = rig.phone.call
+                    if call is None or call.state not in QUIET_STATES:
+                        break
+                    if rig.mic.queued_frames or rig.sink.playing:
+                        quiet_since = time.monotonic()
+                    elif time.monotonic() - quiet_since > 1.5:
+                        return
+                    await asyncio.sleep(0.02)
+                while True:  # phase 2: the persona finishes
+                    call = rig.phone.call
+                    if call is None or (call.state in QUIET_STATES and not rig.sink.playing):
+                        return
+                    await asyncio.sleep(0.02)
+        except TimeoutError:
+            log.warning("wait_reply_timed_out", seconds=timeout_s)
+
+
+async def run_script(
+    steps: list[Step],
+    transcriber: Transcriber,
+    backend: ChatBackend,
+    synthesizer: Synthesizer,
+    speakable: Speakable,
+    make_endpointer: Callable[[], Endpointer],
+    *,
+    call_settings: CallSettings,
+    personas: PersonaBook,
+    fast: bool = False,
+    **call_options: object,
+) -> SimResult:
+    """Play the script on a fresh simulated phone; hangs up at the end if the script did not."""
+    inband = InbandKeypad(MIC_RATE)
+    rig = build_rig(
+        transcriber,
+        backend,
+        synthesizer,
+        make_endpointer,
+        call_settings=call_settings,
+        speakable=speakable,
+        personas=personas,
+        extra_keypads=[inband],
+        **call_options,  # type: ignore[arg-type]
+    )
+    task = await rig.start()
+    tape = MicTape(MIC_RATE)
+    runner = ScriptRunner(rig, tape, fast)
+    try:
+        for step in steps:
+            log.info("sim_step", action=step.action, line=step.line)
+            await runner.step(step)
+        if rig.phone.call is not None:
+            await runner.step(Step("onhook", 0))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await rig.sink.aclose()
+        rig.hook.close()
+    return SimResult([call.log for call in rig.calls], rig, tape)

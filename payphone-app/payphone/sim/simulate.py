@@ -1,0 +1,127 @@
+"""`payphone simulate` and `payphone demo`: a scripted call with the real models, recorded.
+
+Loads the stages once, runs the script on a simulated phone, writes `call.wav` and
+`report.json` to the output folder and prints a readable summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from payphone.call.listen import VadListener
+from payphone.config import Settings
+from payphone.personas.loader import load_personas
+from payphone.sim.recording import build_report, write_call_wav, write_report
+from payphone.sim.runner import run_script
+from payphone.sim.script import load_script
+from payphone.speech.base import VoiceSpec
+from payphone.stages import load_stages
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+CALLER_VOICE = VoiceSpec(length_scale=0.9)
+
+
+async def simulate(
+    settings: Settings, script: Path, out_dir: Path, fast: bool, console: Console
+) -> dict[str, Any]:
+    """Run one script end to end; returns the report."""
+    steps = load_script(script)
+    book = load_personas(settings.personas.user_dir)
+    for problem in book.errors:
+        console.print(f"[yellow]persona file problem:[/yellow] {problem}")
+    first = book.by_key(settings.call.default_persona_key) or book.operator
+    started = time.monotonic()
+    stages = await load_stages(settings, first, list(book))
+    console.print(
+        f"models loaded in {time.monotonic() - started:.1f} s "
+        f"(llm {settings.llm.backend}: {stages.llm_status.state})"
+    )
+    try:
+        result = await run_script(
+            steps,
+            stages.transcriber,
+            stages.backend,
+            stages.synthesizer,
+            stages.speakable,
+            lambda: VadListener(settings.vad),
+            call_settings=settings.call,
+            personas=book,
+            fast=fast,
+            prompt_style=settings.llm.prompt_style,
+            history_tokens=settings.llm.history_tokens,
+            barge_in=settings.vad.barge_in,
+        )
+    finally:
+        await stages.aclose()
+    report = build_report(result.calls)
+    seconds = write_call_wav(
+        out_dir / "call.wav", result.rig.sink.heard, result.tape, result.rig.sink.sample_rate
+    )
+    write_report(out_dir / "report.json", report)
+    print_summary(report, console)
+    console.print(
+        f"recording: {out_dir / 'call.wav'} ({seconds:.1f} s, left: earpiece, right: caller); "
+        f"report: {out_dir / 'report.json'}"
+    )
+    return report
+
+
+def print_summary(report: dict[str, Any], console: Console) -> None:
+    table = Table("#", "persona", "caller said", "persona replied", "first audio", "note")
+    for index, turn in enumerate(report["turns"], start=1):
+        latency = turn["latency_ms"]
+        first_audio = latency.get("first_audio")
+        note = "fallback" if turn["fallback"] else ("cut off" if turn["interrupted"] else "")
+        table.add_row(
+            str(index),
+            turn["persona"],
+            turn["heard"],
+            turn["reply"][:120],
+            f"{first_audio:.0f} ms" if first_audio is not None else "-",
+            note,
+        )
+    console.print(table)
+    calls = len({e["call_id"] for e in report["events"]})
+    console.print(f"{calls} call(s), {len(report['turns'])} turn(s)")
+
+
+def _copy_demo_script(out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    script = out_dir / "demo_call.yaml"
+    shutil.copy(DEMO_DIR / "demo_call.yaml", script)
+    lines = tomllib.loads((DEMO_DIR / "demo_lines.toml").read_text(encoding="utf-8"))
+    missing = {name: text for name, text in lines.items() if not (out_dir / f"{name}.wav").exists()}
+    return script, missing
+
+
+async def render_demo_lines(settings: Settings, out_dir: Path) -> Path:
+    """Copy the demo script next to WAVs of the caller's lines, spoken by Piper."""
+    from payphone.speech.tts import PiperSynthesizer
+
+    script, missing = await asyncio.to_thread(_copy_demo_script, out_dir)
+    voice = PiperSynthesizer(settings, telephone_filter=False)
+    for name, text in missing.items():
+        pcm = await voice.render(str(text), CALLER_VOICE)
+        await asyncio.to_thread(
+            _write_mono, out_dir / f"{name}.wav", np.asarray(pcm, dtype=np.int16), voice.sample_rate
+        )
+    return script
+
+
+def _write_mono(path: Path, pcm: np.ndarray, rate: int) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(pcm.tobytes())

@@ -1,0 +1,23 @@
+"""Model text -> what the voice may say: the output guard, then the chunker, streaming.
+
+Both stages close their source when they stop (a length cap, a blocked phrase, a hang-up), so
+the model stops generating as soon as nothing more will be spoken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from payphone.llm.guard import GuardConfig, guard_stream
+from payphone.speech.chunker import ChunkerConfig, chunk_stream
+
+
+def make_speakable(
+    guard: GuardConfig | None = None, chunker: ChunkerConfig | None = None
+) -> Callable[[AsyncIterator[str]], AsyncIterator[str]]:
+    """A stage for the turn pipeline: token pieces in, speakable chunks out."""
+
+    def speakable(pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+        return chunk_stream(guard_stream(pieces, guard), chunker)
+
+    return speakable

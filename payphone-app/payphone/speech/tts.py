@@ -1,0 +1,210 @@
+"""Piper text-to-speech, streamed sentence by sentence, with even loudness and persona colour.
+
+Piper synthesises one sentence per ONNX run. Each text chunk is synthesised in its own worker
+thread that hands every sentence over as soon as it exists, so the first sentence plays while
+the next is still being computed. Voices are loaded once per model file and shared (an ONNX
+session is safe to run from several threads). Closing the async iterator (or cancelling its
+task) tells the worker to stop after the sentence it is on; its late results are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import numpy as np
+import soxr
+from piper import PiperVoice, SynthesisConfig
+
+from payphone.config import Settings
+from payphone.hardware.base import Pcm
+from payphone.log import get_logger, ms
+from payphone.models import resolve_voice
+from payphone.speech.base import Synthesizer, VoiceSpec
+from payphone.speech.effects import Audio, EffectChain, Leveler, build_chain, pitch_ratio
+
+log = get_logger("payphone.speech.tts")
+
+_END = object()
+
+
+def voice_rate(onnx: Path) -> int:
+    """A voice's native sample rate, from its `.onnx.json`, without loading the model."""
+    config = json.loads(onnx.with_suffix(".onnx.json").read_text(encoding="utf-8"))
+    return int(config["audio"]["sample_rate"])
+
+
+def to_pcm(audio: Audio) -> Pcm:
+    """Float [-1, 1] to int16 with clipping (the leveler keeps peaks below the ceiling)."""
+    return np.clip(np.rint(audio * 32767.0), -32768, 32767).astype(np.int16)
+
+
+class _Voices:
+    """One loaded PiperVoice per model file; loading happens once, under a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded: dict[Path, PiperVoice] = {}
+
+    def get(self, onnx: Path) -> PiperVoice:
+        with self._lock:
+            voice = self._loaded.get(onnx)
+            if voice is None:
+                started = time.monotonic()
+                voice = PiperVoice.load(onnx)
+                self._loaded[onnx] = voice
+                log.info("voice_loaded", path=str(onnx), load_ms=ms(time.monotonic() - started))
+            return voice
+
+
+class _Render:
+    """The per-call pipeline: Piper sentence -> effects -> leveler -> output rate -> int16."""
+
+    def __init__(self, rate: int, out_rate: int, chain: EffectChain, leveler: Leveler) -> None:
+        self._chain = chain
+        self._leveler = leveler
+        self._resampler = (
+            soxr.ResampleStream(rate, out_rate, 1, dtype="float32") if out_rate != rate else None
+        )
+
+    def chunk(self, audio: Audio) -> Pcm:
+        leveled = self._leveler.process(self._chain.process(audio))
+        if self._resampler is not None:
+            leveled = np.asarray(self._resampler.resample_chunk(leveled), np.float32)
+        return to_pcm(leveled)
+
+    def finish(self) -> Pcm:
+        """What the filters and resamplers still hold, at the last chunk's gain."""
+        tail = self._leveler.carry(self._chain.flush())
+        if self._resampler is not None:
+            tail = np.asarray(self._resampler.resample_chunk(tail, last=True), np.float32)
+        return to_pcm(tail)
+
+
+class PiperSynthesizer(Synthesizer):
+    """Piper voices for every persona, streamed, levelled and coloured for the phone line.
+
+    `output_rate` is the rate of the PCM handed out (`sample_rate`): the default voice's own rate
+    unless given (22 050 Hz for the demo voice). Telephone colour and the loudness target come from
+    `settings.tts` unless overridden.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        output_rate: int | None = None,
+        telephone_filter: bool | None = None,
+        target_dbfs: float | None = None,
+    ) -> None:
+        self._settings = settings
+        self._default_path = resolve_voice(settings)
+        self.sample_rate = output_rate or voice_rate(self._default_path)
+        self.telephone = (
+            settings.tts.telephone_filter if telephone_filter is None else telephone_filter
+        )
+        self.target_dbfs = settings.tts.target_dbfs if target_dbfs is None else target_dbfs
+        self._voices = _Voices()
+        self._paths: dict[str, Path] = {settings.tts.voice: self._default_path}
+        self._rendered: dict[tuple[str, VoiceSpec], Pcm] = {}
+
+    def voice_path(self, model: str) -> Path:
+        """The `.onnx` of a persona's voice (names resolved once, like the settings' voice)."""
+        path = self._paths.get(model)
+        if path is None:
+            path = self._paths[model] = resolve_voice(self._settings, model)
+        return path
+
+    async def load(self, voice: VoiceSpec | None = None, warm: bool = True) -> None:
+        """Load a voice at start-up (and run it once: ONNX Runtime's first run allocates), so the
+        first caller does not wait for either."""
+        spec = voice or VoiceSpec(model=self._settings.tts.voice)
+        await asyncio.to_thread(self._voices.get, self.voice_path(spec.model))
+        if warm:
+            started = time.monotonic()
+            async for _ in self.synthesize("Hello.", spec):
+                pass
+            log.info("voice_warmed", warm_ms=ms(time.monotonic() - started))
+
+    def synthesize(self, text: str, voice: VoiceSpec) -> AsyncIterator[Pcm]:
+        """PCM chunks (about one per sentence) at `sample_rate`, as Piper produces them."""
+        return self._stream(text, voice)
+
+    async def _stream(self, text: str, voice: VoiceSpec) -> AsyncIterator[Pcm]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        stop = threading.Event()
+        path = self.voice_path(voice.model)
+
+        def hand_over(item: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed after a cancel: drop it
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            try:
+                for pcm in self._pieces(path, text, voice, stop):
+                    if stop.is_set():
+                        return
+                    hand_over(pcm)
+            except BaseException as exc:  # reported to the consumer, which re-raises it
+                hand_over(exc)
+            finally:
+                hand_over(_END)
+
+        worker = threading.Thread(target=work, name="piper-synth", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, np.ndarray)
+                yield item
+        finally:
+            stop.set()
+            task = asyncio.current_task()
+            if worker.is_alive() and not (task is not None and task.cancelling()):
+                # closed early, not cancelled: wait for the sentence in flight, off the loop
+                await asyncio.to_thread(worker.join)
+
+    def _pieces(
+        self, path: Path, text: str, voice: VoiceSpec, stop: threading.Event
+    ) -> Iterator[Pcm]:
+        """Runs in the worker thread: Piper's sentences through the persona's pipeline."""
+        piper = self._voices.get(path)
+        rate = int(piper.config.sample_rate)
+        chain = build_chain(voice.effect, rate, voice.pitch_semitones, self.telephone)
+        render = _Render(rate, self.sample_rate, chain, Leveler(rate, self.target_dbfs))
+        config = SynthesisConfig(
+            speaker_id=voice.speaker,
+            # a pitch shift by resampling also shortens the audio; slower speech makes up for it
+            length_scale=voice.length_scale * pitch_ratio(voice.pitch_semitones),
+            normalize_audio=False,
+        )
+        started = time.monotonic()
+        for count, sentence in enumerate(piper.synthesize(text, config)):
+            if stop.is_set():
+                return
+            if count == 0:
+                log.debug("tts_first_sentence", synth_ms=ms(time.monotonic() - started))
+            yield render.chunk(np.asarray(sentence.audio_float_array, dtype=np.float32))
+        tail = render.finish()
+        if len(tail):
+            yield tail
+
+    async def render(self, text: str, voice: VoiceSpec) -> Pcm:
+        """A whole line as one clip, rendered once and cached (greetings, fillers, goodbyes)."""
+        key = (text, voice)
+        cached = self._rendered.get(key)
+        if cached is None:
+            pieces = [pcm async for pcm in self.synthesize(text, voice)]
+            cached = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
+            cached.setflags(write=False)
+            self._rendered[key] = cached
+        return cached

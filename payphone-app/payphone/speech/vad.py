@@ -1,0 +1,467 @@
+"""End-pointing: 16 kHz int16 mic audio in, whole utterances out (webrtcvad).
+
+Why it is built this way: the peers we learned from dropped frames and clipped the first
+syllable. Here every sample fed in is accounted for (`VadStats`), `preroll_ms` of audio before
+the detected start rides along with each utterance, and the end of speech is stamped at the
+moment speech actually stopped (the hangover is subtracted back out), so latency logs measure
+from what the caller experienced.
+
+Echo while we play (`gate(True)`): without barge-in the mic is simply ignored. With barge-in a
+frame counts as voiced only if webrtcvad says so *and* its level stands `echo_margin_db` above a
+running estimate of the echo level (`_EchoTracker`: a slew-limited peak follower of the mic
+level, learned during the first `echo_warmup_ms` of audible playback, never below
+`echo_floor_db`). Close speech into the handset clears that bar; our own voice leaking back from
+the earpiece does not. It is a level heuristic, not echo cancellation: a caller must speak up
+to interrupt, and a quiet caller is only heard once playback stops.
+
+End of speech: webrtcvad holds its "speech" verdict for a few frames after speech stops (its
+own overhang, ~100 ms at 30 ms frames), so a voiced frame must also stand `energy_margin_db`
+above the background level (averaged over unvoiced frames between utterances). The end is then
+stamped within a frame of the true end, and detected one hangover later.
+
+webrtcvad costs a few microseconds per frame, so `feed` is cheap enough to call on the event loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import webrtcvad
+
+from payphone.config import VadSettings
+from payphone.hardware.base import Pcm
+from payphone.log import get_logger
+
+log = get_logger(__name__)
+
+SUPPORTED_RATES = (8000, 16000, 32000, 48000)
+SUPPORTED_FRAME_MS = (10, 20, 30)
+SILENCE_DB = -120.0
+NOISE_ALPHA = 0.05  # background level: average over ~20 unvoiced frames
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One thing the caller said. Times are seconds of stream time (samples fed / rate).
+
+    `start_s` is where `pcm` begins (pre-roll included), `speech_start_s` where speech was first
+    heard, `end_s` when speech actually ended (the hangover expired at `detected_s`; `end_s` is
+    that moment minus the hangover), `detected_s` when the VAD decided it was over. `pcm` runs
+    from `start_s` to `end_s` plus a short tail. `cut` marks an utterance ended by the maximum
+    length rather than by silence. `detected_monotonic` is `time.monotonic()` at detection, so
+    the call loop can place end of speech on the wall clock.
+    """
+
+    pcm: Pcm
+    sample_rate: int
+    start_s: float
+    speech_start_s: float
+    end_s: float
+    detected_s: float
+    cut: bool = False
+    detected_monotonic: float = 0.0
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the audio handed on (pre-roll and tail included)."""
+        return len(self.pcm) / self.sample_rate
+
+    @property
+    def speech_s(self) -> float:
+        """How long the caller spoke."""
+        return self.end_s - self.speech_start_s
+
+    @property
+    def end_monotonic(self) -> float:
+        """End of speech on the `time.monotonic()` clock."""
+        return self.detected_monotonic - (self.detected_s - self.end_s)
+
+
+@dataclass
+class VadStats:
+    """Where every fed sample went; `accounted` always equals `samples_in`."""
+
+    samples_in: int = 0
+    frames: int = 0
+    voiced_frames: int = 0
+    in_utterances: int = 0
+    silence: int = 0
+    blips: int = 0
+    gated: int = 0
+    utterances: int = 0
+    dropped_blips: int = 0
+    cuts: int = 0
+    pending: int = 0
+
+    @property
+    def accounted(self) -> int:
+        """Samples in emitted utterances, silence, dropped blips, gated audio and still pending."""
+        return self.in_utterances + self.silence + self.blips + self.gated + self.pending
+
+
+@dataclass
+class _Frame:
+    pcm: Pcm
+    index: int
+    voiced: bool
+
+
+@dataclass
+class _EchoTracker:
+    """Running echo level (dB) while our own audio plays, for voice barge-in.
+
+    A peak follower of the mic level: it learns freely for the first `warmup_frames` audible
+    frames of each playback, then rises at most `slew_db` per frame (so a caller's sudden onset
+    stands out for the frames the start rule needs, while our own voice swelling slowly does
+    not) and falls back slowly. It never drops below `floor_db`, and it is frozen while the
+    caller is speaking, so their own voice never raises the bar against them.
+    """
+
+    margin_db: float
+    warmup_frames: int
+    floor_db: float = -50.0
+    slew_db: float = 1.0
+    release: float = 0.003
+    level_db: float = -50.0
+    learned: int = 0
+
+    def reset(self) -> None:
+        self.level_db = self.floor_db
+        self.learned = 0
+
+    def stands_out(self, frame_db: float, learn: bool) -> bool:
+        """Whether the frame is `margin_db` above the echo; `learn` updates the estimate."""
+        if self.learned < self.warmup_frames:
+            if frame_db > self.floor_db:
+                self.level_db = max(self.level_db, frame_db)
+                self.learned += 1
+            return False
+        loud = frame_db >= self.level_db + self.margin_db
+        if learn:
+            if frame_db > self.level_db:
+                self.level_db += min(frame_db - self.level_db, self.slew_db)
+            else:
+                self.level_db += self.release * (frame_db - self.level_db)
+                self.level_db = max(self.floor_db, self.level_db)
+        return loud
+
+
+def frame_dbfs(pcm: Pcm) -> float:
+    """RMS level of a frame in dB relative to int16 full scale."""
+    if len(pcm) == 0:
+        return SILENCE_DB
+    rms = float(np.sqrt(np.mean(np.square(pcm.astype(np.float64)))))
+    return max(SILENCE_DB, 20.0 * math.log10(rms / 32768.0)) if rms > 0 else SILENCE_DB
+
+
+@dataclass
+class _Speech:
+    """The utterance being collected."""
+
+    frames: list[_Frame] = field(default_factory=list)
+    speech_start_index: int = 0
+    last_voiced_index: int = 0
+    unvoiced_run: int = 0
+
+
+class VadEndpointer:
+    """Streaming end-pointer: `feed` any chunk of int16 PCM, get finished utterances back.
+
+    Start: `start_voiced_frames` voiced among the last `start_window_frames` frames. End: a run
+    of unvoiced frames as long as `hangover_ms`. Utterances shorter than `min_utterance_ms` of
+    speech are dropped as blips; speech longer than `max_utterance_s` is cut and emitted, and
+    collection carries straight on into the next utterance (nothing lost at the seam).
+    """
+
+    def __init__(
+        self,
+        settings: VadSettings | None = None,
+        *,
+        aggressiveness: int | None = None,
+        frame_ms: int | None = None,
+        sample_rate: int | None = None,
+        start_voiced_frames: int | None = None,
+        start_window_frames: int | None = None,
+        hangover_ms: int | None = None,
+        preroll_ms: int | None = None,
+        min_utterance_ms: int | None = None,
+        max_utterance_s: float | None = None,
+        barge_in: bool | None = None,
+        tail_ms: int = 200,
+        echo_margin_db: float = 10.0,
+        echo_warmup_ms: int = 300,
+        echo_floor_db: float = -50.0,
+        energy_margin_db: float = 6.0,
+        on_speech_start: Callable[[float], None] | None = None,
+    ) -> None:
+        s = settings or VadSettings()
+        self.aggressiveness = s.aggressiveness if aggressiveness is None else aggressiveness
+        self.frame_ms = s.frame_ms if frame_ms is None else frame_ms
+        self.sample_rate = s.sample_rate if sample_rate is None else sample_rate
+        self.start_voiced = (
+            s.start_voiced_frames if start_voiced_frames is None else start_voiced_frames
+        )
+        self.start_window = (
+            s.start_window_frames if start_window_frames is None else start_window_frames
+        )
+        self.hangover_ms = s.hangover_ms if hangover_ms is None else hangover_ms
+        self.preroll_ms = s.preroll_ms if preroll_ms is None else preroll_ms
+        self.min_utterance_ms = s.min_utterance_ms if min_utterance_ms is None else min_utterance_ms
+        self.max_utterance_s = s.max_utterance_s if max_utterance_s is None else max_utterance_s
+        self.barge_in = s.barge_in if barge_in is None else barge_in
+        if self.sample_rate not in SUPPORTED_RATES:
+            raise ValueError(f"webrtcvad needs a rate in {SUPPORTED_RATES}, not {self.sample_rate}")
+        if self.frame_ms not in SUPPORTED_FRAME_MS:
+            raise ValueError(
+                f"webrtcvad needs frames of {SUPPORTED_FRAME_MS} ms, not {self.frame_ms}"
+            )
+        if not 1 <= self.start_voiced <= self.start_window:
+            raise ValueError("start_voiced_frames must be between 1 and start_window_frames")
+
+        self.frame_samples = self.sample_rate * self.frame_ms // 1000
+        self.hangover_frames = max(1, math.ceil(self.hangover_ms / self.frame_ms))
+        self.preroll_frames = math.ceil(self.preroll_ms / self.frame_ms)
+        self.tail_frames = min(self.hangover_frames, math.ceil(tail_ms / self.frame_ms))
+        self.min_frames = math.ceil(self.min_utterance_ms / self.frame_ms)
+        self.max_frames = max(1, int(self.max_utterance_s * 1000 / self.frame_ms))
+        self.on_speech_start = on_speech_start
+
+        self._vad = webrtcvad.Vad(self.aggressiveness)
+        self._echo = _EchoTracker(
+            margin_db=echo_margin_db,
+            warmup_frames=math.ceil(echo_warmup_ms / self.frame_ms),
+            floor_db=echo_floor_db,
+            level_db=echo_floor_db,
+        )
+        self._playing = False
+        self.energy_margin_db = energy_margin_db
+        self._noise_db: float | None = None
+        self._partial = np.zeros(0, dtype=np.int16)
+        # frames before a start: the start window plus the pre-roll
+        self._ring: deque[_Frame] = deque()
+        self._speech: _Speech | None = None
+        self._next_index = 0
+        self.stats = VadStats()
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def in_speech(self) -> bool:
+        """Whether the caller is speaking now (an utterance is being collected)."""
+        return self._speech is not None
+
+    @property
+    def playing(self) -> bool:
+        return self._playing
+
+    def gate(self, playing: bool) -> None:
+        """Tell the VAD whether our own audio is playing (the mic then hears the earpiece).
+
+        Without barge-in, everything heard while playing is ignored, and an utterance in
+        progress when playback starts is dropped (counted as gated). With barge-in, speech must
+        stand out from the echo level, which is learned afresh each time playback starts.
+        """
+        if playing == self._playing:
+            return
+        self._playing = playing
+        self._echo.reset()
+        if playing and not self.barge_in:
+            self._discard_all_to("gated")
+
+    def feed(self, pcm: Pcm) -> list[Utterance]:
+        """Take any number of samples; return the utterances that ended inside them."""
+        samples = np.asarray(pcm, dtype=np.int16).reshape(-1)
+        self.stats.samples_in += len(samples)
+        buffered = np.concatenate([self._partial, samples]) if len(self._partial) else samples
+        whole = len(buffered) // self.frame_samples * self.frame_samples
+        self._partial = buffered[whole:].copy()
+        out: list[Utterance] = []
+        for offset in range(0, whole, self.frame_samples):
+            done = self._frame(buffered[offset : offset + self.frame_samples])
+            if done is not None:
+                out.append(done)
+        self._update_pending()
+        return out
+
+    def flush(self) -> list[Utterance]:
+        """End of stream (hang-up, file end): finish an utterance in progress, if long enough."""
+        out: list[Utterance] = []
+        # a trailing partial frame (< one frame) cannot be judged by webrtcvad: count it silent
+        self.stats.silence += len(self._partial)
+        self._partial = np.zeros(0, dtype=np.int16)
+        if self._speech is not None:
+            done = self._finish(cut=False)
+            if done is not None:
+                out.append(done)
+        self._discard_all_to("silence")
+        self._update_pending()
+        return out
+
+    def reset(self) -> None:
+        """Forget everything in progress (a new call); pending audio counts as silence."""
+        self._discard_all_to("silence")
+        self.stats.silence += len(self._partial)
+        self._partial = np.zeros(0, dtype=np.int16)
+        self._update_pending()
+
+    # -- frame by frame ----------------------------------------------------------------------
+
+    def _time(self, frame_index: int) -> float:
+        return frame_index * self.frame_samples / self.sample_rate
+
+    def _is_voiced(self, frame: Pcm) -> bool:
+        voiced = bool(self._vad.is_speech(frame.tobytes(), self.sample_rate))
+        level = frame_dbfs(frame)
+        if self._playing and self.barge_in:
+            # the echo estimate is frozen while the caller speaks
+            loud = self._echo.stands_out(level, learn=self._speech is None)
+            return loud and voiced
+        if not voiced:
+            if self._speech is None:
+                self._noise_db = (
+                    level
+                    if self._noise_db is None
+                    else self._noise_db + NOISE_ALPHA * (level - self._noise_db)
+                )
+            return False
+        # webrtcvad keeps saying "speech" for a few frames after it ends (its own overhang);
+        # frames no louder than the background do not count, so the end is stamped on time
+        return self._noise_db is None or level >= self._noise_db + self.energy_margin_db
+
+    def _frame(self, pcm: Pcm) -> Utterance | None:
+        index = self._next_index
+        self._next_index += 1
+        self.stats.frames += 1
+        if self._playing and not self.barge_in:
+            self.stats.gated += len(pcm)
+            return None
+        frame = _Frame(pcm, index, self._is_voiced(pcm))
+        self.stats.voiced_frames += frame.voiced
+        if self._speech is None:
+            self._listen(frame)
+            return None
+        return self._collect(frame)
+
+    def _listen(self, frame: _Frame) -> None:
+        self._ring.append(frame)
+        window = list(self._ring)[-self.start_window :]
+        if sum(f.voiced for f in window) >= self.start_voiced:
+            first_voiced = next(f for f in window if f.voiced)
+            keep_from = first_voiced.index - self.preroll_frames
+            while self._ring and self._ring[0].index < keep_from:
+                self.stats.silence += len(self._ring.popleft().pcm)
+            self._speech = _Speech(
+                frames=list(self._ring),
+                speech_start_index=first_voiced.index,
+                last_voiced_index=frame.index,
+            )
+            self._ring.clear()
+            if self.on_speech_start is not None:
+                self.on_speech_start(self._time(first_voiced.index))
+            return
+        limit = self.preroll_frames + self.start_window
+        while len(self._ring) > limit:
+            self.stats.silence += len(self._ring.popleft().pcm)
+
+    def _collect(self, frame: _Frame) -> Utterance | None:
+        speech = self._speech
+        assert speech is not None
+        speech.frames.append(frame)
+        if frame.voiced:
+            speech.last_voiced_index = frame.index
+            speech.unvoiced_run = 0
+        else:
+            speech.unvoiced_run += 1
+        if speech.unvoiced_run >= self.hangover_frames:
+            return self._finish(cut=False)
+        if frame.index - speech.speech_start_index + 1 >= self.max_frames:
+            return self._finish(cut=True)
+        return None
+
+    def _finish(self, cut: bool) -> Utterance | None:
+        """Close the utterance in progress: emit it, or drop it as a blip."""
+        speech = self._speech
+        assert speech is not None
+        self._speech = None
+        if not speech.frames:
+            return None
+        detected_index = speech.frames[-1].index + 1
+        if cut:
+            last = speech.frames[-1].index
+            end_index = last + 1
+        else:
+            end_index = speech.last_voiced_index + 1
+            last = min(speech.frames[-1].index, speech.last_voiced_index + self.tail_frames)
+        kept = [f for f in speech.frames if f.index <= last]
+        rest = len(speech.frames) - len(kept)
+        rest_samples = rest * self.frame_samples
+        if not kept or end_index - speech.speech_start_index < self.min_frames:
+            self.stats.blips += sum(len(f.pcm) for f in kept)
+            self.stats.silence += rest_samples
+            self.stats.dropped_blips += 1
+            log.debug(
+                "vad_blip_dropped",
+                speech_ms=(end_index - speech.speech_start_index) * self.frame_ms,
+            )
+            return None
+        pcm = np.concatenate([f.pcm for f in kept])
+        self.stats.in_utterances += len(pcm)
+        self.stats.silence += rest_samples
+        self.stats.utterances += 1
+        self.stats.cuts += cut
+        utterance = Utterance(
+            pcm=pcm,
+            sample_rate=self.sample_rate,
+            start_s=self._time(kept[0].index),
+            speech_start_s=self._time(speech.speech_start_index),
+            end_s=self._time(end_index),
+            detected_s=self._time(detected_index),
+            cut=cut,
+            detected_monotonic=time.monotonic(),
+        )
+        if cut:
+            # keep listening without a gap: the caller is still talking
+            self._speech = _Speech(
+                speech_start_index=detected_index, last_voiced_index=detected_index - 1
+            )
+        log.debug(
+            "vad_utterance",
+            speech_ms=round(utterance.speech_s * 1000.0, 1),
+            audio_ms=round(utterance.duration_s * 1000.0, 1),
+            cut=cut,
+        )
+        return utterance
+
+    def _discard_all_to(self, bucket: str) -> None:
+        dropped = sum(len(f.pcm) for f in self._ring)
+        if self._speech is not None:
+            dropped += sum(len(f.pcm) for f in self._speech.frames)
+        self._ring.clear()
+        self._speech = None
+        setattr(self.stats, bucket, getattr(self.stats, bucket) + dropped)
+
+    def _update_pending(self) -> None:
+        pending = len(self._partial) + sum(len(f.pcm) for f in self._ring)
+        if self._speech is not None:
+            pending += sum(len(f.pcm) for f in self._speech.frames)
+        self.stats.pending = pending
+
+
+async def utterances(
+    frames: AsyncIterator[Pcm], endpointer: VadEndpointer, flush: bool = True
+) -> AsyncIterator[Utterance]:
+    """Utterances from a stream of mic frames; cancelling it loses nothing already yielded.
+
+    With `flush`, an utterance still open when the stream ends is finished and yielded.
+    """
+    async for chunk in frames:
+        for utterance in endpointer.feed(chunk):
+            yield utterance
+    if flush:
+        for utterance in endpointer.flush():
+            yield utterance

@@ -1,0 +1,71 @@
+"""Load the real speech and model stages once, at start-up, from settings.
+
+Whisper, the Piper voices and the persona model each take seconds to load; the service, the
+simulator and the benchmarks all load them here, in worker threads, before the first call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from payphone.call.turn import Speakable
+from payphone.config import Settings
+from payphone.llm.base import ChatOptions
+from payphone.llm.breaker import BreakerStatus, CircuitBreaker
+from payphone.llm.factory import build_backend, chat_options
+from payphone.llm.guard import GuardConfig
+from payphone.llm.history import choose_system_prompt
+from payphone.log import get_logger, ms
+from payphone.personas.loader import Persona
+from payphone.speech.speakable import make_speakable
+from payphone.speech.stt import WhisperTranscriber
+from payphone.speech.tts import PiperSynthesizer
+
+log = get_logger("stages")
+
+
+@dataclass
+class Stages:
+    """The heavy parts of a phone, loaded and warm."""
+
+    transcriber: WhisperTranscriber
+    synthesizer: PiperSynthesizer
+    backend: CircuitBreaker
+    speakable: Speakable
+    options: ChatOptions
+    llm_status: BreakerStatus
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+def system_prompt(settings: Settings, persona: Persona) -> str:
+    style = settings.llm.prompt_style
+    if style == "tag":
+        return choose_system_prompt("tag", persona.prompt_tag, persona.prompt)
+    return choose_system_prompt("full", persona.prompt_tag, persona.prompt)
+
+
+async def load_stages(settings: Settings, first_persona: Persona, voices: list[Persona]) -> Stages:
+    """Load everything (raises `ModelNotFound` for a missing model); the LLM may start degraded."""
+    started = time.monotonic()
+    transcriber = await asyncio.to_thread(WhisperTranscriber.from_settings, settings)
+    stt_loaded = time.monotonic()
+    synthesizer = PiperSynthesizer(settings)
+    for persona in voices:
+        await synthesizer.load(persona.voice_spec)
+    tts_loaded = time.monotonic()
+    backend = build_backend(settings)
+    status = await backend.start(system_prompt(settings, first_persona))
+    log.info(
+        "stages_loaded",
+        stt_ms=ms(stt_loaded - started),
+        tts_ms=ms(tts_loaded - stt_loaded),
+        llm_ms=ms(time.monotonic() - tts_loaded),
+        llm_state=str(status.state),
+        llm_cause=status.last_cause,
+    )
+    speakable = make_speakable(GuardConfig.from_settings(settings.llm))
+    return Stages(transcriber, synthesizer, backend, speakable, chat_options(settings.llm), status)

@@ -1,0 +1,52 @@
+"""systemd's notify protocol in a dozen lines: READY, WATCHDOG, STATUS, EXTEND_TIMEOUT_USEC.
+
+A no-op when not started by systemd (no $NOTIFY_SOCKET), so the same code runs on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+class Notifier:
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+    def send(self, **fields: str | int) -> bool:
+        """Send `KEY=value` lines; False when there is no systemd to tell (or it is gone)."""
+        if not self.address:
+            return False
+        target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
+        message = "\n".join(f"{key.upper()}={value}" for key, value in fields.items())
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto(message.encode(), target)
+        except OSError:
+            return False
+        return True
+
+    def ready(self, status: str) -> bool:
+        return self.send(ready=1, status=status)
+
+    def watchdog(self) -> bool:
+        return self.send(watchdog=1)
+
+    def extend_timeout(self, seconds: float) -> bool:
+        return self.send(extend_timeout_usec=int(seconds * 1_000_000))
+
+    def stopping(self) -> bool:
+        return self.send(stopping=1)
+
+
+def watchdog_interval_s() -> float | None:
+    """Half of systemd's WatchdogSec, or None when no watchdog is set for this process."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000

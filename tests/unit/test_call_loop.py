@@ -1,0 +1,411 @@
+"""The call loop on real mock pins and in-memory audio, with scripted speech stages."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import pytest
+
+from payphone.call.events import CallState
+from payphone.config import CallSettings
+from payphone.hardware.base import HookState
+from payphone.hardware.keypad import InbandKeypad
+from payphone.llm.history import INTERRUPTED_MARKER
+from payphone.sim.rig import Rig, build_rig
+from payphone.sim.stand_ins import (
+    EnergyEndpointer,
+    ScriptedBackend,
+    ScriptedTranscriber,
+    ToneSynthesizer,
+    speech_burst,
+)
+from payphone.speech import tones
+
+FAST = CallSettings(
+    dial_tone_s=0.3,
+    idle_prompt_s=0.6,
+    idle_goodbye_s=0.4,
+    inter_digit_timeout_s=0.25,
+    max_call_s=60,
+    filler_after_s=5.0,
+)
+
+
+def make_rig(
+    texts: list[str] | None = None,
+    backend: ScriptedBackend | None = None,
+    settings: CallSettings = FAST,
+    **kwargs: object,
+) -> tuple[Rig, ScriptedTranscriber, ScriptedBackend, ToneSynthesizer]:
+    transcriber = ScriptedTranscriber(deque(texts or []))
+    backend = backend or ScriptedBackend()
+    synth = ToneSynthesizer()
+    rig = build_rig(
+        transcriber,
+        backend,
+        synth,
+        EnergyEndpointer,
+        call_settings=settings,
+        sink_speed=4.0,
+        **kwargs,
+    )
+    return rig, transcriber, backend, synth
+
+
+async def running(rig: Rig) -> asyncio.Task[None]:
+    task = await rig.start()
+    await asyncio.sleep(0.01)
+    return task
+
+
+async def switch_off(rig: Rig, task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rig.sink.aclose()
+    rig.hook.close()
+
+
+def call_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("call-")]
+
+
+async def speak(rig: Rig, seconds: float = 0.5) -> None:
+    rig.mic.push(speech_burst(seconds))
+
+
+async def test_off_hook_dial_tone_then_greeting_then_listening() -> None:
+    rig, *_ = make_rig()
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.DIAL_TONE)
+    await rig.wait_state(CallState.GREETING)  # nobody spoke: the persona greets after dial tone
+    await rig.wait_state(CallState.LISTENING)
+    assert rig.states[:3] == [CallState.DIAL_TONE, CallState.GREETING, CallState.LISTENING]
+    heard = rig.sink.heard_pcm()
+    spectrum = np.abs(np.fft.rfft(heard[: 22050 // 4].astype(float)))
+    freqs = np.fft.rfftfreq(22050 // 4, 1 / 22050)
+    top = sorted(freqs[np.argsort(spectrum)[-2:]])
+    assert top == pytest.approx([350, 440], abs=5)  # dial tone first
+    await switch_off(rig, task)
+
+
+async def test_speech_stops_dial_tone_and_a_turn_is_answered() -> None:
+    rig, _, backend, synth = make_rig(["what time is it"])
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.DIAL_TONE)
+    await speak(rig)
+    await rig.wait_state(CallState.GREETING)
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING)
+    await rig.wait_state(CallState.LISTENING)
+    call = rig.calls[0]
+    [turn] = call.log.turns
+    assert turn.heard == "what time is it"
+    assert turn.reply == backend.reply
+    assert not turn.fallback and not turn.interrupted
+    for mark in ("transcript_ready", "first_token", "first_chunk", "first_audio", "reply_done"):
+        assert turn.latency_ms[mark] >= 0
+    assert turn.latency_ms["first_audio"] <= turn.latency_ms["reply_done"]
+    # the first sentence was synthesized before the model finished writing
+    assert synth.spoken[-3:] == ["Hello there.", "How can I help you today?", "I am listening."]
+    assert [m["role"] for m in call.conversation.messages()] == ["system", "user", "assistant"]
+    await switch_off(rig, task)
+
+
+async def test_noise_without_words_makes_no_turn() -> None:
+    rig, transcriber, _, _ = make_rig([""])
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    async with asyncio.timeout(3):
+        while transcriber.calls == 0:
+            await asyncio.sleep(0.01)
+    await rig.wait_state(CallState.LISTENING)
+    assert rig.calls[0].log.turns == []
+    await switch_off(rig, task)
+
+
+async def wait_silent_after(rig: Rig, since: float, quiet_s: float = 0.15) -> float:
+    """When the earpiece got its last buffer after `since` (waits until it stays quiet)."""
+    await asyncio.sleep(quiet_s)
+    last = rig.sink.last_heard_at() or since
+    return max(0.0, last - since)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        CallState.DIAL_TONE,
+        CallState.GREETING,
+        CallState.LISTENING,
+        CallState.THINKING,
+        CallState.SPEAKING,
+        CallState.RINGBACK,
+        CallState.DIALING,
+        CallState.ANNOUNCEMENT,
+        CallState.HOWLER,
+    ],
+)
+async def test_hang_up_in_every_state_silences_and_ends_every_task(state: CallState) -> None:
+    backend = ScriptedBackend(reply=" ".join(["word"] * 80), token_delay_s=0.02)
+    rig, transcriber, _, _ = make_rig(["hello"], backend=backend)
+    transcriber.delay_s = 0.4
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.DIAL_TONE)
+    if state is CallState.GREETING:
+        await rig.wait_state(CallState.GREETING)
+    elif state is CallState.LISTENING:
+        await rig.wait_state(CallState.LISTENING)
+    elif state in (CallState.THINKING, CallState.SPEAKING):
+        await rig.wait_state(CallState.LISTENING)
+        await speak(rig)
+        await rig.wait_state(state)
+    elif state is CallState.RINGBACK:
+        rig.keypad.press("2")
+        await rig.wait_state(CallState.RINGBACK)
+    elif state is CallState.DIALING:
+        rig.keypad.press("5")
+        await rig.wait_state(CallState.DIALING)
+    elif state is CallState.ANNOUNCEMENT:
+        for key in "5559999":
+            rig.keypad.press(key)
+        await rig.wait_state(CallState.ANNOUNCEMENT)
+    elif state is CallState.HOWLER:
+        await rig.wait_state(CallState.LISTENING)
+        await rig.wait_state(CallState.HOWLER, timeout=10)
+    await asyncio.sleep(0.05)
+    call = rig.calls[0]
+    hung_up_at = time.monotonic()
+    rig.replace()
+    await rig.wait_hook(HookState.ON_HOOK)
+    async with asyncio.timeout(1):
+        while call_tasks():
+            await asyncio.sleep(0.005)
+    late = await wait_silent_after(rig, hung_up_at)
+    assert late <= 0.010 + 0.03  # debounce + at most one buffer already handed to the device
+    assert call.state is CallState.ENDED
+    assert backend.active == 0  # the model stream was closed
+    await switch_off(rig, task)
+
+
+async def test_next_call_starts_clean_after_hang_up_mid_reply() -> None:
+    backend = ScriptedBackend(reply=" ".join(["word"] * 60), token_delay_s=0.02)
+    rig, _, _, _ = make_rig(["first question", "second question"], backend=backend)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING)
+    rig.replace()
+    await rig.wait_hook(HookState.ON_HOOK)
+    await asyncio.sleep(0.05)
+    rig.lift()
+    await rig.wait_hook(HookState.OFF_HOOK)
+    await rig.wait_state(CallState.LISTENING)
+    second = rig.calls[1]
+    assert second is not rig.calls[0]
+    assert [m["role"] for m in second.conversation.messages()] == ["system"]
+    assert second.state is CallState.LISTENING
+    await switch_off(rig, task)
+
+
+async def test_hash_interrupts_the_persona_and_history_keeps_what_was_said() -> None:
+    backend = ScriptedBackend(reply="One two three. " + " ".join(["more"] * 80), token_delay_s=0.02)
+    rig, _, _, _ = make_rig(["tell me a story"], backend=backend)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING)
+    await asyncio.sleep(0.1)
+    rig.keypad.press("#")
+    await rig.wait_state(CallState.LISTENING)
+    call = rig.calls[0]
+    last = call.conversation.messages()[-1]
+    assert last["role"] == "assistant"
+    assert last["content"].startswith("One two three.")
+    assert INTERRUPTED_MARKER in last["content"]
+    assert backend.active == 0
+    await switch_off(rig, task)
+
+
+async def test_persona_key_switches_with_ringback_and_fresh_history() -> None:
+    rig, *_ = make_rig(["hello operator"])
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING)
+    await rig.wait_state(CallState.LISTENING)
+    before = len(rig.sink.heard)
+    rig.keypad.press("2")
+    await rig.wait_state(CallState.RINGBACK)
+    call = rig.calls[0]
+    assert call.persona.id == "grandma_mae"
+    assert [m["role"] for m in call.conversation.messages()] == ["system"]
+    assert "Grandma Mae" in call.conversation.messages()[0]["content"]
+    await rig.wait_state(CallState.GREETING)
+    ring = np.concatenate([b.pcm for b in rig.sink.heard[before : before + 10]]).astype(float)
+    freqs = np.fft.rfftfreq(len(ring), 1 / 22050)
+    top = sorted(freqs[np.argsort(np.abs(np.fft.rfft(ring)))[-2:]])
+    assert top == pytest.approx([440, 480], abs=12)
+    rig.keypad.press("*")
+    await rig.wait_state(CallState.RINGBACK)
+    assert call.persona.id == "operator"
+    await switch_off(rig, task)
+
+
+async def test_555_number_within_inter_digit_timeout_reaches_its_persona() -> None:
+    rig, *_ = make_rig()
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.DIAL_TONE)
+    for key in "5550103":
+        rig.keypad.press(key)
+        await asyncio.sleep(0.05)
+    await rig.wait_state(CallState.RINGBACK)
+    assert rig.calls[0].persona.id == "comp_u_tron"
+    await switch_off(rig, task)
+
+
+async def test_unknown_number_gets_sit_and_not_in_service_after_the_timeout() -> None:
+    rig, *_ = make_rig()
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.DIAL_TONE)
+    started = time.monotonic()
+    for key in "59":
+        rig.keypad.press(key)
+    await rig.wait_state(CallState.ANNOUNCEMENT)
+    waited = time.monotonic() - started
+    assert waited >= FAST.inter_digit_timeout_s * 0.9  # it waited for more digits, not for '#'
+    assert [e["number"] for e in rig.calls[0].log.events if e["event"] == "dialed"] == ["59"]
+    await asyncio.sleep(0.3)
+    played = rig.sink.heard_pcm()[-int(22050 * 1.5) :].astype(float)
+    freqs = np.fft.rfftfreq(len(played), 1 / 22050)
+    spectrum = np.abs(np.fft.rfft(played))
+    assert spectrum[np.abs(freqs - 985.2) < 5].max() > 10 * np.median(spectrum)
+    await switch_off(rig, task)
+
+
+async def test_idle_escalation_prompt_then_goodbye_then_howler_and_it_repeats() -> None:
+    rig, *_ = make_rig(["still here"])
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await rig.wait_state(CallState.ANNOUNCEMENT, timeout=3)  # "are you still there?"
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)  # the caller answers: the idle timer starts over
+    await rig.wait_state(CallState.SPEAKING, timeout=3)
+    await rig.wait_state(CallState.LISTENING, timeout=3)
+    await rig.wait_state(CallState.ANNOUNCEMENT, timeout=3)  # fires again, not only once
+    await rig.wait_state(CallState.HOWLER, timeout=5)
+    events = [e["event"] for e in rig.calls[0].log.events]
+    assert events.count("timer") >= 3
+    rig.keypad.press("1")  # keys do nothing during the howler; only on-hook ends it
+    await asyncio.sleep(0.1)
+    assert rig.calls[0].state is CallState.HOWLER
+    await switch_off(rig, task)
+
+
+async def test_max_call_length_says_goodbye() -> None:
+    settings = FAST.model_copy(update={"max_call_s": 0.5, "idle_prompt_s": 30})
+    rig, *_ = make_rig(settings=settings)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.HOWLER, timeout=5)
+    assert any(e.get("timer") == "max_call" for e in rig.calls[0].log.events)
+    await switch_off(rig, task)
+
+
+@pytest.mark.parametrize(
+    ("cause", "after", "line"),
+    [("refused", 0, "busy_line"), ("stall_mid_stream", 6, "stall_line")],
+)
+async def test_llm_failure_gets_an_in_character_line(cause: str, after: int, line: str) -> None:
+    backend = ScriptedBackend(fail_cause=cause, fail_after_tokens=after)
+    rig, _, _, synth = make_rig(["hello"], backend=backend)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.THINKING)
+    await rig.wait_state(CallState.LISTENING, timeout=5)
+    call = rig.calls[0]
+    [turn] = call.log.turns
+    assert turn.fallback and turn.cause == cause
+    assert getattr(call.persona, line) in synth.spoken
+    await switch_off(rig, task)
+
+
+async def test_an_exception_in_a_turn_gets_an_apology_and_the_call_goes_on() -> None:
+    class Broken(ScriptedTranscriber):
+        async def transcribe(self, pcm: np.ndarray) -> object:  # type: ignore[override]
+            raise RuntimeError("model exploded")
+
+    rig = build_rig(
+        Broken(),
+        ScriptedBackend(),
+        ToneSynthesizer(),
+        EnergyEndpointer,
+        call_settings=FAST,
+        sink_speed=4.0,
+    )
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.THINKING)
+    await rig.wait_state(CallState.LISTENING, timeout=3)
+    assert rig.calls[0].persona.apology in rig.phone.call.deps.synthesizer.spoken  # type: ignore[union-attr,attr-defined]
+    await switch_off(rig, task)
+
+
+async def test_200_random_hook_and_key_sequences_leave_nothing_behind() -> None:
+    rng = random.Random(1234)
+    backend = ScriptedBackend(reply=" ".join(["talk"] * 30), token_delay_s=0.005)
+    rig, _, _, _ = make_rig(["hi"] * 400, backend=backend)
+    threads_before = threading.active_count()
+    task = await running(rig)
+    for _ in range(200):
+        action = rng.choice(["lift", "replace", "key", "speak", "wait"])
+        if action == "lift":
+            rig.lift()
+        elif action == "replace":
+            rig.replace()
+        elif action == "key":
+            rig.keypad.press(rng.choice("0123456789*#"))
+        elif action == "speak":
+            rig.mic.push(speech_burst(rng.uniform(0.1, 0.4)))
+        await asyncio.sleep(rng.uniform(0.0, 0.04))
+    rig.replace()
+    await rig.wait_hook(HookState.ON_HOOK)
+    async with asyncio.timeout(2):
+        while call_tasks() or rig.phone.call is not None:
+            await asyncio.sleep(0.01)
+    assert backend.active == 0
+    await switch_off(rig, task)
+    await asyncio.sleep(0.3)  # worker threads of cancelled scripted STT finish their sleep
+    assert threading.active_count() <= threads_before + 1  # the default executor may keep one
+    assert rig.phone.calls_taken > 5
+
+
+async def test_inband_dtmf_in_the_mic_audio_switches_persona() -> None:
+    inband = InbandKeypad(16000)
+    rig, *_ = make_rig(extra_keypads=[inband])
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    rig.mic.push(tones.dtmf("3", 16000, 0.1))  # the caller's own phone keys a tone
+    await rig.wait_state(CallState.RINGBACK)
+    assert rig.calls[0].persona.id == "comp_u_tron"
+    await switch_off(rig, task)

@@ -1,0 +1,199 @@
+"""VAD end-pointing on real synthetic speech: one utterance, pre-roll kept, nothing dropped."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from payphone.config import Settings, VadSettings, load_settings
+from payphone.hardware.base import Pcm
+from payphone.speech.vad import Utterance, VadEndpointer, frame_dbfs, utterances
+from tests.speech_fixtures import SAMPLE_RATE, add_noise, piper, place, silence, speech_bounds
+
+pytestmark = pytest.mark.models
+
+SENTENCE = "What time does the library open tomorrow morning?"
+
+
+@pytest.fixture(scope="module")
+def app_settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="module")
+def speech(app_settings: Settings) -> Pcm:
+    return piper(app_settings, SENTENCE)
+
+
+def feed_all(vad: VadEndpointer, pcm: Pcm, chunk: int = 320) -> list[Utterance]:
+    out: list[Utterance] = []
+    for i in range(0, len(pcm), chunk):
+        out += vad.feed(pcm[i : i + chunk])
+    return out + vad.flush()
+
+
+def test_one_utterance_in_noisy_speech_keeps_the_preroll(speech: Pcm) -> None:
+    clean, offset = place(speech, 1.0, 2.0)
+    noisy = add_noise(clean, snr_db=20, reference=speech)
+    vad = VadEndpointer(VadSettings())
+    found = feed_all(vad, noisy)
+
+    assert len(found) == 1
+    utt = found[0]
+    first, last = speech_bounds(speech)
+    true_start = (offset + first) / SAMPLE_RATE
+    true_end = (offset + last) / SAMPLE_RATE
+    # pre-roll: at least 300 ms before the detected start, and the first syllable is inside
+    assert utt.speech_start_s - utt.start_s >= 0.3 - 1e-9
+    assert utt.start_s < true_start - 0.1
+    # the audio handed on is exactly the input from start_s on (no frame lost or altered)
+    begin = round(utt.start_s * SAMPLE_RATE)
+    assert np.array_equal(utt.pcm, noisy[begin : begin + len(utt.pcm)])
+    assert (begin + len(utt.pcm)) / SAMPLE_RATE >= true_end
+    # end of speech near the true end; detection exactly one hangover later
+    assert abs(utt.end_s - true_end) <= 0.061  # two frames
+    assert utt.detected_s - utt.end_s == pytest.approx(0.6, abs=0.031)
+    assert not utt.cut
+
+
+@pytest.mark.parametrize("chunk", [160, 320, 480, 1000, 4096])
+def test_any_chunk_size_finds_the_same_utterance(speech: Pcm, chunk: int) -> None:
+    audio, _ = place(speech, 0.5, 1.0)
+    reference = feed_all(VadEndpointer(), audio, 480)
+    found = feed_all(VadEndpointer(), audio, chunk)
+    assert [(u.start_s, u.end_s) for u in found] == [(u.start_s, u.end_s) for u in reference]
+
+
+@settings(max_examples=25, deadline=None)
+@given(chunks=st.lists(st.integers(min_value=1, max_value=2000), min_size=1, max_size=40))
+def test_no_sample_is_ever_dropped(speech: Pcm, chunks: list[int]) -> None:
+    audio = add_noise(place(speech, 0.4, 0.8)[0], snr_db=25, reference=speech, seed=3)
+    vad = VadEndpointer(max_utterance_s=1.0, min_utterance_ms=100)
+    found: list[Utterance] = []
+    pos = 0
+    for size in chunks * (len(audio) // sum(chunks) + 1):
+        if pos >= len(audio):
+            break
+        found += vad.feed(audio[pos : pos + size])
+        pos += size
+        assert vad.stats.accounted == vad.stats.samples_in
+    found += vad.flush()
+    assert vad.stats.samples_in == len(audio)
+    assert vad.stats.accounted == len(audio)
+    assert vad.stats.pending == 0
+    assert sum(len(u.pcm) for u in found) == vad.stats.in_utterances
+    for utt in found:
+        begin = round(utt.start_s * SAMPLE_RATE)
+        assert np.array_equal(utt.pcm, audio[begin : begin + len(utt.pcm)])
+
+
+def test_silence_and_noise_give_no_utterance() -> None:
+    rng = np.random.default_rng(7)
+    noise = (rng.standard_normal(3 * SAMPLE_RATE) * 300).astype(np.int16)
+    for audio in (silence(3.0), noise):
+        vad = VadEndpointer()
+        assert feed_all(vad, audio) == []
+        assert vad.stats.accounted == len(audio)
+
+
+def test_a_blip_shorter_than_min_utterance_is_dropped(speech: Pcm) -> None:
+    first, _ = speech_bounds(speech)
+    blip = speech[first : first + int(0.1 * SAMPLE_RATE)]
+    audio, _ = place(blip, 0.5, 1.0)
+    vad = VadEndpointer(start_voiced_frames=2, start_window_frames=3, min_utterance_ms=200)
+    assert feed_all(vad, audio) == []
+    assert vad.stats.dropped_blips == 1
+    assert vad.stats.blips > 0
+    # the same blip is kept when the minimum allows it
+    keep = VadEndpointer(start_voiced_frames=2, start_window_frames=3, min_utterance_ms=30)
+    assert len(feed_all(keep, audio)) == 1
+
+
+def test_long_speech_is_cut_at_max_utterance_and_carries_on(speech: Pcm) -> None:
+    audio, _ = place(np.concatenate([speech, speech]), 0.5, 1.0)
+    vad = VadEndpointer(max_utterance_s=1.5)
+    found = feed_all(vad, audio)
+    assert len(found) >= 3
+    assert found[0].cut
+    assert found[0].speech_s == pytest.approx(1.5, abs=0.031)
+    # the next piece starts where the cut one stopped: no gap, no overlap
+    assert found[1].start_s == pytest.approx(found[0].start_s + found[0].duration_s)
+    assert found[1].speech_start_s == pytest.approx(found[0].end_s)
+    assert vad.stats.cuts >= 1
+
+
+def test_mic_is_ignored_while_playing_without_barge_in(speech: Pcm) -> None:
+    audio, _ = place(speech, 0.5, 1.0)
+    vad = VadEndpointer(barge_in=False)
+    vad.gate(True)
+    assert feed_all(vad, audio) == []
+    assert vad.stats.gated == len(audio) - len(audio) % vad.frame_samples
+    vad.gate(False)
+    assert len(feed_all(vad, audio)) == 1
+
+
+def test_gating_mid_utterance_drops_it(speech: Pcm) -> None:
+    audio, _ = place(speech, 0.5, 1.0)
+    vad = VadEndpointer()
+    half = len(audio) // 2
+    assert vad.feed(audio[:half]) == []
+    assert vad.in_speech
+    vad.gate(True)
+    assert not vad.in_speech
+    assert vad.feed(audio[half:]) == []
+    assert vad.stats.accounted == vad.stats.samples_in
+
+
+def test_barge_in_needs_speech_above_the_echo(speech: Pcm) -> None:
+    echo = (speech.astype(np.float64) * 0.05).astype(np.int16)  # our voice leaking back, -26 dB
+    playback = np.concatenate([echo, echo, echo])
+    echo_only = VadEndpointer(barge_in=True)
+    echo_only.gate(True)
+    assert feed_all(echo_only, playback) == []
+
+    caller = np.zeros_like(playback)
+    at = len(echo) + 4000
+    caller[at : at + len(speech)] = speech
+    mixed = np.clip(playback.astype(np.int32) + caller, -32768, 32767).astype(np.int16)
+    started: list[float] = []
+    barge = VadEndpointer(barge_in=True, on_speech_start=started.append)
+    barge.gate(True)
+    found = feed_all(barge, mixed)
+    assert len(found) == 1
+    first, _ = speech_bounds(speech)
+    true_start = (at + first) / SAMPLE_RATE
+    # heard a little late over the echo, but the pre-roll still holds the first syllable
+    assert true_start - 0.1 <= found[0].speech_start_s <= true_start + 0.3
+    assert found[0].start_s < true_start
+    assert started == [found[0].speech_start_s]
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="frames"):
+        VadEndpointer(frame_ms=25)
+    with pytest.raises(ValueError, match="rate"):
+        VadEndpointer(sample_rate=22050)
+    with pytest.raises(ValueError, match="start_voiced_frames"):
+        VadEndpointer(start_voiced_frames=5, start_window_frames=3)
+
+
+def test_frame_level_in_dbfs() -> None:
+    assert frame_dbfs(np.zeros(160, np.int16)) == -120.0
+    full = np.full(160, 32767, np.int16)
+    assert frame_dbfs(full) == pytest.approx(0.0, abs=0.01)
+
+
+async def test_async_helper_yields_utterances_and_flushes(speech: Pcm) -> None:
+    audio, _ = place(speech, 0.3, 0.1)  # ends before the hangover: only the flush finds it
+
+    async def frames() -> AsyncIterator[Pcm]:
+        for i in range(0, len(audio), 320):
+            yield audio[i : i + 320]
+
+    found = [u async for u in utterances(frames(), VadEndpointer())]
+    assert len(found) == 1
+    assert found[0].detected_s >= found[0].end_s
