@@ -290,7 +290,8 @@ def bench_command(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help=" | ".join(BENCHES))],
     trials: Annotated[
-        int | None, typer.Option("--trials", min=1, help="Repetitions (default: the bench's own).")
+        int | None,
+        typer.Option("--trials", "--calls", min=1, help="Repetitions (soak: calls)."),
     ] = None,
 ) -> None:
     """Benchmarks that print figures (JSON on the last line), never pass/fail."""

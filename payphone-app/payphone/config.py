@@ -93,6 +93,8 @@ class TtsSettings(Group):
     voice: Annotated[str, Field(min_length=1)] = "en_US-joe-medium"
     telephone_filter: bool = True
     target_dbfs: Annotated[float, Field(ge=-40, le=-3)] = -18.0
+    # the first chunk may end at a comma once it has this many words: short = early first audio
+    first_chunk_words: Annotated[int, Field(ge=1, le=50)] = 4
 
 
 class LlmSettings(Group):

@@ -19,6 +19,7 @@ from payphone.llm.guard import GuardConfig
 from payphone.llm.history import choose_system_prompt
 from payphone.log import get_logger, ms
 from payphone.personas.loader import Persona
+from payphone.speech.chunker import ChunkerConfig
 from payphone.speech.speakable import make_speakable
 from payphone.speech.stt import WhisperTranscriber
 from payphone.speech.tts import PiperSynthesizer
@@ -67,5 +68,8 @@ async def load_stages(settings: Settings, first_persona: Persona, voices: list[P
         llm_state=str(status.state),
         llm_cause=status.last_cause,
     )
-    speakable = make_speakable(GuardConfig.from_settings(settings.llm))
+    speakable = make_speakable(
+        GuardConfig.from_settings(settings.llm),
+        ChunkerConfig(first_clause_words=settings.tts.first_chunk_words),
+    )
     return Stages(transcriber, synthesizer, backend, speakable, chat_options(settings.llm), status)
