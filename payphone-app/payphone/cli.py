@@ -212,7 +212,12 @@ def simulate_command(
     from payphone.sim.script import ScriptError
 
     if interactive:
-        not_built("simulate --interactive", 6)
+        from payphone.sim.interactive import interactive as run_interactive
+
+        settings = with_llm_overrides(state(ctx), llm, ollama_host, model)
+        setup_logging("warning", settings.logging.format)
+        asyncio.run(run_interactive(settings, out_dir, out))
+        return
     if script is None:
         err.print("payphone: simulate needs a SCRIPT.yaml (or --interactive)")
         raise typer.Exit(EXIT_BAD_SETTINGS)

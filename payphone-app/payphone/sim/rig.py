@@ -82,6 +82,7 @@ def build_rig(
     debounce_ms: int = 10,
     mic_frame_ms: int = 30,
     sink_speed: float = 1.0,
+    options: ChatOptions | None = None,
     **call_options: Any,
 ) -> Rig:
     """Assemble a phone on mock pins; start `rig.phone.run()` in a task to switch it on."""
@@ -99,7 +100,7 @@ def build_rig(
         sink=sink,
         lines=LineBook(synthesizer),
         speakable=speakable or make_speakable(),
-        options=ChatOptions(),
+        options=options or ChatOptions(),
         filler_after_s=settings.filler_after_s,
     )
     rig: Rig

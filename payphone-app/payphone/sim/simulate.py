@@ -56,6 +56,7 @@ async def simulate(
             call_settings=settings.call,
             personas=book,
             fast=fast,
+            options=stages.options,
             prompt_style=settings.llm.prompt_style,
             history_tokens=settings.llm.history_tokens,
             barge_in=settings.vad.barge_in,
