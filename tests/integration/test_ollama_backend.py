@@ -178,9 +178,8 @@ async def test_stalls_end_within_the_limit_and_close_the_stream(
 
     assert outcome.error is not None and outcome.error.cause == cause
     assert len(outcome.pieces) == pieces_before
-    assert chat.fault_at is not None
-    stalled_for = time.perf_counter() - chat.fault_at
-    assert stalled_for >= limit_s * 0.9  # the limit, not something else, ended it
+    assert chat.fault_at is not None  # the server really stalled
+    assert outcome.elapsed_s >= limit_s * 0.9  # the limit, not something else, ended it
     assert outcome.elapsed_s < limit_s + SLACK_S
     # the client hung up on the stalled stream: the server stopped generating
     assert chat.client_closed and not chat.finished

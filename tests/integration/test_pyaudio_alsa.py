@@ -157,15 +157,23 @@ def test_stop_mid_playback_lets_at_most_one_buffer_through(tmp_path: Path) -> No
     received: list[int] = [0]
     done = threading.Event()
 
+    # open and size the FIFO before the writer exists (resizing a pipe with data in it fails)
+    fd = os.open(ear_out, os.O_RDONLY | os.O_NONBLOCK)
+    fcntl.fcntl(fd, F_SETPIPE_SZ, 4096)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+
     def device_clock() -> None:
         """Empty the FIFO at real time, like a sound card's clock."""
-        fd = os.open(ear_out, os.O_RDONLY)
-        fcntl.fcntl(fd, F_SETPIPE_SZ, 4096)
+        started = False
         try:
             while True:
                 data = os.read(fd, block * 2)
                 if not data:
-                    return
+                    if started:
+                        return  # the writer closed: the device is done
+                    time.sleep(0.005)  # no writer yet
+                    continue
+                started = True
                 received[0] += len(data) // 2
                 time.sleep(block / rate)
         finally:
