@@ -11,7 +11,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from payphone.call.events import CallState
+from payphone.call.events import CallState, SpeechStarted
 from payphone.config import CallSettings
 from payphone.hardware.base import HookState
 from payphone.hardware.keypad import InbandKeypad
@@ -408,4 +408,17 @@ async def test_inband_dtmf_in_the_mic_audio_switches_persona() -> None:
     rig.mic.push(tones.dtmf("3", 16000, 0.1))  # the caller's own phone keys a tone
     await rig.wait_state(CallState.RINGBACK)
     assert rig.calls[0].persona.id == "comp_u_tron"
+    await switch_off(rig, task)
+
+
+async def test_a_blip_that_makes_no_utterance_does_not_stop_the_idle_timer() -> None:
+    rig, transcriber, *_ = make_rig()
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await rig.wait_state(CallState.ANNOUNCEMENT, timeout=3)  # first idle prompt
+    await rig.wait_state(CallState.LISTENING)
+    rig.phone.call.post(SpeechStarted(time.monotonic()))  # type: ignore[union-attr]
+    await rig.wait_state(CallState.ANNOUNCEMENT, timeout=3)  # the timer still fires
+    assert transcriber.calls == 0
     await switch_off(rig, task)

@@ -199,7 +199,8 @@ class Call:
             self._set_state(CallState.LISTENING)
             self._arm(Timer.DIAL_TONE, HELLO_WAIT_S)
         elif self.state is CallState.LISTENING:
-            self._disarm(Timer.IDLE)
+            # push the idle deadline back; a blip the VAD then drops must not stop the timer
+            self._arm(Timer.IDLE, self.settings.idle_prompt_s)
 
     async def _on_heard(self, heard: Heard) -> None:
         self._idle_stage = 0
