@@ -239,7 +239,7 @@ async def test_hash_interrupts_the_persona_and_history_keeps_what_was_said() -> 
 
 
 async def test_persona_key_switches_with_ringback_and_fresh_history() -> None:
-    rig, *_ = make_rig(["hello operator"])
+    rig, _, backend, _ = make_rig(["hello operator"])
     task = await running(rig)
     rig.lift()
     await rig.wait_state(CallState.LISTENING)
@@ -254,6 +254,7 @@ async def test_persona_key_switches_with_ringback_and_fresh_history() -> None:
     assert [m["role"] for m in call.conversation.messages()] == ["system"]
     assert "Grandma Mae" in call.conversation.messages()[0]["content"]
     await rig.wait_state(CallState.GREETING)
+    assert backend.warmed[-1] == call.conversation.system_prompt  # primed while it rang
     ring = np.concatenate([b.pcm for b in rig.sink.heard[before : before + 10]]).astype(float)
     freqs = np.fft.rfftfreq(len(ring), 1 / 22050)
     top = sorted(freqs[np.argsort(np.abs(np.fft.rfft(ring)))[-2:]])

@@ -29,6 +29,7 @@ from payphone.call.events import (
 from payphone.call.player import play_and_wait, play_frames
 from payphone.call.turn import Turn, TurnDeps, TurnRecord, sit_tones
 from payphone.config import CallSettings
+from payphone.llm.base import LlmError
 from payphone.llm.history import Conversation, choose_system_prompt
 from payphone.log import get_logger
 from payphone.personas.loader import OPERATOR_KEY, Persona, PersonaBook
@@ -281,10 +282,21 @@ class Call:
         await play_and_wait(self.deps.sink, await self.deps.lines.line(self.persona, "greeting"))
 
     async def _ring_then_greet(self) -> None:
-        rate = self.deps.sink.sample_rate
-        await play_and_wait(self.deps.sink, tones.render(tones.RINGBACK, rate, RINGBACK_S))
-        self._set_state(CallState.GREETING)
-        await self._greet()
+        """While the line rings and the persona greets, the model reads its new system prompt."""
+        warm = asyncio.create_task(self._warm_up(self.conversation.system_prompt))
+        try:
+            rate = self.deps.sink.sample_rate
+            await play_and_wait(self.deps.sink, tones.render(tones.RINGBACK, rate, RINGBACK_S))
+            self._set_state(CallState.GREETING)
+            await self._greet()
+        finally:
+            warm.cancel()
+
+    async def _warm_up(self, system_prompt: str) -> None:
+        try:
+            await self.deps.backend.warm_up(system_prompt)
+        except LlmError as exc:  # the breaker has it; the first turn gets the fallback if needed
+            log.info("warm_up_failed", cause=exc.cause)
 
     async def _key_feedback(self, key: str) -> None:
         await play_and_wait(self.deps.sink, tones.dtmf(key, self.deps.sink.sample_rate, FEEDBACK_S))

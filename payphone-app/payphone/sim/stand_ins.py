@@ -84,6 +84,11 @@ class ScriptedBackend(ChatBackend):
     requests: list[list[Message]] = field(default_factory=list)
     closed: int = 0
     active: int = 0
+    warmed: list[str] = field(default_factory=list)
+
+    async def warm_up(self, system_prompt: str) -> None:
+        await asyncio.sleep(self.token_delay_s)
+        self.warmed.append(system_prompt)
 
     async def stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[str]:
         self.requests.append(list(messages))
