@@ -12,11 +12,10 @@ import signal
 import time
 from typing import Any
 
+from payphone.call.assembly import assemble_phone
 from payphone.call.lines import LineBook
 from payphone.call.listen import VadListener
 from payphone.call.phone import Phone
-from payphone.call.session import Call
-from payphone.call.turn import TurnDeps
 from payphone.config import KeypadSettings, Settings
 from payphone.hardware.audio import PyAudioSink, PyAudioSource
 from payphone.hardware.base import Keypad
@@ -105,29 +104,24 @@ class Service:
             debounce_ms=settings.hook.debounce_ms,
         )
         keypads = build_keypads(settings.keypad)
-        deps = TurnDeps(
-            transcriber=stages.transcriber,
-            backend=stages.backend,
-            synthesizer=stages.synthesizer,
-            sink=sink,
-            lines=lines,
+        phone = assemble_phone(
+            stages.transcriber,
+            stages.backend,
+            stages.synthesizer,
+            hook,
+            keypads,
+            source,
+            sink,
+            lambda: VadListener(settings.vad),
+            self.book,
+            settings.call,
             speakable=stages.speakable,
             options=stages.options,
-            filler_after_s=settings.call.filler_after_s,
+            lines=lines,
+            prompt_style=settings.llm.prompt_style,
+            history_tokens=settings.llm.history_tokens,
+            barge_in=settings.vad.barge_in,
         )
-
-        def make_call(call_id: str) -> Call:
-            return Call(
-                call_id,
-                deps,
-                self.book,
-                settings.call,
-                prompt_style=settings.llm.prompt_style,
-                history_tokens=settings.llm.history_tokens,
-                barge_in=settings.vad.barge_in,
-            )
-
-        phone = Phone(hook, keypads, source, sink, make_call, lambda: VadListener(settings.vad))
         status = f"ready: llm {settings.llm.backend} {stages.llm_status.state}"
         self.notifier.ready(status)
         log.info(

@@ -2,8 +2,7 @@
 
 Both keep real time like a device would: the mic yields silence at the frame rate when nothing is
 queued, and the earpiece consumes one buffer per buffer period, so timers and hang-up latency
-behave as on the phone. Pushed mic audio is delivered as fast as it is read (no pacing) unless
-`paced=True`.
+behave as on the phone. Pushed mic audio is delivered as fast as it is read (no pacing).
 """
 
 from __future__ import annotations
@@ -20,12 +19,16 @@ from payphone.hardware.base import AudioSink, AudioSource, Pcm
 
 
 class MemorySource(AudioSource):
-    """A microphone fed by `push`; silence at real-time pace in between."""
+    """A microphone fed by `push`; silence at real-time pace in between.
 
-    def __init__(self, sample_rate: int = 16000, frame_ms: int = 30, paced: bool = False) -> None:
+    `live=True`: a real microphone pushes the frames (interactive mode), so no silence is made
+    up between them.
+    """
+
+    def __init__(self, sample_rate: int = 16000, frame_ms: int = 30, live: bool = False) -> None:
         self.sample_rate = sample_rate
         self.frame_samples = sample_rate * frame_ms // 1000
-        self.paced = paced
+        self.live = live
         self._pending: collections.deque[Pcm] = collections.deque()
         self._partial = np.zeros(0, dtype=np.int16)
         self._wakeup = asyncio.Event()
@@ -48,13 +51,16 @@ class MemorySource(AudioSource):
         silence = np.zeros(self.frame_samples, dtype=np.int16)
         next_due = time.monotonic()
         while True:
-            if self._pending and not self.paced:
+            if self._pending:
                 yield self._pending.popleft()
                 await asyncio.sleep(0)
                 next_due = time.monotonic()
                 continue
-            next_due += frame_s
             self._wakeup.clear()
+            if self.live:
+                await self._wakeup.wait()
+                continue
+            next_due += frame_s
             delay = next_due - time.monotonic()
             if delay > 0:
                 try:
@@ -62,9 +68,9 @@ class MemorySource(AudioSource):
                         await self._wakeup.wait()
                 except TimeoutError:
                     pass
-                if self._pending and not self.paced:
+                if self._pending:
                     continue
-            yield self._pending.popleft() if self._pending else silence
+            yield silence
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """`payphone simulate --interactive`: drive the simulated phone from the keyboard.
 
 Commands, one per line:  `o` lift the handset, `h` hang up, `k 2` press keys, `t 555` key tones
-into the mouthpiece, `w 2` wait, `q` quit; any other line is said into the mouthpiece (spoken by
-Piper). What the caller hears is recorded to `call.wav` with the report, as `simulate` does.
+into the mouthpiece, `w 2` wait, `q` quit. With a microphone the caller talks into it; without
+one, any other line is said into the mouthpiece by Piper. Replies play on the speakers when there
+are any, and are always recorded to `call.wav` with the report, as `simulate` does.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from payphone.call.listen import VadListener
 from payphone.config import Settings
 from payphone.personas.loader import load_personas
 from payphone.sim.recording import MicTape, build_report, write_call_wav, write_report
-from payphone.sim.rig import build_rig
+from payphone.sim.rig import Rig, build_rig
 from payphone.sim.runner import MIC_RATE, ScriptRunner
 from payphone.sim.script import Step
 from payphone.sim.simulate import CALLER_VOICE, print_summary
@@ -44,11 +45,61 @@ async def _lines() -> asyncio.Queue[str | None]:
     return queue
 
 
+def has_device(direction: str) -> bool:
+    """Whether PortAudio has a default input or output device here."""
+    import pyaudio
+
+    pa = pyaudio.PyAudio()
+    try:
+        if direction == "input":
+            pa.get_default_input_device_info()
+        else:
+            pa.get_default_output_device_info()
+    except OSError:
+        return False
+    finally:
+        pa.terminate()
+    return True
+
+
+async def _microphone(settings: Settings, rig: Rig, tape: MicTape) -> None:
+    from payphone.hardware.audio import PyAudioSource
+
+    source = PyAudioSource(settings.audio, MIC_RATE, settings.vad.frame_ms)
+    try:
+        async for frame in source.frames():
+            tape.record(frame)
+            rig.mic.push(frame)
+    finally:
+        await source.aclose()
+
+
+async def _speakers(settings: Settings, rig: Rig) -> None:
+    """Forward what the simulated earpiece plays to the computer's speakers, as it plays."""
+    from payphone.hardware.audio import PyAudioSink
+
+    speakers = PyAudioSink(settings.audio, rig.sink.sample_rate)
+    played = 0
+    try:
+        while True:
+            while played < len(rig.sink.heard):
+                await speakers.play(rig.sink.heard[played].pcm)
+                played += 1
+            await asyncio.sleep(0.01)
+    finally:
+        speakers.stop()
+        await speakers.aclose()
+
+
 async def interactive(settings: Settings, out_dir: object, console: Console) -> None:
     from pathlib import Path
 
     out = Path(str(out_dir))
     book = load_personas(settings.personas.user_dir)
+    mic, speakers = (
+        await asyncio.to_thread(has_device, "input"),
+        await asyncio.to_thread(has_device, "output"),
+    )
     stages = await load_stages(settings, book.operator, list(book))
     rig = build_rig(
         stages.transcriber,
@@ -59,11 +110,19 @@ async def interactive(settings: Settings, out_dir: object, console: Console) -> 
         speakable=stages.speakable,
         personas=book,
         options=stages.options,
+        live_mic=mic,
     )
     task = await rig.start()
     tape = MicTape(MIC_RATE)
     runner = ScriptRunner(rig, tape, fast=False)
+    helpers = [asyncio.create_task(_microphone(settings, rig, tape))] if mic else []
+    if speakers:
+        helpers.append(asyncio.create_task(_speakers(settings, rig)))
     console.print(HELP)
+    console.print(
+        f"microphone: {'yes' if mic else 'none, type what the caller says'}; "
+        f"speakers: {'yes' if speakers else 'none (listen to call.wav afterwards)'}"
+    )
     lines = await _lines()
     try:
         while (line := await lines.get()) is not None and line != "q":
@@ -76,7 +135,7 @@ async def interactive(settings: Settings, out_dir: object, console: Console) -> 
                 await runner.step(Step("press" if command == "k" else "tones", 0, keys=arg))
             elif command == "w" and arg:
                 await runner.step(Step("wait", 0, seconds=float(arg)))
-            elif line:
+            elif line and not mic:
                 pcm = await stages.synthesizer.render(line, CALLER_VOICE)
                 mono = soxr.resample(
                     pcm.astype(np.float32), stages.synthesizer.sample_rate, MIC_RATE
@@ -91,6 +150,9 @@ async def interactive(settings: Settings, out_dir: object, console: Console) -> 
     finally:
         if rig.phone.call is not None:
             await runner.step(Step("onhook", 0))
+        for helper in helpers:
+            helper.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await rig.sink.aclose()

@@ -14,11 +14,11 @@ from typing import Any
 
 from gpiozero.pins.mock import MockFactory
 
+from payphone.call.assembly import assemble_phone
 from payphone.call.events import CallState
-from payphone.call.lines import LineBook
 from payphone.call.phone import Endpointer, Phone
 from payphone.call.session import Call
-from payphone.call.turn import Speakable, TurnDeps
+from payphone.call.turn import Speakable
 from payphone.config import CallSettings
 from payphone.hardware.base import HookState, Keypad
 from payphone.hardware.hook import GpioHookSwitch
@@ -27,7 +27,6 @@ from payphone.hardware.memory_audio import MemorySink, MemorySource
 from payphone.llm.base import ChatBackend, ChatOptions
 from payphone.personas.loader import PersonaBook, load_personas
 from payphone.speech.base import Synthesizer, Transcriber
-from payphone.speech.speakable import make_speakable
 
 HOOK_PIN = 17
 
@@ -83,33 +82,32 @@ def build_rig(
     mic_frame_ms: int = 30,
     sink_speed: float = 1.0,
     options: ChatOptions | None = None,
+    live_mic: bool = False,
     **call_options: Any,
 ) -> Rig:
     """Assemble a phone on mock pins; start `rig.phone.run()` in a task to switch it on."""
     pins = MockFactory()
     hook = GpioHookSwitch(HOOK_PIN, "normally_open", debounce_ms=debounce_ms, pin_factory=pins)
     keypad = QueueKeypad()
-    mic = MemorySource(16000, mic_frame_ms)
+    mic = MemorySource(16000, mic_frame_ms, live=live_mic)
     sink = MemorySink(synthesizer.sample_rate, speed=sink_speed)
-    book = personas or load_personas()
-    settings = call_settings or CallSettings()
-    deps = TurnDeps(
-        transcriber=transcriber,
-        backend=backend,
-        synthesizer=synthesizer,
-        sink=sink,
-        lines=LineBook(synthesizer),
-        speakable=speakable or make_speakable(),
-        options=options or ChatOptions(),
-        filler_after_s=settings.filler_after_s,
+    calls: list[Call] = []
+    states: list[CallState] = []
+    phone = assemble_phone(
+        transcriber,
+        backend,
+        synthesizer,
+        hook,
+        [keypad, *(extra_keypads or [])],
+        mic,
+        sink,
+        make_endpointer,
+        personas or load_personas(),
+        call_settings or CallSettings(),
+        speakable=speakable,
+        options=options,
+        on_call=calls.append,
+        on_state=states.append,
+        **call_options,
     )
-    rig: Rig
-
-    def make_call(call_id: str) -> Call:
-        call = Call(call_id, deps, book, settings, on_state=rig.states.append, **call_options)
-        rig.calls.append(call)
-        return call
-
-    phone = Phone(hook, [keypad, *(extra_keypads or [])], mic, sink, make_call, make_endpointer)
-    rig = Rig(phone, hook, keypad, mic, sink, pins)
-    return rig
+    return Rig(phone, hook, keypad, mic, sink, pins, states, calls)
