@@ -423,3 +423,33 @@ async def test_a_blip_that_makes_no_utterance_does_not_stop_the_idle_timer() -> 
     await rig.wait_state(CallState.ANNOUNCEMENT, timeout=3)  # the timer still fires
     assert transcriber.calls == 0
     await switch_off(rig, task)
+
+
+async def test_logs_carry_call_id_persona_and_turn() -> None:
+    import io
+    import json
+
+    from payphone.log import setup_logging
+
+    stream = io.StringIO()
+    setup_logging("info", "json", stream)
+    rig, *_ = make_rig(["hello"])
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    rig.keypad.press("1")
+    await rig.wait_state(CallState.RINGBACK)
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING)
+    await rig.wait_state(CallState.LISTENING)
+    await switch_off(rig, task)
+    setup_logging()  # back to the default for the tests that follow
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    done = next(e for e in events if e["event"] == "turn_done")
+    assert done["call_id"] == rig.calls[0].call_id
+    assert done["persona"] == "detective_jones"
+    assert done["turn"] == 1
+    assert isinstance(done["first_audio_ms"], float)
+    started = next(e for e in events if e["event"] == "call_started")
+    assert started["persona"] == "operator" and started["call_id"] == rig.calls[0].call_id

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from payphone.call.events import (
     ActivityDone,
     CallEvent,
@@ -115,7 +117,8 @@ class Call:
     async def run(self) -> None:
         """Until cancelled (on-hook): dispatch events; the activity task makes the sound."""
         self.log.event("off_hook")
-        log.info("call_started", persona=self.persona.id)
+        structlog.contextvars.bind_contextvars(persona=self.persona.id)  # this task's context
+        log.info("call_started")
         if self._on_state is not None:
             self._on_state(self.state)
         self._arm(Timer.MAX_CALL, self.settings.max_call_s)
@@ -260,6 +263,7 @@ class Call:
         self._disarm(Timer.INTER_DIGIT)
         self._digits = ""
         self.persona = persona
+        structlog.contextvars.bind_contextvars(persona=persona.id)
         self.conversation.reset(self._system_prompt(persona))
         self._start("greeting", CallState.RINGBACK, self._ring_then_greet)
 
@@ -319,6 +323,7 @@ class Call:
 
     async def _run_turn(self, turn: Turn) -> None:
         self._set_state(CallState.THINKING)
+        structlog.contextvars.bind_contextvars(turn=len(self.log.turns) + 1)  # activity's context
         turn.on_audible = lambda: self._set_state(CallState.SPEAKING)
         try:
             record = await turn.run()
