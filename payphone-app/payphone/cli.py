@@ -257,9 +257,11 @@ def with_llm_overrides(
 
 
 @app.command("doctor")
-def doctor_command() -> None:
+def doctor_command(ctx: typer.Context) -> None:
     """Check an installation: settings, audio, GPIO, models, Ollama. Exit 1 on a failure."""
-    not_built("doctor", 8)
+    from payphone.doctor import main as doctor_main
+
+    raise typer.Exit(doctor_main(state(ctx).config))
 
 
 @app.command("personas")
@@ -336,9 +338,23 @@ def dtmf_command(
 
 
 @app.command("stats")
-def stats_command() -> None:
+def stats_command(
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", "-f", help="JSON log lines (default: journalctl -u payphone).", dir_okay=False
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="today, yesterday, 2h, 30m, 7d, or 2026-11-22[T18:00] (UTC)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
     """Summarise the service's JSON logs: calls, turns, latency percentiles, fallbacks."""
-    not_built("stats", 8)
+    from payphone.stats import main as stats_main
+
+    raise typer.Exit(stats_main(file, since, as_json))
 
 
 def main() -> None:

@@ -57,7 +57,29 @@ def test_config_option_reads_a_toml_file(tmp_path: Path) -> None:
     assert "[hook] pin" in result.stderr
 
 
-def test_unbuilt_subcommand_fails_clearly() -> None:
-    result = run_module("payphone", "stats")
+def test_stats_reads_a_log_file(tmp_path: Path) -> None:
+    import json
+
+    log = tmp_path / "payphone.log"
+    log.write_text(
+        json.dumps(
+            {
+                "event": "call_started",
+                "call_id": "c1",
+                "persona": "operator",
+                "level": "info",
+                "timestamp": "2026-11-22T20:00:00Z",
+            }
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    result = run_module("payphone", "stats", "--file", str(log), "--json")
+    assert result.returncode == 0, result.stderr
+    assert isinstance(json.loads(result.stdout), dict)
+
+
+def test_stats_on_a_missing_file_fails_clearly(tmp_path: Path) -> None:
+    result = run_module("payphone", "stats", "--file", str(tmp_path / "nope.log"))
     assert result.returncode == 1
-    assert "not built yet" in result.stderr
+    assert "Traceback" not in result.stderr

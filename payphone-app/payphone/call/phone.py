@@ -91,6 +91,7 @@ class Phone:
 
     async def _pump_mic(self) -> None:
         async for frame in self.source.frames():
+            await asyncio.sleep(0)  # a backlog must not starve hang-up, signals and the watchdog
             if not self._own_key_tone_playing():
                 for keypad in self.inband:
                     keypad.feed(frame)

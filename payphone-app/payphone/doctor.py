@@ -1,0 +1,505 @@
+"""`payphone doctor`: check an installation the way an operator would, one line per check.
+
+Each check says ok, warn or fail, and with a warning or failure, the fix. A check that raises is
+a failed check with the message, never a traceback: doctor runs on machines in a bad state.
+The sound card is probed in a child process (`python -m payphone.doctor audio SETTINGS_JSON`):
+PortAudio can abort the whole process on a broken ALSA configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from payphone.config import AudioSettings, Settings, config_file_in_use, load_settings
+from payphone.log import ms
+from payphone.settings_errors import SettingsError
+
+Status = Literal["ok", "warn", "fail"]
+AUDIO_PROBE_TIMEOUT_S = 30.0
+GGUF_MAGIC = b"GGUF"
+BUG_FIX = "unexpected: report it with this line and `python -m payphone config`"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def ok(name: str, detail: str) -> Check:
+    return Check(name, "ok", detail)
+
+
+def warn(name: str, detail: str, fix: str) -> Check:
+    return Check(name, "warn", detail, fix)
+
+
+def fail(name: str, detail: str, fix: str) -> Check:
+    return Check(name, "fail", detail, fix)
+
+
+def format_check(check: Check) -> str:
+    """`ok   name: detail`, and for a problem an indented `fix:` line."""
+    label = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}[check.status]
+    line = f"{label}  {check.name}: {check.detail}"
+    return f"{line}\n      fix: {check.fix}" if check.fix and check.status != "ok" else line
+
+
+def exit_code(checks: list[Check]) -> int:
+    """0 when nothing failed (warnings allowed), else 1."""
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+def guarded(name: str, check: Callable[[], list[Check]]) -> list[Check]:
+    """Run a check; whatever it raises becomes a failed line."""
+    try:
+        return check()
+    except Exception as exc:
+        return [fail(name, f"{type(exc).__name__}: {exc}", BUG_FIX)]
+
+
+def run_checks(config: Path | None) -> Iterator[Check]:
+    """Every check in order; nothing past the settings when they are invalid."""
+    try:
+        settings = load_settings(config)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            yield fail("settings", problem, "edit the setting named, then `payphone config`")
+        return
+    source = config_file_in_use(config)
+    yield ok("settings", f"valid; file {source or '(none: defaults)'}, .env, PAYPHONE_* variables")
+    voices: list[str] = []
+    yield from guarded("personas", lambda: check_personas(settings, voices))
+    yield from guarded("audio", lambda: check_audio(settings.audio))
+    yield from guarded("gpio", lambda: check_gpio(settings))
+    yield from guarded("models", lambda: check_models(settings, voices))
+    yield from guarded("ollama", lambda: asyncio.run(check_ollama(settings)))
+
+
+# -- personas ---------------------------------------------------------------------------------
+
+
+def check_personas(settings: Settings, voices: list[str]) -> list[Check]:
+    """Persona files parse; the default persona exists. Fills `voices` for the model check."""
+    from payphone.personas.loader import load_personas
+
+    book = load_personas(settings.personas.user_dir)
+    checks = [
+        fail("personas", problem, "fix the file and field named, then `systemctl reload payphone`")
+        for problem in book.errors
+    ]
+    personas = list(book)
+    voices.extend(dict.fromkeys(p.voice.model for p in personas))
+    if not personas:
+        return [*checks, fail("personas", "no persona loaded", "restore the shipped persona files")]
+    keys = " ".join(f"{p.key}={p.id}" for p in personas)
+    checks.append(ok("personas", f"{len(personas)} loaded: {keys}"))
+    key = settings.call.default_persona_key
+    if book.by_key(key) is None:
+        checks.append(
+            warn(
+                "personas",
+                f"call.default_persona_key = {key!r}: no persona has that key (operator answers)",
+                f"set call.default_persona_key to one of: {' '.join(p.key for p in personas)}",
+            )
+        )
+    return checks
+
+
+# -- audio ------------------------------------------------------------------------------------
+
+
+def check_audio(settings: AudioSettings) -> list[Check]:
+    """Probe the sound card in a child process and read its verdict."""
+    args = [sys.executable, "-m", "payphone.doctor", "audio", settings.model_dump_json()]
+    try:
+        proc = subprocess.run(
+            args, capture_output=True, text=True, timeout=AUDIO_PROBE_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return [
+            fail(
+                "audio",
+                f"the sound card did not answer within {AUDIO_PROBE_TIMEOUT_S:g} s",
+                "replug the USB sound card; `aplay -l` and `arecord -l` must list it",
+            )
+        ]
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        why = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        return [
+            fail(
+                "audio",
+                f"PortAudio failed while listing devices: {why}",
+                "check /etc/asound.conf (see deploy/asound.conf) and that `aplay -L` works",
+            )
+        ]
+    return [Check(**item) for item in json.loads(lines[-1])]
+
+
+def probe_audio(settings: AudioSettings) -> list[Check]:
+    """Find the configured devices by name and open each at the device rate (child process)."""
+    import pyaudio
+
+    from payphone.hardware.audio import DeviceNotFound, find_device
+
+    pa = pyaudio.PyAudio()
+    try:
+        devices = [pa.get_device_info_by_index(i) for i in range(pa.get_device_count())]
+        if not devices:
+            return [
+                fail(
+                    "audio",
+                    "no sound device at all",
+                    "plug in the USB sound card (`aplay -l` must list it); the service user "
+                    "needs group audio",
+                )
+            ]
+        checks = []
+        for direction in ("input", "output"):
+            selector = settings.input_device if direction == "input" else settings.output_device
+            name = f"audio {direction}"
+            try:
+                index = find_device(pa, selector, direction)
+            except DeviceNotFound as exc:
+                checks.append(
+                    fail(
+                        name,
+                        str(exc),
+                        f"set audio.{direction}_device to part of one of those names "
+                        "(or plug the card in)",
+                    )
+                )
+                continue
+            checks.append(_open(pa, settings, direction, index))
+        return checks
+    finally:
+        pa.terminate()
+
+
+def _open(pa: Any, settings: AudioSettings, direction: str, index: int | None) -> Check:
+    import numpy as np
+    import pyaudio
+
+    name = f"audio {direction}"
+    try:
+        if index is None:
+            info = (
+                pa.get_default_input_device_info()
+                if direction == "input"
+                else pa.get_default_output_device_info()
+            )
+            index = int(info["index"])
+        device = pa.get_device_info_by_index(index)["name"]
+    except OSError as exc:
+        return fail(
+            name,
+            f"no default {direction} device ({exc})",
+            f"plug in the sound card or set audio.{direction}_device",
+        )
+    rate = settings.device_rate
+    block = rate * settings.buffer_ms // 1000
+    try:
+        stream = pa.open(
+            format=pyaudio.paInt16,
+            channels=1,
+            rate=rate,
+            frames_per_buffer=block,
+            **{direction: True, f"{direction}_device_index": index},
+        )
+        try:
+            if direction == "input":
+                stream.read(block, exception_on_overflow=False)
+            else:
+                stream.write(np.zeros(block, np.int16).tobytes())
+        finally:
+            stream.close()
+    except (OSError, ValueError) as exc:
+        return fail(
+            name,
+            f"{device!r} does not open at {rate} Hz mono 16-bit: {exc}",
+            "stop whatever holds the card (`systemctl stop payphone`, `fuser -v /dev/snd/*`) "
+            "or try audio.device_rate = 44100",
+        )
+    return ok(name, f"{device!r} opens at {rate} Hz mono 16-bit")
+
+
+# -- GPIO -------------------------------------------------------------------------------------
+
+
+def planned_pins(settings: Settings) -> dict[str, list[int]]:
+    """Which settings claim which BCM pins (the in-band keypad claims none)."""
+    pins: dict[str, list[int]] = {"hook.pin": [settings.hook.pin]}
+    keypad = settings.keypad
+    if keypad.source == "matrix":
+        pins["keypad.row_pins"] = list(keypad.row_pins)
+        pins["keypad.column_pins"] = list(keypad.column_pins)
+    elif keypad.source == "mt8870":
+        pins["keypad.mt8870_pins"] = list(keypad.mt8870_pins)
+        pins["keypad.mt8870_std_pin"] = [keypad.mt8870_std_pin]
+    return pins
+
+
+def check_gpio(settings: Settings) -> list[Check]:
+    """Every configured pin is distinct, exists, and is free; the hook switch reads a state."""
+    claimed: dict[int, str] = {}
+    for setting, pins in planned_pins(settings).items():
+        for pin in pins:
+            if pin in claimed:
+                return [
+                    fail(
+                        "gpio",
+                        f"GPIO{pin} is in both {claimed[pin]} and {setting}",
+                        "give each its own pin (see deploy/WIRING.md)",
+                    )
+                ]
+            claimed[pin] = setting
+    from gpiozero import Button, Device, DigitalInputDevice, DigitalOutputDevice
+    from gpiozero.exc import BadPinFactory, GPIOPinInUse, PinInvalidPin
+
+    opened: list[Any] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # gpiozero warns for every factory it falls back from
+            try:
+                hook = Button(settings.hook.pin, pull_up=settings.hook.pull_up, bounce_time=None)
+            except BadPinFactory as exc:
+                return [
+                    fail(
+                        "gpio",
+                        f"no GPIO on this machine ({exc})",
+                        "on the Pi: install the app with its `pi` extra (lgpio) and add the user "
+                        "to group gpio; off a Pi (tests, laptops): GPIOZERO_PIN_FACTORY=mock",
+                    )
+                ]
+            opened.append(hook)
+            for setting, pins in planned_pins(settings).items():
+                if setting == "hook.pin":
+                    continue
+                for pin in pins:
+                    device = (
+                        DigitalOutputDevice(pin)
+                        if setting == "keypad.row_pins"
+                        else DigitalInputDevice(pin, pull_up=False)
+                    )
+                    opened.append(device)
+        factory = type(Device.pin_factory).__name__
+        closed_means = "on-hook" if settings.hook.switch == "normally_open" else "off-hook"
+        state = closed_means if hook.is_active else _other(closed_means)
+        pins_text = ", ".join(f"{k}={v}" for k, v in planned_pins(settings).items())
+        return [ok("gpio", f"{factory}: pins free ({pins_text}); the hook switch reads {state}")]
+    except (GPIOPinInUse, PinInvalidPin, OSError) as exc:
+        return [
+            fail(
+                "gpio",
+                f"{type(exc).__name__}: {exc}",
+                "stop whatever holds the pin (`systemctl stop payphone`) or choose another pin; "
+                "the service user needs group gpio",
+            )
+        ]
+    finally:
+        for device in opened:
+            device.close()
+
+
+def _other(state: str) -> str:
+    return "off-hook" if state == "on-hook" else "on-hook"
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+def check_models(settings: Settings, voices: list[str]) -> list[Check]:
+    """Every model resolves to a file, and loads (Whisper, each Piper voice, the GGUF header)."""
+    from payphone.models import resolve_all
+
+    checks: list[Check] = []
+    for res in resolve_all(settings, voices=voices, download=False):
+        name = f"model {res.setting.key}"
+        if res.path is None:
+            checks.append(fail(name, res.error or "not found", "see the message for the fix"))
+            continue
+        kind = res.setting.kind
+        loader = {"Whisper model": _load_whisper, "Piper voice": _load_voice}.get(kind, _load_gguf)
+        started = time.monotonic()
+        try:
+            what = loader(settings, res.path)
+        except Exception as exc:
+            checks.append(
+                fail(
+                    name,
+                    f"{res.value!r} at {res.path} does not load: {type(exc).__name__}: {exc}",
+                    f"the file is damaged or not a {kind}: delete it and run "
+                    "`payphone models --download`, or fix the path",
+                )
+            )
+            continue
+        took = ms(time.monotonic() - started)
+        checks.append(ok(name, f"{res.value!r} -> {res.path} ({what}, {took:g} ms)"))
+    if settings.llm.backend == "ollama":
+        checks.append(ok("model llm.gguf", "not needed: llm.backend = ollama (Pi #2 has it)"))
+    return checks
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence native libraries that write to file descriptor 2 for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _load_whisper(settings: Settings, path: Path) -> str:
+    from faster_whisper import WhisperModel
+
+    WhisperModel(str(path), device="cpu", compute_type=settings.stt.compute_type, cpu_threads=1)
+    return "loads"
+
+
+def _load_voice(settings: Settings, path: Path) -> str:
+    from piper import PiperVoice
+
+    voice = PiperVoice.load(path)
+    return f"loads, {voice.config.sample_rate} Hz"
+
+
+def _load_gguf(settings: Settings, path: Path) -> str:
+    with path.open("rb") as file:
+        head = file.read(8)
+    if head[:4] != GGUF_MAGIC:
+        raise ValueError(f"not a GGUF file (starts with {head[:4]!r})")
+    version = int.from_bytes(head[4:8], "little")
+    try:
+        from llama_cpp import Llama
+    except ImportError as exc:
+        raise RuntimeError(
+            "llama-cpp-python is missing: pip install 'payphone-ai[embedded]'"
+        ) from exc
+    with quiet_stderr():  # llama.cpp writes context warnings straight to fd 2
+        Llama(model_path=str(path), vocab_only=True, verbose=False)
+    return f"GGUF v{version}, vocabulary loads"
+
+
+# -- Ollama -----------------------------------------------------------------------------------
+
+
+CAUSE_FIXES = {
+    "refused": "start Ollama on Pi #2 (`systemctl status ollama`) and check its OLLAMA_HOST",
+    "unknown_host": "fix llm.ollama_host (a name that does not resolve)",
+    "connect_timeout": "check the cable to Pi #2 (`ping` it) and its firewall (Pi #1's address)",
+    "unreachable": "check the cable to Pi #2 (`ping` it) and llm.ollama_host",
+    "probe_timeout": "Pi #2 answers too slowly: `journalctl -u ollama` there",
+}
+
+
+async def check_ollama(settings: Settings) -> list[Check]:
+    """Reachable, has the persona model, answers a one-token chat (a warning when not used)."""
+    from payphone.llm.base import ChatOptions, LlmError, Message
+    from payphone.llm.ollama_backend import OllamaBackend, keep_alive_value
+
+    llm = settings.llm
+    used = llm.backend == "ollama"
+    bad = fail if used else warn
+    name = "ollama" if used else "ollama (not used: llm.backend = embedded)"
+    host = str(llm.ollama_host).rstrip("/")
+    backend = OllamaBackend(
+        host,
+        llm.ollama_model,
+        keep_alive=keep_alive_value(llm.keep_alive),
+        connect_timeout_s=llm.connect_timeout_s,
+        first_token_timeout_s=llm.first_token_timeout_s,
+        token_timeout_s=llm.token_timeout_s,
+        probe_timeout_s=llm.connect_timeout_s,
+    )
+    try:
+        try:
+            models = await backend.list_models()
+        except LlmError as exc:
+            if exc.cause == "model_not_found":  # a 404 on /api/tags: something else answers
+                why = "answers, but not as Ollama does (HTTP 404 on /api/tags)"
+                return [bad(name, f"{host} {why}", "check llm.ollama_host (address and port)")]
+            fix = CAUSE_FIXES.get(exc.cause, "check Pi #2: `systemctl status ollama`")
+            return [bad(name, f"{host} not reachable: {exc}", fix)]
+        checks = [ok(name, f"{host} answers; {len(models)} model(s)")]
+        wanted = llm.ollama_model if ":" in llm.ollama_model else f"{llm.ollama_model}:latest"
+        if wanted not in models:
+            have = ", ".join(models) or "none"
+            fix = (
+                f"on Pi #2: deploy/pi2-install.sh {llm.ollama_model} MODELFILE, "
+                "or set llm.ollama_model to one it has"
+            )
+            return [*checks, bad(name, f"model {llm.ollama_model} missing (has: {have})", fix)]
+        checks.append(ok(name, f"model {llm.ollama_model} present"))
+        messages: list[Message] = [{"role": "user", "content": "Hello?"}]
+        options = ChatOptions(num_predict=1, temperature=0.0, num_ctx=llm.num_ctx)
+        started = time.monotonic()
+        try:
+            async for _piece in backend.stream(messages, options):
+                pass
+        except LlmError as exc:
+            return [*checks, bad(name, f"a one-token chat failed: {exc}", "`journalctl -u ollama`")]
+        took = ms(time.monotonic() - started)
+        checks.append(ok(name, f"round trip {took:g} ms (a one-token chat)"))
+        return checks
+    finally:
+        await backend.aclose()
+
+
+def _audio_child(settings_json: str) -> None:
+    from payphone.log import setup_logging
+
+    setup_logging("error", "json")
+    try:
+        checks = probe_audio(AudioSettings.model_validate_json(settings_json))
+    except Exception as exc:
+        checks = [fail("audio", f"{type(exc).__name__}: {exc}", BUG_FIX)]
+    print(json.dumps([asdict(c) for c in checks]))
+
+
+def main(config: Path | None, out: TextIO | None = None) -> int:
+    """Print each check as it completes; 0 when nothing failed, 1 otherwise."""
+    from payphone.log import setup_logging
+
+    stream = out or sys.stdout
+    setup_logging("error", "json")  # the checks' own log lines would drown the report
+    checks: list[Check] = []
+    for check in run_checks(config):
+        checks.append(check)
+        print(format_check(check), file=stream, flush=True)
+    failed = sum(c.status == "fail" for c in checks)
+    warned = sum(c.status == "warn" for c in checks)
+    verdict = "FAILED" if failed else "healthy"
+    print(f"doctor: {verdict} ({failed} failed, {warned} warnings)", file=stream)
+    return exit_code(checks)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["audio"] and len(sys.argv) == 3:
+        _audio_child(sys.argv[2])
+    elif sys.argv[1:2] == ["check"] and len(sys.argv) in (2, 4) and sys.argv[2:3] in ([], ["-c"]):
+        sys.exit(main(Path(sys.argv[3]) if len(sys.argv) == 4 else None))
+    else:
+        sys.exit(
+            "usage: python -m payphone.doctor check [-c CONFIG] (or: python -m payphone doctor)"
+        )

@@ -1,0 +1,294 @@
+"""What an installer gets: the systemd unit, the install scripts, the example settings.
+
+The unit goes through `systemd-analyze verify` (any warning fails it); the scripts through
+shellcheck; each script's --dry-run must print its plan and change nothing: every command that
+could change the machine is shadowed on $PATH by a recorder, and the recorder's log must show
+only read-only queries.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from payphone.config import Settings, load_settings
+from tests.helpers import REPO
+
+UNIT = REPO / "systemd" / "payphone.service"
+DEPLOY = REPO / "deploy"
+SCRIPTS = [DEPLOY / "pi1-install.sh", DEPLOY / "pi2-install.sh", DEPLOY / "one-pi-install.sh"]
+# commands that change a machine; the scripts may only ever run them through `run`
+RECORDED = [
+    "apt-get",
+    "useradd",
+    "groupadd",
+    "usermod",
+    "systemctl",
+    "install",
+    "runuser",
+    "curl",
+    "nft",
+    "ollama",
+    "cp",
+    "mv",
+    "mkdir",
+    "rm",
+    "chown",
+    "chmod",
+    "ln",
+    "tee",
+    "env",
+    "mktemp",
+    "python3",
+    "pip",
+]
+READ_ONLY = {"systemctl is-active --quiet payphone.service", "ollama --version"}
+
+
+def verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`systemd-analyze verify` on the unit, with ExecStart pointing at a Python that exists."""
+    unit = tmp_path / "payphone.service"
+    unit.write_text(unit_text.replace("/opt/payphone/.venv/bin/python", sys.executable))
+    return subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="no systemd-analyze (apt package systemd)"
+)
+def test_the_unit_verifies_without_a_warning(tmp_path: Path) -> None:
+    result = verify(UNIT.read_text(), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout + result.stderr == ""
+
+    broken = verify(
+        UNIT.read_text().replace("WatchdogSec=30s", "WatchdogSec=half a minute"), tmp_path
+    )
+    assert "Failed to parse sec value" in broken.stderr  # the check can fail
+
+
+def test_the_unit_asks_systemd_for_what_the_service_needs() -> None:
+    lines = set(UNIT.read_text().splitlines())
+    for wanted in (
+        "Type=notify",
+        "WatchdogSec=30s",
+        "Restart=always",
+        "RestartSec=2",
+        "KillSignal=SIGTERM",
+        "TimeoutStopSec=10",
+        "User=payphone",
+        "SupplementaryGroups=audio gpio",
+        "DevicePolicy=closed",
+        "DeviceAllow=char-alsa rw",
+        "DeviceAllow=/dev/snd rw",
+        "DeviceAllow=char-gpiochip rw",
+        "ProtectSystem=strict",
+        "StateDirectory=payphone",
+        "CacheDirectory=payphone",
+        "LogsDirectory=payphone",
+        "NoNewPrivileges=yes",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "Wants=network-online.target sound.target",
+        "After=network-online.target sound.target",
+        "Environment=PAYPHONE_CONFIG=/etc/payphone/payphone.toml",
+        "ExecStart=/opt/payphone/.venv/bin/python -m payphone run",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ):
+        assert wanted in lines, wanted
+    assert not any(line.startswith("PrivateDevices") for line in lines)  # would hide /dev/snd
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="no shellcheck (apt: shellcheck)")
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_the_scripts_are_shellcheck_clean(script: Path) -> None:
+    result = subprocess.run(
+        ["shellcheck", "--severity=style", str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout
+    assert script.stat().st_mode & stat.S_IXUSR, f"{script.name} is not executable"
+    head = script.read_text().splitlines()
+    assert head[0] == "#!/usr/bin/env bash"
+    assert "set -euo pipefail" in head
+
+
+@pytest.fixture
+def recorder(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """$PATH with every state-changing command replaced by one that logs and fails."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "ran.log"
+    log.touch()
+    for name in RECORDED:
+        shim = bin_dir / name
+        shim.write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\nexit 1\n')
+        shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return env, log
+
+
+def dry_run(env: dict[str, str], script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(script), "--dry-run", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=60,
+    )
+
+
+def changed(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line not in READ_ONLY]
+
+
+def plan(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    assert "dry run, nothing changes" in result.stderr
+    # the shell-quoted commands, read back as plain words
+    return re.sub(r"\\(.)", r"\1", result.stdout)
+
+
+def test_pi1_dry_run_prints_the_plan_and_changes_nothing(
+    recorder: tuple[dict[str, str], Path],
+) -> None:
+    env, log = recorder
+    out = plan(dry_run(env, DEPLOY / "pi1-install.sh", "--ollama-host", "http://10.0.0.2:11434"))
+
+    assert changed(log) == []
+    if not Path("/etc/payphone/payphone.toml").exists():
+        assert "/etc/payphone/payphone.toml" in out
+        assert 'ollama_host = "http://10.0.0.2:11434"' in out  # the settings line it would set
+    for step in (
+        f"-m pip install --disable-pip-version-check -q {REPO}[pi]",
+        "-m payphone models --download",
+        "systemctl enable payphone.service",
+        "systemctl start payphone.service",
+        "-m payphone doctor",
+    ):
+        assert step in out, f"{step!r} not in the plan:\n{out}"
+    if not Path("/etc/systemd/system/payphone.service").exists():
+        assert f"install -m 0644 {REPO}/systemd/payphone.service" in out
+
+
+def test_one_pi_dry_run_installs_the_embedded_model(
+    recorder: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    env, log = recorder
+    gguf = tmp_path / "persona.Q4_K_M.gguf"
+    gguf.write_bytes(b"GGUF")
+    out = plan(dry_run(env, DEPLOY / "one-pi-install.sh", "--gguf", str(gguf)))
+
+    assert changed(log) == []
+    assert f"{REPO}[pi,embedded]" in out
+    assert f"{gguf} /var/lib/payphone/models/gguf/persona.gguf" in out
+    if not Path("/etc/payphone/payphone.toml").exists():
+        assert 'backend = "embedded"' in out
+
+
+def test_pi2_dry_run_plans_ollama_firewall_and_model(
+    recorder: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    env, log = recorder
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text("FROM ./persona.gguf\n")
+    out = plan(
+        dry_run(
+            env,
+            DEPLOY / "pi2-install.sh",
+            "--listen",
+            "10.0.0.2",
+            "--pi1",
+            "10.0.0.1",
+            "payphone-persona",
+            str(modelfile),
+        )
+    )
+
+    assert changed(log) == []
+    assert 'Environment="OLLAMA_HOST=10.0.0.2:11434"' in out
+    assert 'Environment="OLLAMA_KEEP_ALIVE=-1"' in out
+    assert "tcp dport 11434 ip saddr 10.0.0.1 accept" in out
+    assert "tcp dport 11434 counter drop" in out
+    assert "nft -f /etc/nftables.d/payphone-ollama.nft" in out
+    assert (
+        f"env -C {tmp_path} OLLAMA_HOST=http://10.0.0.2:11434 ollama create payphone-persona "
+        f"-f {modelfile}" in out
+    )
+
+
+def test_pi2_fills_the_modelfile_template_for_a_bare_gguf(
+    recorder: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    env, log = recorder
+    gguf = tmp_path / "persona.gguf"
+    gguf.write_bytes(b"GGUF")
+    out = plan(dry_run(env, DEPLOY / "pi2-install.sh", "payphone-persona", str(gguf)))
+
+    assert changed(log) == []
+    assert "    | FROM ./persona.gguf" in out
+    assert "-f " + str(tmp_path / "Modelfile.payphone") in out
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("pi2-install.sh", [], "need NAME and MODELFILE"),
+        ("pi2-install.sh", ["bad name!", "/etc/hostname"], "NAME bad name!: use letters"),
+        ("pi2-install.sh", ["persona", "/no/Modelfile"], "/no/Modelfile: no such file"),
+        ("pi2-install.sh", ["--pi1", "pi-one", "p", "/etc/hostname"], "not an IPv4 address"),
+        ("pi1-install.sh", ["--gguf", "/etc/hostname"], "--gguf is for --one-pi"),
+        ("pi1-install.sh", ["--frobnicate"], "unknown argument: --frobnicate"),
+    ],
+)
+def test_bad_arguments_stop_before_anything_happens(
+    recorder: tuple[dict[str, str], Path], script: str, args: list[str], message: str
+) -> None:
+    env, log = recorder
+    result = dry_run(env, DEPLOY / script, *args)
+
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert log.read_text() == ""
+
+
+def test_the_example_settings_are_valid_and_document_every_setting() -> None:
+    example = DEPLOY / "payphone.toml.example"
+    settings = load_settings(example)
+    assert settings.llm.backend == "ollama"  # what pi1-install.sh edits: active lines in [llm]
+    assert tomllib.loads(example.read_text())["llm"]["ollama_model"] == "payphone-persona"
+
+    sections: dict[str, str] = {}
+    for block in re.split(r"^\[", example.read_text(), flags=re.M)[1:]:
+        name, _, body = block.partition("]")
+        sections[name] = body
+    assert list(sections) == list(Settings.model_fields)
+    for group, field in Settings.model_fields.items():
+        model = field.annotation
+        assert model is not None
+        for key in model.model_fields:  # type: ignore[union-attr]
+            assert re.search(rf"^(# )?{key} = ", sections[group], re.M), f"[{group}] {key}"
+
+
+def test_the_modelfile_template_has_the_gguf_placeholder() -> None:
+    text = (DEPLOY / "Modelfile.template").read_text()
+    assert "FROM @GGUF@" in text
+    assert 'PARAMETER stop "<|im_end|>"' in text

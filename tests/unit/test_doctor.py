@@ -1,0 +1,317 @@
+"""`payphone doctor` on a healthy stand-in install, and on each way an install can be broken.
+
+Healthy means: the demo models, gpiozero's mock pins, ALSA `null` devices from a private ALSA
+configuration (read by the audio probe's child process), and a local server speaking Ollama's
+protocol. Whole runs go through `python -m payphone.doctor check` in a child process, as an
+operator runs it; single checks are called directly with one thing broken at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes.util
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gpiozero import Button, Device
+from gpiozero.pins.mock import MockFactory
+
+from payphone.config import AudioSettings, Settings, load_settings
+from payphone.doctor import (
+    Check,
+    check_audio,
+    check_gpio,
+    check_models,
+    check_ollama,
+    check_personas,
+    exit_code,
+    format_check,
+    guarded,
+)
+from tests.helpers import REPO
+from tests.support.ollama_server import OllamaProtocolServer, free_port
+
+NULL_ALSA = """
+pcm.payphone_mic { type null }
+pcm.payphone_ear { type null }
+pcm.default { type null }
+"""
+needs_alsa = pytest.mark.skipif(
+    ctypes.util.find_library("asound") is None, reason="no ALSA library (libasound2) here"
+)
+
+
+@pytest.fixture
+def null_alsa(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A private ALSA config with null devices; the environment a healthy rig runs with."""
+    conf = tmp_path / "asound.conf"
+    conf.write_text(NULL_ALSA)
+    env = {
+        "ALSA_CONFIG_PATH": str(conf),
+        "GPIOZERO_PIN_FACTORY": "mock",
+        "PAYPHONE_AUDIO__INPUT_DEVICE": "payphone_mic",
+        "PAYPHONE_AUDIO__OUTPUT_DEVICE": "payphone_ear",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def mock_pins(monkeypatch: pytest.MonkeyPatch) -> Iterator[MockFactory]:
+    factory = MockFactory()
+    monkeypatch.setattr(Device, "pin_factory", factory)
+    yield factory
+    factory.reset()
+
+
+async def doctor(*args: str, **env: str) -> tuple[int, str]:
+    """Run the whole doctor as an operator would; never a traceback."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "payphone.doctor",
+        "check",
+        *args,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 240)
+    text = out.decode() + err.decode()
+    assert "Traceback" not in text, text
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+def problems(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith(("WARN", "FAIL"))]
+
+
+def settings_with(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
+    for name, value in env.items():
+        monkeypatch.setenv(f"PAYPHONE_{name}", value)
+    return load_settings()
+
+
+# -- whole runs -------------------------------------------------------------------------------
+
+
+@needs_alsa
+@pytest.mark.models
+async def test_a_healthy_one_pi_install_passes_every_check(null_alsa: dict[str, str]) -> None:
+    async with OllamaProtocolServer() as server:
+        code, out = await doctor(PAYPHONE_LLM__OLLAMA_HOST=server.url)
+
+    assert code == 0, out
+    assert problems(out) == [], out
+    for expected in (
+        "ok    settings: valid",
+        "ok    personas: 4 loaded: 0=operator",
+        "ok    audio input: 'payphone_mic' opens at 48000 Hz mono 16-bit",
+        "ok    audio output: 'payphone_ear' opens at 48000 Hz mono 16-bit",
+        "ok    gpio: MockFactory: pins free (hook.pin=[17])",
+        "ok    model stt.model: 'tiny.en' -> ",
+        "ok    model tts.voice: 'en_US-joe-medium' -> ",
+        "ok    model llm.gguf: 'SmolLM2-135M-Instruct' -> ",
+        "GGUF v3, vocabulary loads",
+        f"ok    ollama (not used: llm.backend = embedded): {server.url} answers",
+        "model payphone-persona present",
+        "round trip",
+        "doctor: healthy (0 failed, 0 warnings)",
+    ):
+        assert expected in out, f"{expected!r} missing from:\n{out}"
+    assert "/api/tags" in server.requests
+    assert [chat.options.get("num_predict") for chat in server.chats] == [1]
+
+
+@needs_alsa
+@pytest.mark.models
+async def test_a_two_pi_install_checks_ollama_and_needs_no_gguf(null_alsa: dict[str, str]) -> None:
+    async with OllamaProtocolServer() as server:
+        code, out = await doctor(
+            PAYPHONE_LLM__BACKEND="ollama", PAYPHONE_LLM__OLLAMA_HOST=server.url
+        )
+
+    assert code == 0, out
+    assert problems(out) == [], out
+    assert f"ok    ollama: {server.url} answers; 1 model(s)" in out
+    assert "not needed: llm.backend = ollama" in out
+
+
+async def test_a_bad_setting_fails_and_stops_there(tmp_path: Path) -> None:
+    config = tmp_path / "payphone.toml"
+    config.write_text("[vad]\naggressiveness = 9\n")
+    code, out = await doctor("-c", str(config))
+
+    assert code == 1
+    assert problems(out) == [
+        f"FAIL  settings: [vad] aggressiveness (in {config}): 9 is not valid "
+        "(Input should be less than or equal to 3); allowed: an integer from 0 to 3"
+    ], out
+    assert "fix: edit the setting named" in out
+    assert "audio" not in out  # nothing else can be checked without settings
+
+
+@needs_alsa
+async def test_ollama_down_fails_a_two_pi_install(null_alsa: dict[str, str]) -> None:
+    code, out = await doctor(
+        PAYPHONE_LLM__BACKEND="ollama",
+        PAYPHONE_LLM__OLLAMA_HOST=f"http://127.0.0.1:{free_port()}",
+        PAYPHONE_STT__MODEL="/nowhere/whisper",  # and a second failure, reported too
+    )
+
+    assert code == 1
+    failed = [line for line in problems(out) if line.startswith("FAIL")]
+    assert any(line.startswith("FAIL  ollama: http://127.0.0.1:") for line in failed), out
+    assert any("refused" in line for line in failed), out
+    assert any(line.startswith("FAIL  model stt.model") for line in failed), out
+    assert "fix: start Ollama on Pi #2" in out
+    assert "doctor: FAILED (2 failed" in out
+
+
+# -- one check at a time ----------------------------------------------------------------------
+
+
+@needs_alsa
+def test_no_matching_sound_card_fails_with_the_names_there_are(
+    null_alsa: dict[str, str],
+) -> None:
+    checks = check_audio(AudioSettings(input_device="USB Audio", output_device="payphone_ear"))
+
+    assert [c.status for c in checks] == ["fail", "ok"]
+    assert checks[0].name == "audio input"
+    assert "no input device matching 'USB Audio'" in checks[0].detail
+    assert "payphone_mic" in checks[0].detail  # what is there instead
+    assert "audio.input_device" in checks[0].fix
+
+
+@needs_alsa
+def test_a_sound_card_that_cannot_open_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "broken.conf"
+    # the file plugin opens its `infile` when the device opens: in a missing folder, that fails,
+    # so PortAudio leaves the device out of its list, as it does with an unplugged card
+    mic = 'pcm.payphone_mic { type file slave.pcm { type null } file "/dev/null" '
+    mic += f'infile "{tmp_path}/unplugged/mic.raw" format "raw" }}'
+    conf.write_text(NULL_ALSA.replace("pcm.payphone_mic { type null }", mic))
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(conf))
+    checks = check_audio(AudioSettings(input_device="payphone_mic", output_device="payphone_ear"))
+
+    assert [c.status for c in checks] == ["fail", "ok"], checks
+    assert checks[0].detail.startswith("no input device matching 'payphone_mic' (have ")
+    assert "payphone_ear" in checks[0].detail
+    assert "or plug the card in" in checks[0].fix
+
+
+def test_gpio_with_mock_pins_passes_and_reads_the_hook(
+    mock_pins: MockFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_with(monkeypatch, KEYPAD__SOURCE="matrix", HOOK__PULL_UP="false")
+    [check] = check_gpio(settings)
+
+    assert check.status == "ok", check
+    assert "keypad.row_pins=[5, 6, 13, 19]" in check.detail
+    assert "the hook switch reads off-hook" in check.detail  # pulled down: contacts open
+
+
+def test_gpio_pin_in_use_fails(mock_pins: MockFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    holder = Button(17)
+    try:
+        [check] = check_gpio(settings_with(monkeypatch))
+    finally:
+        holder.close()
+    assert check.status == "fail"
+    assert "GPIOPinInUse" in check.detail
+    assert "systemctl stop payphone" in check.fix
+
+
+def test_gpio_pin_given_twice_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_with(monkeypatch, KEYPAD__SOURCE="mt8870", HOOK__PIN="22")
+    [check] = check_gpio(settings)
+
+    assert check.status == "fail"
+    assert check.detail == "GPIO22 is in both hook.pin and keypad.mt8870_pins"
+
+
+def test_gpio_on_a_machine_without_gpio_fails_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if Path("/dev/gpiochip0").exists():
+        pytest.skip("this machine has GPIO")
+    monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
+    monkeypatch.setattr(Device, "pin_factory", None)
+    [check] = check_gpio(settings_with(monkeypatch))
+
+    assert check.status == "fail"
+    assert check.detail.startswith("no GPIO on this machine")
+    assert "GPIOZERO_PIN_FACTORY=mock" in check.fix
+
+
+@pytest.mark.models
+def test_missing_and_damaged_models_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    junk = tmp_path / "persona.gguf"
+    junk.write_bytes(b"PK\x03\x04 not a gguf at all")
+    settings = settings_with(monkeypatch, STT__MODEL="base.en", LLM__GGUF=str(junk))
+    checks = {c.name: c for c in check_models(settings, ["en_US-joe-medium"])}
+
+    assert checks["model stt.model"].status == "fail"
+    assert "not downloaded to" in checks["model stt.model"].detail
+    assert "python -m payphone models --download" in checks["model stt.model"].detail
+    assert checks["model tts.voice"].status == "ok"
+    assert checks["model llm.gguf"].status == "fail"
+    assert "not a GGUF file" in checks["model llm.gguf"].detail
+
+
+async def test_ollama_without_the_persona_model_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with OllamaProtocolServer(models=["llama3.2:1b"]) as server:
+        settings = settings_with(monkeypatch, LLM__BACKEND="ollama", LLM__OLLAMA_HOST=server.url)
+        checks = await check_ollama(settings)
+
+    assert [c.status for c in checks] == ["ok", "fail"]
+    assert checks[1].detail == "model payphone-persona missing (has: llama3.2:1b)"
+    assert "deploy/pi2-install.sh payphone-persona MODELFILE" in checks[1].fix
+    assert server.chats == []  # no latency probe against a model that is not there
+
+
+async def test_ollama_down_is_only_a_warning_for_the_embedded_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = f"http://127.0.0.1:{free_port()}"
+    settings = settings_with(monkeypatch, LLM__OLLAMA_HOST=host)
+    [check] = await check_ollama(settings)
+
+    assert check.status == "warn"
+    assert check.name == "ollama (not used: llm.backend = embedded)"
+    assert "refused" in check.detail
+    assert exit_code([check]) == 0
+
+
+def test_a_broken_persona_file_fails_and_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user_dir = tmp_path / "personas"
+    user_dir.mkdir()
+    (user_dir / "pirate.toml").write_text('name = "Pirate Pete"\nkey = "X"\n')
+    voices: list[str] = []
+    checks = check_personas(settings_with(monkeypatch, PERSONAS__USER_DIR=str(user_dir)), voices)
+
+    assert [c.status for c in checks] == ["fail", "ok"]
+    assert "pirate.toml" in checks[0].detail
+    assert voices == ["en_US-joe-medium"]
+
+
+def test_a_check_that_raises_is_a_failed_line_not_a_traceback() -> None:
+    def broken() -> list[Check]:
+        raise KeyError("maxInputChannels")
+
+    [check] = guarded("audio", broken)
+
+    assert check.status == "fail"
+    assert format_check(check).startswith("FAIL  audio: KeyError: 'maxInputChannels'\n      fix:")
+    assert exit_code([Check("a", "ok", ""), Check("b", "warn", "", "x")]) == 0
+    assert exit_code([Check("a", "ok", ""), check]) == 1
