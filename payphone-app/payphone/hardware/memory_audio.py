@@ -82,7 +82,10 @@ class HeardBuffer:
 
 
 class MemorySink(AudioSink):
-    """An earpiece that plays in real time (or `speed` times faster) and records what was heard."""
+    """An earpiece that plays in real time (or `speed` times faster) and records what was heard.
+
+    `keep_heard=False` (long soaks): only the count and the time of the last buffer are kept.
+    """
 
     def __init__(
         self,
@@ -90,12 +93,16 @@ class MemorySink(AudioSink):
         buffer_ms: int = 20,
         max_queued_ms: int = 200,
         speed: float = 1.0,
+        keep_heard: bool = True,
     ) -> None:
         self.sample_rate = sample_rate
         self.buffer_samples = sample_rate * buffer_ms // 1000
         self.max_queued = sample_rate * max_queued_ms // 1000
         self.speed = speed
         self.heard: list[HeardBuffer] = []
+        self.keep_heard = keep_heard
+        self.buffers_played = 0
+        self._last_at: float | None = None
         self._queue: collections.deque[Pcm] = collections.deque()
         self._queued = 0
         self._space = asyncio.Event()
@@ -144,7 +151,10 @@ class MemorySink(AudioSink):
             piece = self._queue.popleft()
             self._queued -= len(piece)
             self._space.set()
-            self.heard.append(HeardBuffer(time.monotonic(), piece))
+            self._last_at = time.monotonic()
+            self.buffers_played += 1
+            if self.keep_heard:
+                self.heard.append(HeardBuffer(self._last_at, piece))
             if self.speed > 0:
                 await asyncio.sleep(len(piece) / self.sample_rate / self.speed)
             if not self._queue:
@@ -157,7 +167,7 @@ class MemorySink(AudioSink):
         return np.concatenate([b.pcm for b in self.heard])
 
     def last_heard_at(self) -> float | None:
-        return self.heard[-1].at if self.heard else None
+        return self._last_at
 
     async def aclose(self) -> None:
         self.stop()

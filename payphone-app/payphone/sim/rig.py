@@ -83,6 +83,7 @@ def build_rig(
     sink_speed: float = 1.0,
     options: ChatOptions | None = None,
     live_mic: bool = False,
+    keep_heard: bool = True,
     **call_options: Any,
 ) -> Rig:
     """Assemble a phone on mock pins; start `rig.phone.run()` in a task to switch it on."""
@@ -90,7 +91,7 @@ def build_rig(
     hook = GpioHookSwitch(HOOK_PIN, "normally_open", debounce_ms=debounce_ms, pin_factory=pins)
     keypad = QueueKeypad()
     mic = MemorySource(16000, mic_frame_ms, live=live_mic)
-    sink = MemorySink(synthesizer.sample_rate, speed=sink_speed)
+    sink = MemorySink(synthesizer.sample_rate, speed=sink_speed, keep_heard=keep_heard)
     calls: list[Call] = []
     states: list[CallState] = []
     phone = assemble_phone(
