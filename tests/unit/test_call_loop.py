@@ -453,3 +453,35 @@ async def test_logs_carry_call_id_persona_and_turn() -> None:
     assert isinstance(done["first_audio_ms"], float)
     started = next(e for e in events if e["event"] == "call_started")
     assert started["persona"] == "operator" and started["call_id"] == rig.calls[0].call_id
+
+
+async def test_a_filler_plays_when_the_answer_is_slow_and_gives_way_to_it() -> None:
+    settings = FAST.model_copy(update={"filler_after_s": 0.3})
+    slow = ScriptedBackend(reply="Well. Here is the answer.", token_delay_s=0.25)
+    rig, _, _, synth = make_rig(["a hard question"], backend=slow, settings=settings)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING, timeout=5)
+    await rig.wait_state(CallState.LISTENING, timeout=5)
+    [turn] = rig.calls[0].log.turns
+    operator = rig.calls[0].persona
+    assert turn.filler
+    assert any(filler in synth.spoken for filler in operator.fillers)
+    assert turn.reply == slow.reply  # the real answer still came, whole
+    await switch_off(rig, task)
+
+
+async def test_no_filler_when_the_answer_is_quick() -> None:
+    settings = FAST.model_copy(update={"filler_after_s": 1.0})
+    rig, _, _, synth = make_rig(["an easy question"], settings=settings)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING, timeout=5)
+    await rig.wait_state(CallState.LISTENING, timeout=5)
+    assert not rig.calls[0].log.turns[0].filler
+    assert not any(filler in synth.spoken for filler in rig.calls[0].persona.fillers)
+    await switch_off(rig, task)
