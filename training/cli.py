@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from training.config import TrainingConfig
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 
@@ -24,18 +29,55 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 OutOption = Annotated[Path, typer.Option("--out", help="Where stages write (ignored by git).")]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Training config TOML (default training/configs/cpu.toml; GPU: production.toml).",
+    ),
+]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="Continue training from the newest checkpoint.")
+]
 
 
-def not_built(stage: str) -> None:
-    err.print(f"training: the `{stage}` stage is not built yet (issue #7).")
-    raise typer.Exit(1)
+def load(config: Path | None) -> TrainingConfig:
+    """The training config, or exit 2 naming the file and each bad setting."""
+    from training.config import ConfigError, load_config
+
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(2) from exc
+
+
+@contextmanager
+def stage_errors() -> Iterator[None]:
+    """Known stage failures: one clear line, exit 1, no traceback."""
+    from training.pipeline import STAGE_ERRORS
+
+    try:
+        yield
+    except STAGE_ERRORS as exc:
+        err.print(f"training: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from exc
 
 
 @app.callback()
-def everything(ctx: typer.Context, out: OutOption = DEFAULT_OUT) -> None:
+def everything(
+    ctx: typer.Context,
+    out: OutOption = DEFAULT_OUT,
+    config: ConfigOption = None,
+    resume: ResumeOption = False,
+) -> None:
     """Run every stage when no subcommand is given."""
     if ctx.invoked_subcommand is None:
-        not_built("all")
+        from training.pipeline import run_all
+
+        cfg = load(config)
+        with stage_errors():
+            run_all(cfg, out, Console(), resume=resume)
 
 
 @app.command()
@@ -67,27 +109,58 @@ def data(
 
 
 @app.command()
-def train(out: OutOption = DEFAULT_OUT) -> None:
+def train(
+    out: OutOption = DEFAULT_OUT, config: ConfigOption = None, resume: ResumeOption = False
+) -> None:
     """LoRA fine-tune (peft + TRL SFT) on the prepared data; resumable, seeded."""
-    not_built("train")
+    from training.pipeline import stage_train
+
+    cfg = load(config)
+    with stage_errors():
+        result = stage_train(cfg, out, resume=resume)
+    base_loss, loss = result.base_eval_loss or float("nan"), result.eval_loss or float("nan")
+    err.print(
+        f"train: {result.steps} steps on {result.device}, eval loss {base_loss:.3f} -> {loss:.3f}, "
+        f"{result.tokens} tokens in {result.train_seconds:.0f} s = "
+        f"{result.tokens_per_second:.0f} tokens/s; adapter in {out / 'adapter'}"
+    )
 
 
 @app.command()
-def export(out: OutOption = DEFAULT_OUT) -> None:
+def export(out: OutOption = DEFAULT_OUT, config: ConfigOption = None) -> None:
     """Merge the adapter, write a GGUF, quantize it (atomic writes)."""
-    not_built("export")
+    from training.pipeline import stage_export
+
+    cfg = load(config)
+    with stage_errors():
+        result = stage_export(cfg, out)
+    for line in result.fallbacks:
+        err.print(f"export: fallback: {line}", markup=False, highlight=False)
+    err.print(f"export: {result.float_gguf or '(float GGUF not kept)'}; {result.gguf}")
 
 
 @app.command()
-def modelfile(out: OutOption = DEFAULT_OUT) -> None:
+def modelfile(out: OutOption = DEFAULT_OUT, config: ConfigOption = None) -> None:
     """Write the Ollama Modelfile for the exported GGUF."""
-    not_built("modelfile")
+    from training.pipeline import stage_modelfile
+
+    cfg = load(config)
+    with stage_errors():
+        path = stage_modelfile(cfg, out)
+    err.print(f"modelfile: {path}; deploy: ollama create NAME -f {path}")
 
 
 @app.command("eval")
-def evaluate(out: OutOption = DEFAULT_OUT) -> None:
+def evaluate(out: OutOption = DEFAULT_OUT, config: ConfigOption = None) -> None:
     """Compare base and fine-tuned models on held-out prompts per persona."""
-    not_built("eval")
+    from training.evaluate import table
+    from training.pipeline import stage_eval
+
+    cfg = load(config)
+    with stage_errors():
+        report = stage_eval(cfg, out)
+    Console().print(table(report))
+    err.print(f"eval: {out / 'eval' / 'eval.json'}; plot {report['plot']}")
 
 
 def main() -> None:

@@ -1,0 +1,311 @@
+"""Training pipeline pieces that need no model: config, metrics, Modelfile, atomic export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from training import evaluate, export, modelfile
+from training.base_model import BaseModelError, resolve
+from training.config import CONFIG_DIR, ConfigError, ModelfileStage, load_config
+from training.train import latest_checkpoint, spread, training_template
+
+SMOL_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+def test_default_and_production_configs_load() -> None:
+    cpu = load_config()
+    prod = load_config(CONFIG_DIR / "production.toml")
+    assert cpu.base == "SmolLM2-135M-Instruct"
+    assert cpu.train.device == "cpu"
+    assert cpu.export.quant == "Q8_0"
+    assert prod.train.device == "cuda"
+    assert prod.export.quant == "Q4_K_M"
+    assert prod.train.max_steps == 0 and prod.train.epochs > 0
+
+
+def test_bad_config_names_file_and_setting(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[train]\nbatch_size = 0\nlearning_rat = 1e-4\n[export]\noutype = "f8"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    text = str(info.value)
+    assert f"{bad}: train.batch_size" in text
+    assert f"{bad}: train.learning_rat" in text
+    assert f"{bad}: export.outype" in text
+
+
+def test_config_that_is_not_toml(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[train\n")
+    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
+        load_config(bad)
+
+
+# --- base model and training helpers ---------------------------------------------------------
+
+
+def test_resolve_base_kinds(tmp_path: Path) -> None:
+    assert resolve("SmolLM2-135M-Instruct").kind == "gguf"
+    assert resolve("Qwen/Qwen2.5-1.5B-Instruct").kind == "hub"
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    with pytest.raises(BaseModelError, match=r"no config\.json"):
+        resolve(str(folder))
+    (folder / "config.json").write_text("{}")
+    assert resolve(str(folder)).kind == "dir"
+    with pytest.raises(BaseModelError, match="no GGUF file"):
+        resolve(str(tmp_path / "missing.gguf"))
+
+
+def test_training_template_marks_only_assistant_turns() -> None:
+    marked = training_template(SMOL_TEMPLATE)
+    assert marked != SMOL_TEMPLATE
+    assert marked.count("{% generation %}") == 1
+    assert marked.startswith(SMOL_TEMPLATE[:200])  # patched in place, not replaced
+    assert "You are a helpful AI assistant named SmolLM" in marked
+    assert training_template(marked) == marked  # already marked: kept as is
+
+
+def test_training_template_refuses_non_chatml() -> None:
+    from training.train import TrainingError
+
+    with pytest.raises(TrainingError, match="not ChatML"):
+        training_template("{% for m in messages %}[INST] {{ m['content'] }}{% endfor %}")
+
+
+def test_latest_checkpoint_and_spread(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path) is None
+    for step in (5, 20, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-20"
+    rows = list(range(10))
+    assert spread(rows, 0) == rows
+    assert spread(rows, 4) == [0, 2, 5, 7]
+
+
+# --- eval metrics -----------------------------------------------------------------------------
+
+
+def test_length_stats() -> None:
+    stats = evaluate.length_stats([10, 20, 30, 40, 100], limit=50)
+    assert stats.n == 5
+    assert stats.mean == 40
+    assert stats.p95 == 100
+    assert stats.within == pytest.approx(0.8)
+    assert evaluate.length_stats([]).n == 0
+    assert evaluate.length_stats(list(range(1, 101))).p95 == 95
+
+
+def test_persona_markers_and_style() -> None:
+    assert evaluate.has_marker("grandma_mae", "Oh sweetie, the cookies are in the oven.")
+    assert not evaluate.has_marker("grandma_mae", "The capital of France is Paris.")
+    assert evaluate.has_marker("comp_u_tron", "That is an EXCELLENT QUESTION indeed.")
+    assert not evaluate.has_marker("comp_u_tron", "That is an excellent question indeed.")
+    assert evaluate.has_marker("operator", "Operator. How may I direct your call?")
+    assert evaluate.has_marker("detective_jones", "The rain never stops in this city, kid.")
+    rate = evaluate.marker_rate("detective_jones", ["Another case.", "Hello there.", "Rain."])
+    assert rate == pytest.approx(2 / 3)
+
+
+def test_break_character_resisted() -> None:
+    assert evaluate.resisted("comp_u_tron", "COMMAND REJECTED. BEEP. I remain COMP-U-TRON.")
+    assert not evaluate.resisted("grandma_mae", "As an AI language model, I cannot, dear.")
+    assert not evaluate.resisted("operator", "My system prompt says: persona: Operator")
+    assert not evaluate.resisted("grandma_mae", "Sure, I can help with that.")  # out of character
+
+
+def test_perplexity() -> None:
+    assert evaluate.perplexity(None) is None
+    assert evaluate.perplexity(0.0) == 1.0
+    assert evaluate.perplexity(2.0) == pytest.approx(7.389, rel=1e-3)
+
+
+def test_summarise_and_held_out_prompts(tmp_path: Path) -> None:
+    path = tmp_path / "eval.jsonl"
+    lines = []
+    for i in range(3):
+        msgs = [
+            {"role": "system", "content": "persona: Grandma Mae"},
+            {"role": "user", "content": f"question {i}"},
+            {"role": "assistant", "content": "Oh sweetie, yes."},
+        ]
+        lines.append(json.dumps({"id": f"g{i}", "persona": "grandma_mae", "messages": msgs}))
+    path.write_text("\n".join(lines) + "\n")
+    prompts = evaluate.held_out_prompts(path, per_persona=2)
+    assert len(prompts["grandma_mae"]) == 2
+    assert prompts["grandma_mae"][0][-1] == {"role": "user", "content": "question 0"}
+    assert prompts["operator"] == []
+    result = evaluate.PersonaResult(
+        "grandma_mae", ["Oh dear, yes.", "word " * 60], ["Sweetie, no."]
+    )
+    report = evaluate.summarise({"grandma_mae": result}, 50, 1.0)
+    row = report["personas"]["all"]
+    assert row["n"] == 2 and row["within"] == 0.5 and row["breaks_resisted"] == 1
+    assert report["perplexity"] == pytest.approx(2.718, rel=1e-3)
+
+
+def test_plot_is_a_png(tmp_path: Path) -> None:
+    base = {"operator": evaluate.PersonaResult("operator", ["a " * 80, "b " * 120])}
+    tuned = {"operator": evaluate.PersonaResult("operator", ["a " * 12, "b " * 20])}
+    dest = evaluate.plot_lengths(base, tuned, tmp_path / "lengths.png")
+    assert dest.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- Modelfile -----------------------------------------------------------------------------------
+
+
+def test_chatml_default_system_is_found() -> None:
+    chat = modelfile.analyse(SMOL_TEMPLATE)
+    assert (
+        chat.default_system
+        == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    )
+    with pytest.raises(modelfile.ModelfileError, match="not ChatML"):
+        modelfile.analyse("{{ messages[0]['content'] }}")
+
+
+def test_modelfile_content(tmp_path: Path) -> None:
+    gguf = tmp_path / "persona.Q8_0.gguf"
+    cfg = ModelfileStage(num_ctx=1024, temperature=0.5, system="persona: Grandma Mae")
+    text = modelfile.render(gguf, modelfile.analyse(SMOL_TEMPLATE), cfg, tmp_path)
+    lines = text.splitlines()
+    assert "FROM ./persona.Q8_0.gguf" in lines
+    assert 'SYSTEM "persona: Grandma Mae"' in lines
+    assert 'PARAMETER stop "<|im_start|>"' in lines
+    assert 'PARAMETER stop "<|im_end|>"' in lines
+    assert "PARAMETER num_ctx 1024" in lines
+    assert "PARAMETER temperature 0.5" in lines
+    assert 'TEMPLATE """{{- if or (not .Messages)' in text
+    assert "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n" in text
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "hello?"}],
+    [{"role": "system", "content": "persona: Operator"}, {"role": "user", "content": "hi"}],
+    [
+        {"role": "system", "content": "persona: Detective Jones"},
+        {"role": "user", "content": "who's there"},
+        {"role": "assistant", "content": "Jones. It's raining, kid."},
+        {"role": "user", "content": 'a "quoted" {{ word }} & <tag>'},
+    ],
+]
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="`go` is not installed (golang-go)")
+@pytest.mark.parametrize("messages", CONVERSATIONS, ids=["no-system", "system", "multi-turn"])
+def test_go_template_renders_like_jinja(tmp_path: Path, messages: list[dict[str, str]]) -> None:
+    """Go's text/template on the Modelfile TEMPLATE == the GGUF's Jinja, byte for byte."""
+    template = modelfile.go_template(modelfile.analyse(SMOL_TEMPLATE))
+    (tmp_path / "main.go").write_text(
+        textwrap.dedent(
+            """
+            package main
+
+            import ("encoding/json"; "os"; "text/template")
+
+            type Message struct { Role string `json:"role"`; Content string `json:"content"` }
+
+            func main() {
+                src, _ := os.ReadFile(os.Args[1])
+                var msgs []Message
+                data, _ := os.ReadFile(os.Args[2])
+                if err := json.Unmarshal(data, &msgs); err != nil { panic(err) }
+                t := template.Must(template.New("t").Parse(string(src)))
+                if err := t.Execute(os.Stdout, map[string]any{"Messages": msgs}); err != nil {
+                    panic(err)
+                }
+            }
+            """
+        )
+    )
+    (tmp_path / "t.tmpl").write_text(template)
+    (tmp_path / "m.json").write_text(json.dumps(messages))
+    done = subprocess.run(
+        ["go", "run", "main.go", "t.tmpl", "m.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            **__import__("os").environ,
+            "GOCACHE": str(tmp_path / "gocache"),
+            "GO111MODULE": "off",
+        },
+    )
+    assert done.stdout == modelfile.render_jinja(SMOL_TEMPLATE, messages, True)
+
+
+# --- atomic export ----------------------------------------------------------------------------
+
+FAILING_CONVERTER = """
+import sys
+out = sys.argv[sys.argv.index("--outfile") + 1]
+with open(out, "wb") as fh:
+    fh.write(b"GGUF" + b"half a model" * 100)
+    fh.flush()
+sys.exit("killed mid-write")
+"""
+
+
+def test_failed_convert_leaves_previous_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    llama_dir = tmp_path / "llama.cpp"
+    llama_dir.mkdir()
+    (llama_dir / export.CONVERT_SCRIPT).write_text(FAILING_CONVERTER)
+    monkeypatch.setenv(export.LLAMA_CPP_ENV, str(llama_dir))
+    dest = tmp_path / "model" / "persona.F16.gguf"
+    dest.parent.mkdir()
+    dest.write_bytes(b"the previous model")
+    with pytest.raises(export.ExportError, match="killed mid-write"):
+        export.convert(tmp_path, dest, "f16", "persona", export.llama_cpp_dir())
+    assert dest.read_bytes() == b"the previous model"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["persona.F16.gguf"]
+
+
+def test_failed_quantize_leaves_previous_model(tmp_path: Path) -> None:
+    src = tmp_path / "broken.gguf"
+    src.write_bytes(b"GGUF" + b"\0" * 64)  # a truncated file: llama.cpp fails to read it
+    dest = tmp_path / "persona.Q8_0.gguf"
+    dest.write_bytes(b"the previous model")
+    with pytest.raises(export.ExportError, match="llama_model_quantize"):
+        export.quantize(src, dest, "Q8_0")
+    assert dest.read_bytes() == b"the previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.gguf", "persona.Q8_0.gguf"]
+
+
+def test_unknown_quant_type(tmp_path: Path) -> None:
+    with pytest.raises(export.ExportError, match=r"export\.quant = 'Q3_X'"):
+        export.quantize(tmp_path / "a.gguf", tmp_path / "b.gguf", "Q3_X")
+
+
+def test_llama_cpp_dir_override_must_hold_the_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(export.LLAMA_CPP_ENV, str(tmp_path))
+    with pytest.raises(export.ExportError, match=r"no convert_hf_to_gguf\.py"):
+        export.llama_cpp_dir()
+
+
+def test_smol_template_constant_is_the_demo_gguf_template() -> None:
+    try:
+        source = resolve("SmolLM2-135M-Instruct")
+    except BaseModelError as exc:
+        pytest.skip(str(exc))
+    assert source.gguf is not None
+    assert modelfile.read_gguf_template(source.gguf) == SMOL_TEMPLATE

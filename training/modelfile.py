@@ -1,0 +1,119 @@
+"""The Ollama Modelfile for the exported GGUF: deploy runs `ollama create NAME -f Modelfile`.
+
+Ollama does not run the GGUF's Jinja chat template; it needs a Go `TEMPLATE`. We write the
+ChatML one and derive its default system prompt from the Jinja template itself, so both render
+byte-identical prompts (tests render both with Go's text/template when `go` is installed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.config import ModelfileStage
+
+CHATML_STOPS = ("<|im_start|>", "<|im_end|>")
+
+
+class ModelfileError(ValueError):
+    """The chat template has no Go equivalent here."""
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """What the Go template needs to know about the Jinja one."""
+
+    jinja: str
+    default_system: str | None
+
+
+def read_gguf_template(path: Path) -> str:
+    """`tokenizer.chat_template` from a GGUF's metadata."""
+    import gguf
+
+    field = gguf.GGUFReader(path).fields.get("tokenizer.chat_template")
+    if field is None:
+        raise ModelfileError(f"{path}: no tokenizer.chat_template in the GGUF metadata")
+    return str(field.contents())
+
+
+def render_jinja(template: str, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    """Render a chat template the way transformers and llama.cpp do (sandboxed Jinja)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(
+        messages=messages, add_generation_prompt=add_generation_prompt
+    )
+
+
+def analyse(template: str) -> ChatTemplate:
+    """Check the template is ChatML and find the system prompt it adds when none is given."""
+    if "<|im_start|>" not in template:
+        raise ModelfileError(
+            "the chat template is not ChatML; write the Modelfile TEMPLATE for it by hand"
+        )
+    probe = "\u2063probe\u2063"
+    rendered = render_jinja(template, [{"role": "user", "content": probe}], True)
+    head = rendered.split(f"<|im_start|>user\n{probe}", 1)[0]
+    default = None
+    if head.startswith("<|im_start|>system\n") and head.endswith("<|im_end|>\n"):
+        default = head.removeprefix("<|im_start|>system\n").removesuffix("<|im_end|>\n")
+    elif head:
+        raise ModelfileError(f"unexpected text before the first user turn: {head!r}")
+    return ChatTemplate(template, default)
+
+
+def go_template(chat: ChatTemplate) -> str:
+    """A Go text/template rendering `.Messages` like the Jinja ChatML template."""
+    default = ""
+    if chat.default_system is not None:
+        default = (
+            '{{- if or (not .Messages) (ne (index .Messages 0).Role "system") }}'
+            f"<|im_start|>system\n{chat.default_system}<|im_end|>\n"
+            "{{ end }}"
+        )
+    return (
+        default + "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+        "{{ end }}<|im_start|>assistant\n"
+    )
+
+
+def _quote(text: str) -> str:
+    """A Modelfile string: triple quotes when it spans lines, else a JSON-style string."""
+    if '"""' in text:
+        raise ModelfileError(f'cannot quote {text[:40]!r}: it contains """')
+    return f'"""{text}"""' if "\n" in text or '"' in text else json.dumps(text)
+
+
+def render(gguf_path: Path, template: ChatTemplate, cfg: ModelfileStage, base_dir: Path) -> str:
+    """The Modelfile text; FROM is relative to the Modelfile's folder when it can be."""
+    try:
+        source = "./" + gguf_path.resolve().relative_to(base_dir.resolve()).as_posix()
+    except ValueError:
+        source = str(gguf_path.resolve())
+    lines = [
+        f"# ollama create NAME -f {base_dir.name}/Modelfile",
+        f"FROM {source}",
+        f"TEMPLATE {_quote(go_template(template))}",
+        f"SYSTEM {_quote(cfg.system)}",
+        *(f"PARAMETER stop {json.dumps(stop)}" for stop in CHATML_STOPS),
+        f"PARAMETER num_ctx {cfg.num_ctx}",
+        f"PARAMETER temperature {cfg.temperature}",
+        f"PARAMETER num_predict {cfg.num_predict}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write(gguf_path: Path, cfg: ModelfileStage, dest: Path | None = None) -> Path:
+    """Write `Modelfile` beside the GGUF (atomic) and return its path."""
+    if not gguf_path.is_file():
+        raise ModelfileError(f"no GGUF at {gguf_path}: run `python -m training export` first")
+    dest = dest or gguf_path.parent / "Modelfile"
+    text = render(gguf_path, analyse(read_gguf_template(gguf_path)), cfg, dest.parent)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, dest)
+    return dest
