@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -135,7 +134,7 @@ def test_chunks_stream_before_the_whole_text_is_done(tts: PiperSynthesizer) -> N
         still_working = False
         async for pcm in tts.synthesize(THREE, OPERATOR):
             if not chunks:  # the first sentence is here: the others are still being made
-                still_working = bool(synth_threads())
+                still_working = tts.busy
             chunks.append((time.monotonic() - started, pcm))
         return chunks, still_working
 
@@ -189,24 +188,20 @@ def test_unknown_effect_is_refused() -> None:
         build_chain("chipmunk", 22050)
 
 
-def synth_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "piper-synth" and t.is_alive()]
-
-
 def test_closing_the_stream_stops_synthesis(tts: PiperSynthesizer) -> None:
     long_text = " ".join(f"This is sentence number {n} of a long answer." for n in range(12))
 
     async def take_one() -> tuple[Pcm, int]:
         stream = tts.synthesize(long_text, OPERATOR)
         first = await anext(stream)
-        running = len(synth_threads())
+        running = tts.busy
         await stream.aclose()  # type: ignore[attr-defined]
         return first, running
 
     first, running = asyncio.run(take_one())
     assert len(first) > 0
-    assert running == 1  # the worker was busy on the next sentences
-    assert synth_threads() == []  # and is gone once the stream is closed
+    assert running  # the worker was busy on the next sentences
+    assert not tts.busy  # and stopped once the stream was closed
 
 
 def test_cancelling_the_consumer_stops_synthesis(tts: PiperSynthesizer) -> None:
@@ -226,10 +221,10 @@ def test_cancelling_the_consumer_stops_synthesis(tts: PiperSynthesizer) -> None:
             await task
         # cancelled, the stream did not wait; the worker finishes its sentence and quits
         for _ in range(200):
-            if not synth_threads():
+            if not tts.busy:
                 break
             await asyncio.sleep(0.05)
 
     asyncio.run(hang_up())
-    assert synth_threads() == []
+    assert not tts.busy
     assert len(got) < 12

@@ -10,6 +10,7 @@ task) tells the worker to stop after the sentence it is on; its late results are
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import threading
@@ -86,6 +87,13 @@ class _Render:
         return to_pcm(tail)
 
 
+# One long-lived synthesis thread: a fresh thread per chunk made onnxruntime and malloc keep
+# growing per-thread memory (RSS rose ~1 MB per synthesis in `bench soak`).
+_SYNTH_THREAD = concurrent.futures.ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="piper-synth"
+)
+
+
 class PiperSynthesizer(Synthesizer):
     """Piper voices for every persona, streamed, levelled and coloured for the phone line.
 
@@ -111,6 +119,7 @@ class PiperSynthesizer(Synthesizer):
         self._voices = _Voices()
         self._paths: dict[str, Path] = {settings.tts.voice: self._default_path}
         self._rendered: dict[tuple[str, VoiceSpec], Pcm] = {}
+        self._busy = 0  # syntheses running on the worker thread
 
     def voice_path(self, model: str) -> Path:
         """The `.onnx` of a persona's voice (names resolved once, like the settings' voice)."""
@@ -130,6 +139,11 @@ class PiperSynthesizer(Synthesizer):
                 pass
             log.info("voice_warmed", warm_ms=ms(time.monotonic() - started))
 
+    @property
+    def busy(self) -> bool:
+        """Whether Piper is working on a text right now (in the synthesis thread)."""
+        return self._busy > 0
+
     def synthesize(self, text: str, voice: VoiceSpec) -> AsyncIterator[Pcm]:
         """PCM chunks (about one per sentence) at `sample_rate`, as Piper produces them."""
         return self._stream(text, voice)
@@ -145,6 +159,7 @@ class PiperSynthesizer(Synthesizer):
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def work() -> None:
+            self._busy += 1
             try:
                 for pcm in self._pieces(path, text, voice, stop):
                     if stop.is_set():
@@ -153,10 +168,10 @@ class PiperSynthesizer(Synthesizer):
             except BaseException as exc:  # reported to the consumer, which re-raises it
                 hand_over(exc)
             finally:
+                self._busy -= 1
                 hand_over(_END)
 
-        worker = threading.Thread(target=work, name="piper-synth", daemon=True)
-        worker.start()
+        worker = loop.run_in_executor(_SYNTH_THREAD, work)
         try:
             while True:
                 item = await queue.get()
@@ -169,9 +184,9 @@ class PiperSynthesizer(Synthesizer):
         finally:
             stop.set()
             task = asyncio.current_task()
-            if worker.is_alive() and not (task is not None and task.cancelling()):
-                # closed early, not cancelled: wait for the sentence in flight, off the loop
-                await asyncio.to_thread(worker.join)
+            if not worker.done() and not (task is not None and task.cancelling()):
+                # closed early, not cancelled: wait for the sentence in flight
+                await asyncio.shield(worker)
 
     def _pieces(
         self, path: Path, text: str, voice: VoiceSpec, stop: threading.Event
