@@ -251,9 +251,12 @@ async def test_persona_key_switches_with_ringback_and_fresh_history() -> None:
     await rig.wait_state(CallState.RINGBACK)
     call = rig.calls[0]
     assert call.persona.id == "grandma_mae"
+    await rig.wait_state(CallState.GREETING)
     assert [m["role"] for m in call.conversation.messages()] == ["system"]
     assert "Grandma Mae" in call.conversation.messages()[0]["content"]
-    await rig.wait_state(CallState.GREETING)
+    async with asyncio.timeout(2):
+        while not backend.warmed:
+            await asyncio.sleep(0.01)
     assert backend.warmed[-1] == call.conversation.system_prompt  # primed while it rang
     ring = np.concatenate([b.pcm for b in rig.sink.heard[before : before + 10]]).astype(float)
     freqs = np.fft.rfftfreq(len(ring), 1 / 22050)

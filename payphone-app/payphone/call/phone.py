@@ -92,14 +92,20 @@ class Phone:
     async def _pump_mic(self) -> None:
         async for frame in self.source.frames():
             await asyncio.sleep(0)  # a backlog must not starve hang-up, signals and the watchdog
-            if not self._own_key_tone_playing():
-                for keypad in self.inband:
-                    keypad.feed(frame)
-            if self.call is None or self._endpointer is None:
-                continue
-            gated = self.sink.playing and self.call.our_voice_playing
-            for event in self._endpointer.feed(frame, gated):
-                self.call.post(event)
+            try:
+                self._hear(frame)
+            except Exception as exc:  # one bad frame must not take the phone down
+                log.exception("mic_frame_failed", error=repr(exc))
+
+    def _hear(self, frame: Pcm) -> None:
+        if not self._own_key_tone_playing():
+            for keypad in self.inband:
+                keypad.feed(frame)
+        if self.call is None or self._endpointer is None:
+            return
+        gated = self.sink.playing and self.call.our_voice_playing
+        for event in self._endpointer.feed(frame, gated):
+            self.call.post(event)
 
     def _own_key_tone_playing(self) -> bool:
         """Our DTMF key feedback, heard back through the handset, must not dial again."""
@@ -114,10 +120,14 @@ class Phone:
         call_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.calls_taken += 1
         with bind_call(call_id=call_id):
-            self.call = self.make_call(call_id)
-            self._endpointer = self.make_endpointer()
+            try:
+                call, endpointer = self.make_call(call_id), self.make_endpointer()
+            except Exception as exc:  # no call this time; the next off-hook tries again
+                log.exception("call_setup_failed", error=repr(exc))
+                return
+            self.call, self._endpointer = call, endpointer
             # the task copies the context now, so every event it logs carries the call id
-            self._call_task = asyncio.create_task(self.call.run(), name=f"call-{call_id}")
+            self._call_task = asyncio.create_task(call.run(), name=f"call-{call_id}")
 
     async def end_call(self) -> None:
         """On-hook: silence first, then cancel the call and wait for every task of it."""
@@ -131,7 +141,9 @@ class Phone:
         done, _ = await asyncio.wait({task}, timeout=HANGUP_GRACE_S)
         if not done:
             log.error("call_task_stuck", call_id=call.call_id)
-        await call.wait_activity_ended()
+        if not await call.wait_activity_ended(HANGUP_GRACE_S):
+            log.error("call_activity_stuck", call_id=call.call_id)
+        self.sink.stop()
         log.info(
             "call_ended",
             call_id=call.call_id,
@@ -139,4 +151,7 @@ class Phone:
             hangup_ms=ms(time.monotonic() - started),
         )
         if self.on_call_ended is not None:
-            self.on_call_ended(call)
+            try:
+                self.on_call_ended(call)
+            except Exception as exc:
+                log.exception("call_ended_hook_failed", error=repr(exc))

@@ -43,6 +43,7 @@ NUMBER_LENGTH = 7  # 555-0101 dialled as seven digits
 RINGBACK_S = 1.0  # one short ring before a new persona answers
 FEEDBACK_S = 0.08  # DTMF key-press feedback while dialling
 TONE_FRAME_MS = 20
+PREVIOUS_CLEANUP_S = 1.0  # a cancelled activity cleans up in a few loop turns; never wait longer
 HELLO_WAIT_S = 3.0  # after speech over the dial tone, greet at the latest this much later
 
 
@@ -89,6 +90,7 @@ class Call:
         self._on_state = on_state
         self._inbox: asyncio.Queue[CallEvent] = asyncio.Queue()
         self._activity: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._activity_name = ""
         self._tokens = itertools.count(1)
         self._activity_token = 0
@@ -136,15 +138,37 @@ class Call:
         for _, handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        if self._activity is not None:
-            self._activity.cancel()
+        self._cancel(self._activity)
+        for task in self._background:
+            task.cancel()
         self._set_state(CallState.ENDED)
         self.log.event("on_hook")
 
-    async def wait_activity_ended(self) -> None:
-        """After cancelling `run`: wait until the activity task has really finished."""
-        if self._activity is not None:
-            await asyncio.gather(self._activity, return_exceptions=True)
+    async def wait_activity_ended(self, timeout_s: float = 2.0) -> bool:
+        """After cancelling `run`: wait until every task of the call has really finished."""
+        tasks = {t for t in (self._activity, *self._background) if t is not None}
+        for task in tasks:
+            self._cancel(task)
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        return not pending
+
+    def _cancel(self, task: asyncio.Task[None] | None) -> None:
+        """Cancel an activity; a turn in it learns first that the cancel is the call's doing."""
+        if task is None:
+            return
+        if self._turn is not None:
+            self._turn.stopping = True
+        task.cancel()
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """Keep a task of this call that is no longer the activity, until it ends."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _background_task(self, work: Awaitable[None]) -> None:
+        self._track(asyncio.ensure_future(work))
 
     async def _dispatch(self, event: CallEvent) -> None:
         match event:
@@ -221,8 +245,8 @@ class Call:
             return
         self._disarm(Timer.IDLE)
         turn = Turn(self.deps, self.persona, self.conversation, heard)
-        self._turn = turn
         self._start("turn", CallState.THINKING, lambda: self._run_turn(turn))
+        self._turn = turn  # after the start: cancelling the old activity marks only old turns
 
     async def _on_timer(self, timer: Timer) -> None:
         self.log.event("timer", timer=timer.value)
@@ -264,8 +288,7 @@ class Call:
         self._digits = ""
         self.persona = persona
         structlog.contextvars.bind_contextvars(persona=persona.id)
-        self.conversation.reset(self._system_prompt(persona))
-        self._start("greeting", CallState.RINGBACK, self._ring_then_greet)
+        self._start("greeting", CallState.RINGBACK, lambda: self._ring_then_greet(persona))
 
     async def _dial(self) -> None:
         digits, self._digits = self._digits, ""
@@ -285,16 +308,18 @@ class Call:
         self._greeted = True
         await play_and_wait(self.deps.sink, await self.deps.lines.line(self.persona, "greeting"))
 
-    async def _ring_then_greet(self) -> None:
-        """While the line rings and the persona greets, the model reads its new system prompt."""
-        warm = asyncio.create_task(self._warm_up(self.conversation.system_prompt))
-        try:
-            rate = self.deps.sink.sample_rate
-            await play_and_wait(self.deps.sink, tones.render(tones.RINGBACK, rate, RINGBACK_S))
-            self._set_state(CallState.GREETING)
-            await self._greet()
-        finally:
-            warm.cancel()
+    async def _ring_then_greet(self, persona: Persona) -> None:
+        """Fresh history; while the line rings and the persona greets, the model reads its prompt.
+
+        Runs after the replaced activity has finished its clean-up, so a cut-off turn writes
+        into the old history, never into the new persona's.
+        """
+        self.conversation.reset(self._system_prompt(persona))
+        self._background_task(self._warm_up(self.conversation.system_prompt))
+        rate = self.deps.sink.sample_rate
+        await play_and_wait(self.deps.sink, tones.render(tones.RINGBACK, rate, RINGBACK_S))
+        self._set_state(CallState.GREETING)
+        await self._greet()
 
     async def _warm_up(self, system_prompt: str) -> None:
         try:
@@ -324,7 +349,13 @@ class Call:
     async def _run_turn(self, turn: Turn) -> None:
         self._set_state(CallState.THINKING)
         structlog.contextvars.bind_contextvars(turn=len(self.log.turns) + 1)  # activity's context
-        turn.on_audible = lambda: self._set_state(CallState.SPEAKING)
+        token = self._activity_token
+
+        def audible() -> None:
+            if token == self._activity_token:  # not a turn that was just replaced
+                self._set_state(CallState.SPEAKING)
+
+        turn.on_audible = audible
         try:
             record = await turn.run()
         except asyncio.CancelledError:
@@ -344,17 +375,32 @@ class Call:
 
     def _start(self, name: str, state: CallState, work: Callable[[], Awaitable[None]]) -> None:
         """Replace the current activity with a new one (the old one is cancelled first)."""
-        if self._activity is not None and not self._activity.done():
-            self._activity.cancel()
+        previous = self._activity
+        if previous is not None and not previous.done():
+            self._cancel(previous)
             self.deps.sink.stop()
+            self._track(previous)
+        else:
+            previous = None
         self._disarm(Timer.IDLE)
         self._activity_token = token = next(self._tokens)
         self._activity_name = name
         self._set_state(state)
-        self._activity = asyncio.create_task(self._guarded(name, token, work), name=f"call-{name}")
+        self._activity = asyncio.create_task(
+            self._guarded(name, token, work, previous), name=f"call-{name}"
+        )
 
-    async def _guarded(self, name: str, token: int, work: Callable[[], Awaitable[None]]) -> None:
+    async def _guarded(
+        self,
+        name: str,
+        token: int,
+        work: Callable[[], Awaitable[None]],
+        previous: asyncio.Task[None] | None,
+    ) -> None:
         try:
+            if previous is not None:  # let the old activity finish its clean-up first
+                await asyncio.wait({previous}, timeout=PREVIOUS_CLEANUP_S)
+                self.deps.sink.stop()
             await work()
         except asyncio.CancelledError:
             raise
@@ -370,7 +416,7 @@ class Call:
 
     async def _stop_activity(self) -> None:
         if self._activity is not None and not self._activity.done():
-            self._activity.cancel()
+            self._cancel(self._activity)
             self.deps.sink.stop()
             await asyncio.gather(self._activity, return_exceptions=True)
         self._activity_token = next(self._tokens)

@@ -98,6 +98,9 @@ class Turn:
         self._spoken: list[str] = []
         self._audible = asyncio.Event()
         self.on_audible: Callable[[], None] | None = None
+        # set by the call before it cancels this turn: a failure racing a hang-up must not
+        # play a fallback (on 3.11 a TaskGroup error hides the cancel, and cancelling() lies)
+        self.stopping = False
 
     async def run(self) -> TurnRecord | None:
         rec = self.record
@@ -114,6 +117,9 @@ class Turn:
             self._cut_off()
             raise
         except Exception as exc:  # a broken stage ends the turn, never the call
+            if self.stopping:  # a hang-up met the failure: the hang-up wins, no apology
+                self._cut_off()
+                raise asyncio.CancelledError from exc
             log.exception("turn_failed", error=repr(exc))
             rec.fallback, rec.cause = True, f"error:{type(exc).__name__}"
             self.conversation.discard_unanswered()
@@ -136,6 +142,8 @@ class Turn:
         except* LlmError as group:
             failure = group.exceptions[0]
         if isinstance(failure, LlmError):
+            if self.stopping:  # TaskGroup prefers the error to a hang-up that came with it
+                raise asyncio.CancelledError
             await self._fall_back(failure)
             return
         self.record.reply = "".join(self._reply).strip()
@@ -212,7 +220,11 @@ class Turn:
             await self.deps.sink.play(audio)
 
     async def _filler(self) -> None:
-        """A short persona filler if nothing is audible soon after the caller stopped."""
+        """A short persona filler if nothing is audible soon after the caller stopped.
+
+        Played a buffer at a time, so it stops feeding the earpiece the moment the answer is
+        ready; a filler that fails to render is skipped, never the answer.
+        """
         if not self.persona.fillers:
             return
         due = self.heard.speech_end + self.deps.filler_after_s - time.monotonic()
@@ -222,11 +234,17 @@ class Turn:
                 return
         except TimeoutError:
             pass
-        filler = random.choice(self.persona.fillers)
-        audio = await self.deps.lines.render(self.persona, filler)
-        if not self._audible.is_set():
+        try:
+            audio = await self.deps.lines.render(self.persona, random.choice(self.persona.fillers))
+        except Exception as exc:
+            log.warning("filler_failed", error=repr(exc))
+            return
+        step = max(1, self.deps.sink.sample_rate // 50)
+        for start in range(0, len(audio), step):
+            if self._audible.is_set():
+                return
             self.record.filler = True
-            await self.deps.sink.play(audio)
+            await self.deps.sink.play(audio[start : start + step])
 
     async def _say(self, pcm: Pcm) -> None:
         await play_and_wait(self.deps.sink, pcm)
