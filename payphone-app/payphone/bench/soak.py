@@ -35,7 +35,7 @@ LINES = (
     "What is the weather like tomorrow?",
     "Can you connect me to Grandma Mae please?",
 )
-WARM_UP_CALLS = 5
+WARM_UP_CALLS = 20  # arenas (onnxruntime, CTranslate2, malloc) reach their high-water mark first
 FAULTS = ("refused", "stall_mid_stream", "error_line", "server_error")
 
 
