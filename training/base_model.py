@@ -78,14 +78,7 @@ def hf_folder(source: BaseSource, cache_root: Path) -> str:
         return str(target)
     log.info("base_gguf_convert", gguf=str(source.gguf), cache=str(target))
     model, tokenizer = _load_gguf(source.gguf)
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_root))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_folder(model, tokenizer, target)
     return str(target)
 
 
@@ -104,6 +97,18 @@ def _load_gguf(path: Path) -> tuple[Any, Any]:
     model.is_quantized = False
     model.config.name_or_path = path.stem
     return model, tokenizer
+
+
+def save_folder(model: Any, tokenizer: Any, target: Path) -> None:
+    """`save_pretrained` of a model and its tokenizer into `target`, all or nothing."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(new: Path, target: Path) -> None:

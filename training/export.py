@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from payphone.log import get_logger
-from training.base_model import hf_folder, replace_dir, resolve
+from training.base_model import hf_folder, replace_dir, resolve, save_folder
 from training.config import TrainingConfig
 from training.train import Paths
 
@@ -216,14 +215,7 @@ def merge(cfg: TrainingConfig, paths: Paths, target: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, str(paths.adapter)).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(str(paths.adapter))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_folder(model, tokenizer, target)
     return target
 
 

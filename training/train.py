@@ -289,19 +289,9 @@ def run(cfg: TrainingConfig, out: Path, resume: bool = False) -> TrainResult:
 
 
 def _save_adapter(trainer: Any, tokenizer: Any, target: Path) -> None:
-    import shutil
-    import tempfile
+    from training.base_model import save_folder
 
-    from training.base_model import replace_dir
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=target.parent))
-    try:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_folder(trainer.model, tokenizer, target)
 
 
 def spread(rows: list[Any], count: int) -> list[Any]:
