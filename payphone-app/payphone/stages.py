@@ -43,10 +43,7 @@ class Stages:
 
 
 def system_prompt(settings: Settings, persona: Persona) -> str:
-    style = settings.llm.prompt_style
-    if style == "tag":
-        return choose_system_prompt("tag", persona.prompt_tag, persona.prompt)
-    return choose_system_prompt("full", persona.prompt_tag, persona.prompt)
+    return choose_system_prompt(settings.llm.prompt_style, persona.prompt_tag, persona.prompt)
 
 
 async def load_stages(settings: Settings, first_persona: Persona, voices: list[Persona]) -> Stages:

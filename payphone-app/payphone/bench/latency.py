@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
-import soxr
 
 from payphone.call.events import Heard
 from payphone.call.lines import LineBook
@@ -26,7 +25,7 @@ from payphone.hardware.base import Pcm
 from payphone.hardware.memory_audio import MemorySink
 from payphone.llm.history import Conversation
 from payphone.personas.loader import load_personas
-from payphone.sim.simulate import CALLER_VOICE
+from payphone.sim.simulate import speak_as_caller
 from payphone.speech.base import Synthesizer, VoiceSpec
 from payphone.stages import Stages, load_stages, system_prompt
 
@@ -115,11 +114,7 @@ async def _run(settings: Settings, trials: int) -> dict[str, float]:
     book = load_personas(settings.personas.user_dir)
     stages = await load_stages(settings, book.operator, [book.operator])
     try:
-        questions = []
-        for text in QUESTIONS[:trials]:
-            pcm = await stages.synthesizer.render(text, CALLER_VOICE)
-            mono = soxr.resample(pcm.astype(np.float32), stages.synthesizer.sample_rate, 16000)
-            questions.append(np.clip(mono, -32768, 32767).astype(np.int16))
+        questions = [await speak_as_caller(stages.synthesizer, t) for t in QUESTIONS[:trials]]
         await _ask(stages, settings, questions[0], True)  # warm every stage once
         rows: dict[str, list[dict[str, float]]] = {"streaming": [], "naive": []}
         overheads: list[float] = []

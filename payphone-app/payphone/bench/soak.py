@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
-import soxr
 
 from payphone.call.listen import VadListener
 from payphone.config import CallSettings, Settings
@@ -26,7 +25,7 @@ from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.log import setup_logging
 from payphone.personas.loader import load_personas
 from payphone.sim.rig import Rig, build_rig
-from payphone.sim.simulate import CALLER_VOICE
+from payphone.sim.simulate import speak_as_caller
 from payphone.stages import load_stages
 
 LINES = (
@@ -130,11 +129,7 @@ async def _run(settings: Settings, calls: int, seed: int) -> dict[str, float]:
     rng = random.Random(seed)
     book = load_personas(settings.personas.user_dir)
     stages = await load_stages(settings, book.operator, list(book))
-    speech = []
-    for text in LINES:
-        pcm = await stages.synthesizer.render(text, CALLER_VOICE)
-        mono = soxr.resample(pcm.astype(np.float32), stages.synthesizer.sample_rate, 16000)
-        speech.append(np.clip(mono, -32768, 32767).astype(np.int16))
+    speech = [await speak_as_caller(stages.synthesizer, text) for text in LINES]
     backend = FaultyBackend(stages.backend, rng)
     rig = build_rig(
         stages.transcriber,

@@ -14,7 +14,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -72,7 +72,7 @@ class Call:
         personas: PersonaBook,
         settings: CallSettings,
         *,
-        prompt_style: str = "full",
+        prompt_style: Literal["tag", "full"] = "full",
         history_tokens: int = 1024,
         barge_in: bool = False,
         on_state: Callable[[CallState], None] | None = None,
@@ -447,6 +447,4 @@ class Call:
         return tones.ToneStream(plan, rate, frame_samples=rate * TONE_FRAME_MS // 1000)
 
     def _system_prompt(self, persona: Persona) -> str:
-        if self.prompt_style == "tag":
-            return choose_system_prompt("tag", persona.prompt_tag, persona.prompt)
-        return choose_system_prompt("full", persona.prompt_tag, persona.prompt)
+        return choose_system_prompt(self.prompt_style, persona.prompt_tag, persona.prompt)

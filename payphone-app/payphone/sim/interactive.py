@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import numpy as np
-import soxr
 from rich.console import Console
 
 from payphone.call.listen import VadListener
@@ -22,7 +20,7 @@ from payphone.sim.recording import MicTape, build_report, write_call_wav, write_
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.runner import MIC_RATE, ScriptRunner
 from payphone.sim.script import Step
-from payphone.sim.simulate import CALLER_VOICE, print_summary
+from payphone.sim.simulate import print_summary, speak_as_caller
 from payphone.stages import load_stages
 
 HELP = "o=lift  h=hang up  k KEYS=press  t KEYS=tones  w SECONDS=wait  q=quit  other text=say it"
@@ -136,11 +134,7 @@ async def interactive(settings: Settings, out_dir: object, console: Console) -> 
             elif command == "w" and arg:
                 await runner.step(Step("wait", 0, seconds=float(arg)))
             elif line and not mic:
-                pcm = await stages.synthesizer.render(line, CALLER_VOICE)
-                mono = soxr.resample(
-                    pcm.astype(np.float32), stages.synthesizer.sample_rate, MIC_RATE
-                )
-                await runner.feed(np.clip(mono, -32768, 32767).astype(np.int16))
+                await runner.feed(await speak_as_caller(stages.synthesizer, line))
             call = rig.phone.call
             console.print(
                 f"[dim]{call.persona.name}: {call.state.value}[/dim]"

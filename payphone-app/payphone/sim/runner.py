@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import soxr
 
 from payphone.call.events import CallState
@@ -59,7 +60,12 @@ def read_wav_16k(path: Path) -> Pcm:
         data = (data - 128.0) * 256.0
     elif width == 4:
         data /= 65536.0
-    mono = data.reshape(-1, channels).mean(axis=1)
+    return to_mic_rate(data.reshape(-1, channels).mean(axis=1), rate)
+
+
+def to_mic_rate(samples: npt.ArrayLike, rate: int) -> Pcm:
+    """Mono samples on the int16 scale, at any rate, as the mic's 16 kHz int16 PCM."""
+    mono = np.asarray(samples, dtype=np.float32)
     if rate != MIC_RATE:
         mono = soxr.resample(mono, rate, MIC_RATE)
     return np.clip(mono, -32768, 32767).astype(np.int16)

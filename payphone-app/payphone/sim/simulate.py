@@ -11,7 +11,7 @@ import shutil
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
@@ -19,15 +19,25 @@ from rich.table import Table
 
 from payphone.call.listen import VadListener
 from payphone.config import Settings
+from payphone.hardware.base import Pcm
 from payphone.personas.loader import load_personas
 from payphone.sim.recording import build_report, write_call_wav, write_report
-from payphone.sim.runner import run_script
+from payphone.sim.runner import run_script, to_mic_rate
 from payphone.sim.script import load_script
 from payphone.speech.base import VoiceSpec
 from payphone.stages import load_stages
 
+if TYPE_CHECKING:
+    from payphone.speech.tts import PiperSynthesizer
+
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 CALLER_VOICE = VoiceSpec(length_scale=0.9)
+
+
+async def speak_as_caller(synthesizer: PiperSynthesizer, text: str) -> Pcm:
+    """A caller's line spoken by Piper, as the mic would hear it (16 kHz mono)."""
+    pcm = await synthesizer.render(text, CALLER_VOICE)
+    return to_mic_rate(pcm, synthesizer.sample_rate)
 
 
 async def simulate(
