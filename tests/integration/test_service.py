@@ -162,6 +162,7 @@ def service(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[Any], NotifySocke
         "PAYPHONE_AUDIO__OUTPUT_DEVICE": "payphone_ear",
         "PAYPHONE_LOGGING__FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
+        "PYTHONFAULTHANDLER": "1",  # a crash in native code leaves its Python stack in the log
         "PYTHONPATH": str(REPO),
     }
     with PacedMicrophone(fifo), log.open("w") as out:
@@ -194,6 +195,7 @@ def test_service_notifies_systemd_reloads_and_stops_cleanly(
     assert ready["STATUS"].startswith("ready: llm embedded")
 
     notify.wait_for("WATCHDOG", 3, 30.0, proc)  # pinged from the running loop
+    assert proc.poll() is None, f"service exited with {proc.returncode}: {log.read_text()[-1500:]}"
     pings = [t for t, f in notify.messages if "WATCHDOG" in f]
     assert len(pings) >= 3
     assert pings[-1] > ready_at

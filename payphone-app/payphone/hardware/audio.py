@@ -74,6 +74,11 @@ class Backoff:
         self.delay = min(FIRST_RETRY_S, self.max_s)
 
 
+# Pa_Initialize / Pa_Terminate and device enumeration are not thread-safe: the capture and the
+# playback threads opening at the same moment aborted the process (seen under the service test).
+_PORTAUDIO = threading.Lock()
+
+
 class _Device:
     """Opens one PortAudio stream (and its own PyAudio instance); closes both."""
 
@@ -85,6 +90,10 @@ class _Device:
         self.stream: Any = None
 
     def open(self) -> None:
+        with _PORTAUDIO:
+            self._open()
+
+    def _open(self) -> None:
         self.pa = pyaudio.PyAudio()
         try:
             selector = (
@@ -108,10 +117,14 @@ class _Device:
                 buffer_ms=self.settings.buffer_ms,
             )
         except BaseException:
-            self.close()
+            self._close()
             raise
 
     def close(self) -> None:
+        with _PORTAUDIO:
+            self._close()
+
+    def _close(self) -> None:
         stream, pa = self.stream, self.pa
         self.stream = self.pa = None
         if stream is not None:
