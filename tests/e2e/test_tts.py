@@ -13,9 +13,10 @@ from scipy import signal
 
 from payphone.config import Settings, load_settings
 from payphone.hardware.base import Pcm
+from payphone.models import resolve_voice
 from payphone.speech.base import VoiceSpec
 from payphone.speech.effects import EFFECTS, build_chain, dbfs
-from payphone.speech.tts import PiperSynthesizer
+from payphone.speech.tts import PiperSynthesizer, load_voice
 
 pytestmark = pytest.mark.models
 
@@ -113,6 +114,13 @@ def test_a_sentence_is_speech_at_the_output_rate(
     assert 1.5 < seconds < 6.0  # ten words
     assert -30.0 < dbfs(pcm) < -12.0  # near the -18 dBFS target, not silent
     assert np.abs(pcm).max() <= 32767 * 10 ** (-1 / 20) + 2  # the limiter's -1 dBFS ceiling
+
+
+def test_voices_allocate_without_an_onnx_arena(settings: Settings) -> None:
+    """The arena would keep every sentence length's high-water mark (see `load_voice`)."""
+    voice = load_voice(resolve_voice(settings))
+    assert voice.session.get_session_options().enable_cpu_mem_arena is False
+    assert voice.config.sample_rate == 22050
 
 
 def test_output_rate_is_converted(settings: Settings) -> None:

@@ -153,7 +153,10 @@ async def _run(settings: Settings, calls: int, seed: int) -> dict[str, float]:
         if number == min(WARM_UP_CALLS, calls):
             rss_start, threads_start = rss_mb(), threading.active_count()
         if number % 10 == 0:
-            print(f"{number} calls, {time.monotonic() - started:.0f} s, rss {rss_mb():.0f} MB")
+            print(
+                f"{number} calls, {time.monotonic() - started:.0f} s, rss {rss_mb():.0f} MB",
+                flush=True,
+            )
     await asyncio.sleep(1.0)  # worker threads of the last cancelled turn finish
     leftover_tasks = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("call-")]
     threads_end = threading.active_count()
