@@ -378,9 +378,9 @@ def _load_whisper(settings: Settings, path: Path) -> str:
 
 
 def _load_voice(settings: Settings, path: Path) -> str:
-    from piper import PiperVoice
+    from payphone.speech.tts import load_voice
 
-    voice = PiperVoice.load(path)
+    voice = load_voice(path)
     return f"loads, {voice.config.sample_rate} Hz"
 
 

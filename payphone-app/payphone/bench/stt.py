@@ -143,9 +143,9 @@ def to_16k(pcm: Pcm, rate: int) -> Pcm:
 
 @functools.cache
 def _piper_voice(path: str) -> Any:
-    from piper import PiperVoice
+    from payphone.speech.tts import load_voice
 
-    return PiperVoice.load(path)
+    return load_voice(Path(path))
 
 
 def speak_piper(
