@@ -13,7 +13,7 @@ if [ "${1:-}" = "--test" ]; then mode="test"; fi
 VENV=${PAYPHONE_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 apt_packages=(portaudio19-dev libasound2-plugins build-essential cmake pkg-config)
-test_apt_packages=(espeak-ng shellcheck systemd golang-go)
+test_apt_packages=(espeak-ng shellcheck systemd golang-go nftables)
 extras="embedded"
 if [ "$mode" = test ]; then
   apt_packages+=("${test_apt_packages[@]}")

@@ -8,6 +8,7 @@ only read-only queries.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -50,6 +51,7 @@ RECORDED = [
     "python3",
     "pip",
 ]
+NFT_RULES = "/etc/nftables.d/payphone-ollama.nft"
 READ_ONLY = {"systemctl is-active --quiet payphone.service", "ollama --version"}
 
 
@@ -292,3 +294,34 @@ def test_the_modelfile_template_has_the_gguf_placeholder() -> None:
     text = (DEPLOY / "Modelfile.template").read_text()
     assert "FROM @GGUF@" in text
     assert 'PARAMETER stop "<|im_end|>"' in text
+
+
+def written(out: str, path: str) -> str:
+    """The content a dry run would write to `path` (printed as `    | line` under its header)."""
+    block = out.split(f"[dry-run] write {path} (mode ")[1].split("\n", 1)[1]
+    lines = itertools.takewhile(lambda line: line.startswith("    |"), block.splitlines())
+    return "\n".join(line[6:] for line in lines) + "\n"
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="no nft (apt package nftables)")
+def test_pi2_firewall_rules_pass_nft_check(
+    recorder: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    """`nft -c` parses and checks the ruleset without loading it; a typo fails the check."""
+    env, _ = recorder
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text("FROM ./persona.gguf\n")
+    args = ["--pi1", "10.0.0.1", "payphone-persona", str(modelfile)]
+    rules = written(plan(dry_run(env, DEPLOY / "pi2-install.sh", *args)), NFT_RULES)
+
+    def check(text: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["nft", "-c", "-f", "-"], input=text, capture_output=True, text=True, timeout=30
+        )
+
+    result = check(rules)
+    if "Operation not permitted" in result.stderr:
+        pytest.skip("nft -c needs CAP_NET_ADMIN")
+    assert result.returncode == 0, f"{result.stderr}\n{rules}"
+    assert "ip saddr 10.0.0.1 accept" in rules
+    assert check(rules.replace("counter drop", "counter dorp")).returncode != 0
