@@ -50,6 +50,19 @@ _END = _End()
 Item = str | BaseException | _End
 
 
+def _free_sampler(llm: Any) -> None:
+    """Free the sampler llama-cpp-python made for the generation that just ended.
+
+    It sits in a reference cycle (its free callback closes over it), so its native memory waits
+    for Python's full collection: in `bench soak` RSS rose ~0.6 MB per reply in a sawtooth of up
+    to 25 MB. `generate` makes a fresh one each time, so nothing else uses it.
+    """
+    sampler = getattr(llm, "_sampler", None)
+    if sampler is not None:
+        llm._sampler = None
+        sampler.close()
+
+
 class EmbeddedBackend(ChatBackend):
     """llama.cpp with the GGUF's own chat template, streaming from a worker thread."""
 
@@ -203,6 +216,7 @@ class EmbeddedBackend(ChatBackend):
                             emit(text)
                 finally:
                     chunks.close()
+                    _free_sampler(llm)
                 perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
                 self.last_stats = GenerationStats(
                     prompt_tokens=int(perf.n_p_eval),
