@@ -7,6 +7,7 @@ checked with llama.cpp's own counters (prompt tokens evaluated), never with time
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Iterator
 
@@ -57,6 +58,25 @@ async def test_reply_streams_piece_by_piece(model: EmbeddedBackend) -> None:
     assert model.last_stats is not None
     assert 0 < model.last_stats.generated_tokens <= GREEDY.num_predict + 1
     assert model.last_stats.ttft_ms is not None
+
+
+async def test_each_reply_frees_its_native_sampler(model: EmbeddedBackend) -> None:
+    """llama-cpp-python's sampler waits in a reference cycle for a full GC unless freed."""
+    from llama_cpp._internals import LlamaSampler
+
+    def holding_native_memory() -> int:
+        return sum(
+            1 for o in gc.get_objects() if isinstance(o, LlamaSampler) and o.sampler is not None
+        )
+
+    gc.disable()
+    try:
+        for question in ("Say hello.", "Say goodbye.", "Say thanks."):
+            async for _ in model.stream(ask("You are an operator.", question), GREEDY):
+                pass
+        assert holding_native_memory() == 0
+    finally:
+        gc.enable()
 
 
 async def test_cancel_between_tokens_stops_the_worker(model: EmbeddedBackend) -> None:
