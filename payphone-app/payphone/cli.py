@@ -13,7 +13,7 @@ from rich.table import Table
 
 from payphone.config import Settings, config_file_in_use, load_settings
 from payphone.log import setup_logging
-from payphone.memory import fix_malloc_threshold
+from payphone.memory import tune_malloc
 from payphone.models import ModelNotFound as ModelNotFoundError
 from payphone.settings_errors import SettingsError
 
@@ -359,5 +359,5 @@ def stats_command(
 
 
 def main() -> None:
-    fix_malloc_threshold()  # before any model loads: see payphone/memory.py
+    tune_malloc()  # before any model loads or thread starts: see payphone/memory.py
     app(prog_name="payphone")
