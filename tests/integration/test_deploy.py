@@ -206,12 +206,18 @@ def test_one_pi_dry_run_installs_the_embedded_model(
         assert 'backend = "embedded"' in out
 
 
+@pytest.fixture
+def modelfile(tmp_path: Path) -> Path:
+    """A persona Modelfile for Pi #2, beside the GGUF it names."""
+    path = tmp_path / "Modelfile"
+    path.write_text("FROM ./persona.gguf\n")
+    return path
+
+
 def test_pi2_dry_run_plans_ollama_firewall_and_model(
-    recorder: tuple[dict[str, str], Path], tmp_path: Path
+    recorder: tuple[dict[str, str], Path], tmp_path: Path, modelfile: Path
 ) -> None:
     env, log = recorder
-    modelfile = tmp_path / "Modelfile"
-    modelfile.write_text("FROM ./persona.gguf\n")
     out = plan(
         dry_run(
             env,
@@ -230,7 +236,7 @@ def test_pi2_dry_run_plans_ollama_firewall_and_model(
     assert 'Environment="OLLAMA_KEEP_ALIVE=-1"' in out
     assert "tcp dport 11434 ip saddr 10.0.0.1 accept" in out
     assert "tcp dport 11434 counter drop" in out
-    assert "nft -f /etc/nftables.d/payphone-ollama.nft" in out
+    assert f"nft -f {NFT_RULES}" in out
     assert (
         f"env -C {tmp_path} OLLAMA_HOST=http://10.0.0.2:11434 ollama create payphone-persona "
         f"-f {modelfile}" in out
@@ -305,12 +311,10 @@ def written(out: str, path: str) -> str:
 
 @pytest.mark.skipif(shutil.which("nft") is None, reason="no nft (apt package nftables)")
 def test_pi2_firewall_rules_pass_nft_check(
-    recorder: tuple[dict[str, str], Path], tmp_path: Path
+    recorder: tuple[dict[str, str], Path], modelfile: Path
 ) -> None:
     """`nft -c` parses and checks the ruleset without loading it; a typo fails the check."""
     env, _ = recorder
-    modelfile = tmp_path / "Modelfile"
-    modelfile.write_text("FROM ./persona.gguf\n")
     args = ["--pi1", "10.0.0.1", "payphone-persona", str(modelfile)]
     rules = written(plan(dry_run(env, DEPLOY / "pi2-install.sh", *args)), NFT_RULES)
 
