@@ -12,10 +12,9 @@ import signal
 import time
 from typing import Any
 
-from payphone.call.assembly import assemble_phone
+from payphone.call.assembly import PhoneHardware, build_phone
 from payphone.call.lines import LineBook
-from payphone.call.listen import VadListener
-from payphone.call.phone import Phone
+from payphone.call.options import CallOptions, first_persona
 from payphone.config import KeypadSettings, Settings
 from payphone.hardware.audio import PyAudioSink, PyAudioSource
 from payphone.hardware.base import Keypad
@@ -91,7 +90,7 @@ class Service:
         self.notifier.extend_timeout(START_TIMEOUT_S)
         self.notifier.send(status="loading models")
         settings = self.settings
-        first = self.book.by_key(settings.call.default_persona_key) or self.book.operator
+        first = first_persona(self.book, settings.call)
         stages = await load_stages(settings, first, list(self.book))
         lines = LineBook(stages.synthesizer)
         rendered = await lines.prerender(self.book)
@@ -104,23 +103,12 @@ class Service:
             debounce_ms=settings.hook.debounce_ms,
         )
         keypads = build_keypads(settings.keypad)
-        phone = assemble_phone(
-            stages.transcriber,
-            stages.backend,
-            stages.synthesizer,
-            hook,
-            keypads,
-            source,
-            sink,
-            lambda: VadListener(settings.vad),
+        phone = build_phone(
+            stages.for_phone(settings.vad),
+            PhoneHardware(hook, keypads, source, sink),
             self.book,
-            settings.call,
-            speakable=stages.speakable,
-            options=stages.options,
+            CallOptions.from_settings(settings),
             lines=lines,
-            prompt_style=settings.llm.prompt_style,
-            history_tokens=settings.llm.history_tokens,
-            barge_in=settings.vad.barge_in,
         )
         status = f"ready: llm {settings.llm.backend} {stages.llm_status.state}"
         self.notifier.ready(status)
@@ -137,7 +125,7 @@ class Service:
             dog = tg.create_task(feed_watchdog(self.notifier, interval)) if interval else None
             await self.stop.wait()
             self.notifier.stopping()
-            await self._goodbye(phone)
+            await phone.shut_down(GOODBYE_GRACE_S)
             phone_task.cancel()
             if dog is not None:
                 dog.cancel()
@@ -149,17 +137,3 @@ class Service:
         await stages.aclose()
         log.info("service_stopped")
         return 0
-
-    async def _goodbye(self, phone: Phone) -> None:
-        """A caller on the line hears the persona's goodbye (briefly) before the service stops."""
-        call = phone.call
-        if call is None:
-            return
-        try:
-            async with asyncio.timeout(GOODBYE_GRACE_S):
-                phone.sink.stop()
-                await phone.sink.play(await call.deps.lines.line(call.persona, "goodbye"))
-                await phone.sink.drain()
-        except TimeoutError:
-            log.warning("goodbye_cut_short")
-        await phone.end_call()

@@ -10,8 +10,10 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from payphone.call.assembly import PhoneStages
+from payphone.call.listen import VadListener
 from payphone.call.turn import Speakable
-from payphone.config import Settings
+from payphone.config import Settings, VadSettings
 from payphone.llm.base import ChatOptions
 from payphone.llm.breaker import BreakerStatus, CircuitBreaker
 from payphone.llm.factory import build_backend, chat_options
@@ -38,6 +40,17 @@ class Stages:
     options: ChatOptions
     llm_status: BreakerStatus
 
+    def for_phone(self, vad: VadSettings) -> PhoneStages:
+        """What a phone's calls share, with webrtcvad cutting the caller's utterances."""
+        return PhoneStages(
+            self.transcriber,
+            self.backend,
+            self.synthesizer,
+            lambda: VadListener(vad),
+            self.speakable,
+            self.options,
+        )
+
     async def aclose(self) -> None:
         await self.backend.aclose()
 
@@ -47,7 +60,11 @@ def system_prompt(settings: Settings, persona: Persona) -> str:
 
 
 async def load_stages(settings: Settings, first_persona: Persona, voices: list[Persona]) -> Stages:
-    """Load everything (raises `ModelNotFound` for a missing model); the LLM may start degraded."""
+    """Load everything (raises `ModelNotFound` for a missing model); the LLM may start degraded.
+
+    The phone's own models load here and now. Pi #2 never holds the start: an Ollama backend is
+    probed and warmed up in the background while callers get the busy line.
+    """
     started = time.monotonic()
     transcriber = await asyncio.to_thread(WhisperTranscriber.from_settings, settings)
     stt_loaded = time.monotonic()
@@ -56,7 +73,8 @@ async def load_stages(settings: Settings, first_persona: Persona, voices: list[P
         await synthesizer.load(persona.voice_spec)
     tts_loaded = time.monotonic()
     backend = build_backend(settings)
-    status = await backend.start(system_prompt(settings, first_persona))
+    remote = settings.llm.backend == "ollama"
+    status = await backend.start(system_prompt(settings, first_persona), background=remote)
     log.info(
         "stages_loaded",
         stt_ms=ms(stt_loaded - started),

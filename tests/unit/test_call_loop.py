@@ -7,11 +7,14 @@ import random
 import threading
 import time
 from collections import deque
+from typing import Any
 
 import numpy as np
 import pytest
 
+from payphone.call.assembly import PhoneStages
 from payphone.call.events import CallState, SpeechStarted
+from payphone.call.options import CallOptions
 from payphone.config import CallSettings
 from payphone.hardware.base import HookState
 from payphone.hardware.keypad import InbandKeypad
@@ -40,17 +43,15 @@ def make_rig(
     texts: list[str] | None = None,
     backend: ScriptedBackend | None = None,
     settings: CallSettings = FAST,
-    **kwargs: object,
+    barge_in: bool = False,
+    **kwargs: Any,
 ) -> tuple[Rig, ScriptedTranscriber, ScriptedBackend, ToneSynthesizer]:
     transcriber = ScriptedTranscriber(deque(texts or []))
     backend = backend or ScriptedBackend()
     synth = ToneSynthesizer()
     rig = build_rig(
-        transcriber,
-        backend,
-        synth,
-        EnergyEndpointer,
-        call_settings=settings,
+        PhoneStages(transcriber, backend, synth, EnergyEndpointer),
+        CallOptions(settings, barge_in=barge_in),
         sink_speed=4.0,
         **kwargs,
     )
@@ -357,11 +358,8 @@ async def test_an_exception_in_a_turn_gets_an_apology_and_the_call_goes_on() -> 
             raise RuntimeError("model exploded")
 
     rig = build_rig(
-        Broken(),
-        ScriptedBackend(),
-        ToneSynthesizer(),
-        EnergyEndpointer,
-        call_settings=FAST,
+        PhoneStages(Broken(), ScriptedBackend(), ToneSynthesizer(), EnergyEndpointer),
+        CallOptions(FAST),
         sink_speed=4.0,
     )
     task = await running(rig)

@@ -13,8 +13,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from payphone.call.assembly import PhoneStages
 from payphone.call.events import CallState
-from payphone.config import CallSettings, Settings
+from payphone.call.options import CallOptions
+from payphone.config import AudioSettings, CallSettings, Settings
 from payphone.hardware.base import HookState
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.stand_ins import (
@@ -26,6 +28,7 @@ from payphone.sim.stand_ins import (
 )
 
 SETTINGS = CallSettings(dial_tone_s=0.2, idle_prompt_s=60, filler_after_s=10)
+GONE_DEVICE = "payphone-bench-unplugged"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -93,17 +96,38 @@ async def _trial_key(rig: Rig) -> float:
     return latency
 
 
-def _rig(settings: Settings, transcribe_s: float, reply: str) -> Rig:
+async def _trial_device_gone(rig: Rig) -> tuple[float, float]:
+    """The earpiece's sound card is unplugged: dial tone into a sink with no device."""
+    rig.lift()
+    await rig.wait_state(CallState.DIAL_TONE, timeout=10)
+    await asyncio.sleep(0.3)
+    return await _hang_up_and_measure(rig)
+
+
+def _rig(settings: Settings, transcribe_s: float, reply: str, device_gone: bool = False) -> Rig:
     transcriber = ScriptedTranscriber(deque(["hello"] * 10_000), delay_s=transcribe_s)
     backend = ScriptedBackend(reply=reply, token_delay_s=0.02)
+    synthesizer = ToneSynthesizer()
+    earpiece = None
+    if device_gone:  # the real PyAudio sink, asked for a device that is not there
+        from payphone.hardware.audio import PyAudioSink
+
+        gone = AudioSettings(output_device=GONE_DEVICE, retry_max_s=1.0)
+        earpiece = PyAudioSink(gone, synthesizer.sample_rate)
     return build_rig(
-        transcriber,
-        backend,
-        ToneSynthesizer(),
-        EnergyEndpointer,
-        call_settings=SETTINGS,
+        PhoneStages(transcriber, backend, synthesizer, EnergyEndpointer),
+        CallOptions(SETTINGS),
         debounce_ms=settings.hook.debounce_ms,
+        earpiece=earpiece,
     )
+
+
+async def _loop_lag(lags: list[float]) -> None:
+    """How late the event loop wakes a 10 ms sleeper: a spinning call loop shows up here."""
+    while True:
+        before = time.monotonic()
+        await asyncio.sleep(0.01)
+        lags.append((time.monotonic() - before - 0.01) * 1000)
 
 
 async def _run(settings: Settings, trials: int) -> dict[str, float]:
@@ -112,28 +136,35 @@ async def _run(settings: Settings, trials: int) -> dict[str, float]:
         ("speaking", 0.05, "Sure thing. " * 100, _trial_speaking),
         ("stt", 0.5, long_reply, _trial_stt),
         ("llm", 0.05, long_reply, _trial_llm),
+        ("no_device", 0.05, long_reply, _trial_device_gone),
     ]
     result: dict[str, float] = {"trials": trials, "debounce_ms": settings.hook.debounce_ms}
     for name, stt_s, reply, trial in scenarios:
-        rig = _rig(settings, stt_s, reply)
+        rig = _rig(settings, stt_s, reply, device_gone=name == "no_device")
         task = await rig.start()
+        lags: list[float] = []
+        lag_task = asyncio.create_task(_loop_lag(lags))
         silent, ended = [], []
         for _ in range(trials):
             quiet_ms, done_ms = await trial(rig)
             silent.append(quiet_ms)
             ended.append(done_ms)
+        lag_task.cancel()
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(task, lag_task, return_exceptions=True)
+        await rig.phone.sink.aclose()
         await rig.sink.aclose()
         rig.hook.close()
         print(
-            f"hang-up while {name:8s}: silent p50 {percentile(silent, 50):6.1f} ms "
+            f"hang-up while {name:9s}: silent p50 {percentile(silent, 50):6.1f} ms "
             f"p99 {percentile(silent, 99):6.1f} ms | tasks ended "
-            f"p50 {percentile(ended, 50):6.1f} ms p99 {percentile(ended, 99):6.1f} ms"
+            f"p50 {percentile(ended, 50):6.1f} ms p99 {percentile(ended, 99):6.1f} ms "
+            f"| loop lag max {max(lags):6.1f} ms"
         )
         result[f"{name}_p50_ms"] = percentile(silent, 50)
         result[f"{name}_p99_ms"] = percentile(silent, 99)
         result[f"{name}_tasks_p99_ms"] = percentile(ended, 99)
+        result[f"{name}_loop_lag_max_ms"] = round(max(lags), 1)
     rig = _rig(settings, 0.05, "Hello.")
     task = await rig.start()
     keys = [await _trial_key(rig) for _ in range(trials)]

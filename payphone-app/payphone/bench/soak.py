@@ -14,11 +14,11 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from payphone.call.listen import VadListener
+from payphone.call.options import CallOptions
 from payphone.config import CallSettings, Settings
 from payphone.hardware.base import HookState, Pcm
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
@@ -131,13 +131,10 @@ async def _run(settings: Settings, calls: int, seed: int) -> dict[str, float]:
     stages = await load_stages(settings, book.operator, list(book))
     speech = [await speak_as_caller(stages.synthesizer, text) for text in LINES]
     backend = FaultyBackend(stages.backend, rng)
+    call_settings = CallSettings(dial_tone_s=1.0, idle_prompt_s=3.0, idle_goodbye_s=2.0)
     rig = build_rig(
-        stages.transcriber,
-        backend,
-        stages.synthesizer,
-        lambda: VadListener(settings.vad),
-        call_settings=CallSettings(dial_tone_s=1.0, idle_prompt_s=3.0, idle_goodbye_s=2.0),
-        speakable=stages.speakable,
+        replace(stages.for_phone(settings.vad), backend=backend),
+        replace(CallOptions.from_settings(settings), call=call_settings),
         personas=book,
         sink_speed=4.0,
         keep_heard=False,  # a recording of 200 calls is not a leak of the phone's

@@ -1,19 +1,23 @@
-"""Putting a phone together from its parts: the one place that wires stages into calls.
+"""Putting a phone together: the one function that wires stages, hardware and settings into calls.
 
 The service, the simulator's rig and interactive mode differ only in their hardware (real pins
-and sound card, or mock pins and memory audio); the wiring of the call loop is the same.
+and sound card, or mock pins and memory audio) and in where their stages come from; each builds
+its phone with `build_phone` and a `CallOptions` made by `CallOptions.from_settings`, so a setting
+that reaches the call in one mode reaches it in every mode.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
 
+from payphone.call.events import CallState
 from payphone.call.lines import LineBook
-from payphone.call.phone import Endpointer, Phone
+from payphone.call.listen import Endpointer
+from payphone.call.options import CallOptions
+from payphone.call.phone import Phone
 from payphone.call.session import Call
 from payphone.call.turn import Speakable, TurnDeps
-from payphone.config import CallSettings
 from payphone.hardware.base import AudioSink, AudioSource, HookSwitch, Keypad
 from payphone.llm.base import ChatBackend, ChatOptions
 from payphone.personas.loader import PersonaBook
@@ -21,40 +25,54 @@ from payphone.speech.base import Synthesizer, Transcriber
 from payphone.speech.speakable import make_speakable
 
 
-def assemble_phone(
-    transcriber: Transcriber,
-    backend: ChatBackend,
-    synthesizer: Synthesizer,
-    hook: HookSwitch,
-    keypads: Sequence[Keypad],
-    source: AudioSource,
-    sink: AudioSink,
-    make_endpointer: Callable[[], Endpointer],
+@dataclass(frozen=True)
+class PhoneStages:
+    """The speech and model stages every call of a phone shares."""
+
+    transcriber: Transcriber
+    backend: ChatBackend
+    synthesizer: Synthesizer
+    make_endpointer: Callable[[], Endpointer]
+    speakable: Speakable = field(default_factory=make_speakable)
+    chat: ChatOptions = field(default_factory=ChatOptions)
+
+
+@dataclass(frozen=True)
+class PhoneHardware:
+    """The parts a caller touches: hook switch, keypads, mouthpiece and earpiece."""
+
+    hook: HookSwitch
+    keypads: Sequence[Keypad]
+    source: AudioSource
+    sink: AudioSink
+
+
+def build_phone(
+    stages: PhoneStages,
+    hardware: PhoneHardware,
     personas: PersonaBook,
-    settings: CallSettings,
+    options: CallOptions,
     *,
-    speakable: Speakable | None = None,
-    options: ChatOptions | None = None,
     lines: LineBook | None = None,
     on_call: Callable[[Call], None] | None = None,
-    **call_options: Any,
+    on_state: Callable[[CallState], None] | None = None,
 ) -> Phone:
-    """A phone whose every call gets the same stages, lines and call settings."""
+    """A phone whose every call gets the same stages, lines and options."""
     deps = TurnDeps(
-        transcriber=transcriber,
-        backend=backend,
-        synthesizer=synthesizer,
-        sink=sink,
-        lines=lines or LineBook(synthesizer),
-        speakable=speakable or make_speakable(),
-        options=options or ChatOptions(),
-        filler_after_s=settings.filler_after_s,
+        transcriber=stages.transcriber,
+        backend=stages.backend,
+        synthesizer=stages.synthesizer,
+        sink=hardware.sink,
+        lines=lines or LineBook(stages.synthesizer),
+        speakable=stages.speakable,
+        options=stages.chat,
+        filler_after_s=options.call.filler_after_s,
     )
 
     def make_call(call_id: str) -> Call:
-        call = Call(call_id, deps, personas, settings, **call_options)
+        call = Call(call_id, deps, personas, options, stages.make_endpointer(), on_state=on_state)
         if on_call is not None:
             on_call(call)
         return call
 
-    return Phone(hook, keypads, source, sink, make_call, make_endpointer)
+    return Phone(hardware.hook, hardware.keypads, hardware.source, hardware.sink, make_call)

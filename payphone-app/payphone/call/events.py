@@ -60,5 +60,6 @@ class CallState(enum.Enum):
     DIALING = "dialing"
     RINGBACK = "ringback"
     ANNOUNCEMENT = "announcement"
+    GOODBYE = "goodbye"  # the call is ending (too long, caller silent, service stopping)
     HOWLER = "howler"
     ENDED = "ended"

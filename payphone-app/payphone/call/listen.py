@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from payphone.call.events import Heard, SpeechStarted
 from payphone.config import VadSettings
 from payphone.hardware.base import Pcm
 from payphone.speech.vad import VadEndpointer
+
+
+class Endpointer(Protocol):
+    """Cuts mic frames into utterances; `playing`: our own voice is in the earpiece."""
+
+    def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | Heard]: ...
 
 
 class VadListener:

@@ -3,19 +3,17 @@
 The phone owns the long-lived streams (hook events, key presses, mic frames) and routes them to
 the current call, so a call is a short-lived task with nothing to clean up but itself. The mic is
 read all the time (a capture device must never back up) and ignored between calls, except for
-in-band DTMF, which reads every frame.
+in-band DTMF, which reads every frame the call does not mark as its own key tone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
-from payphone.call.events import CallState, Heard, KeyPress, SpeechStarted
+from payphone.call.events import KeyPress
 from payphone.call.session import Call
 from payphone.hardware.base import AudioSink, AudioSource, HookState, HookSwitch, Keypad, Pcm
 from payphone.hardware.keypad import InbandKeypad
@@ -24,13 +22,6 @@ from payphone.log import bind_call, get_logger, ms
 log = get_logger("phone")
 
 HANGUP_GRACE_S = 2.0
-
-
-class Endpointer(Protocol):
-    """Cuts mic frames into utterances (webrtcvad in production)."""
-
-    def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | Heard]: ...
-
 
 CallFactory = Callable[[str], Call]
 
@@ -45,7 +36,6 @@ class Phone:
         source: AudioSource,
         sink: AudioSink,
         make_call: CallFactory,
-        make_endpointer: Callable[[], Endpointer],
     ) -> None:
         self.hook = hook
         self.keypads = list(keypads)
@@ -53,13 +43,9 @@ class Phone:
         self.source = source
         self.sink = sink
         self.make_call = make_call
-        self.make_endpointer = make_endpointer
         self.call: Call | None = None
         self.calls_taken = 0
         self._call_task: asyncio.Task[None] | None = None
-        self._endpointer: Endpointer | None = None
-        self._numbers = itertools.count(1)
-        self.on_call_ended: Callable[[Call], None] | None = None
 
     async def run(self) -> None:
         try:
@@ -98,19 +84,12 @@ class Phone:
                 log.exception("mic_frame_failed", error=repr(exc))
 
     def _hear(self, frame: Pcm) -> None:
-        if not self._own_key_tone_playing():
+        call = self.call
+        if call is None or not call.plays_key_tone:  # our own key feedback must not dial again
             for keypad in self.inband:
                 keypad.feed(frame)
-        if self.call is None or self._endpointer is None:
-            return
-        gated = self.sink.playing and self.call.our_voice_playing
-        for event in self._endpointer.feed(frame, gated):
-            self.call.post(event)
-
-    def _own_key_tone_playing(self) -> bool:
-        """Our DTMF key feedback, heard back through the handset, must not dial again."""
-        call = self.call
-        return call is not None and call.state is CallState.DIALING and self.sink.playing
+        if call is not None:
+            call.hear(frame)
 
     # -- calls ------------------------------------------------------------------------------------
 
@@ -121,37 +100,42 @@ class Phone:
         self.calls_taken += 1
         with bind_call(call_id=call_id):
             try:
-                call, endpointer = self.make_call(call_id), self.make_endpointer()
+                call = self.make_call(call_id)
             except Exception as exc:  # no call this time; the next off-hook tries again
                 log.exception("call_setup_failed", error=repr(exc))
                 return
-            self.call, self._endpointer = call, endpointer
+            self.call = call
             # the task copies the context now, so every event it logs carries the call id
             self._call_task = asyncio.create_task(call.run(), name=f"call-{call_id}")
 
     async def end_call(self) -> None:
-        """On-hook: silence first, then cancel the call and wait for every task of it."""
+        """On-hook: silence at once, then cancel the call and wait for every task of it."""
         task, call = self._call_task, self.call
         if task is None or call is None:
             return
         started = time.monotonic()
-        self.sink.stop()
-        self.call, self._endpointer, self._call_task = None, None, None
+        call.interrupt()
+        self.call, self._call_task = None, None
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=HANGUP_GRACE_S)
         if not done:
             log.error("call_task_stuck", call_id=call.call_id)
-        if not await call.wait_activity_ended(HANGUP_GRACE_S):
+        if not await call.wait_ended(HANGUP_GRACE_S):
             log.error("call_activity_stuck", call_id=call.call_id)
-        self.sink.stop()
         log.info(
             "call_ended",
             call_id=call.call_id,
             turns=len(call.log.turns),
             hangup_ms=ms(time.monotonic() - started),
         )
-        if self.on_call_ended is not None:
+
+    async def shut_down(self, goodbye_s: float) -> None:
+        """The service is stopping: a caller on the line hears the goodbye alone, then silence."""
+        call = self.call
+        if call is not None:
             try:
-                self.on_call_ended(call)
-            except Exception as exc:
-                log.exception("call_ended_hook_failed", error=repr(exc))
+                async with asyncio.timeout(goodbye_s):
+                    await call.say_goodbye()
+            except TimeoutError:
+                log.warning("goodbye_cut_short")
+        await self.end_call()

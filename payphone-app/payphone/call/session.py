@@ -2,9 +2,15 @@
 
 The call's own task only dispatches events (keys, speech, timers, finished activities) from its
 inbox. Anything that makes sound — dial tone, a greeting, a turn, ringback, an announcement, the
-howler — is the call's single *activity* task; starting a new one cancels the old one first, so
-a key or a hang-up silences whatever is playing at once. Timers post events to the inbox and are
-disarmed by re-arming, so a stale timer never fires into a later state.
+howler — is the call's single *activity* task. `interrupt()` is the one way sound stops: it
+cancels the activity and silences the earpiece; starting a new activity interrupts the old one
+first, and hanging up interrupts for good. A turn learns that it was cut off only through that
+cancellation. Timers post events to the inbox and are disarmed by re-arming, so a stale timer
+never fires into a later state.
+
+Keys are urgent events (they interrupt whatever plays); speech is data, taken only where the
+table `HEARS_SPEECH` says. Once the call says goodbye (call too long, caller silent, service
+stopping) it takes no more input: only hanging up ends it.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+import numpy as np
 import structlog
 
 from payphone.call.events import (
@@ -28,9 +35,11 @@ from payphone.call.events import (
     Timer,
     TimerFired,
 )
+from payphone.call.listen import Endpointer
+from payphone.call.options import CallOptions, first_persona
 from payphone.call.player import play_and_wait, play_frames
 from payphone.call.turn import Turn, TurnDeps, TurnRecord, sit_tones
-from payphone.config import CallSettings
+from payphone.hardware.base import Pcm
 from payphone.llm.base import LlmError
 from payphone.llm.history import Conversation, choose_system_prompt
 from payphone.log import get_logger
@@ -45,6 +54,27 @@ FEEDBACK_S = 0.08  # DTMF key-press feedback while dialling
 TONE_FRAME_MS = 20
 PREVIOUS_CLEANUP_S = 1.0  # a cancelled activity cleans up in a few loop turns; never wait longer
 HELLO_WAIT_S = 3.0  # after speech over the dial tone, greet at the latest this much later
+
+# The call on one screen. Each activity makes the call's state while it plays, and says what
+# follows when it ends by itself (None: it plays until something replaces it).
+ACTIVITIES: dict[str, tuple[CallState, bool]] = {
+    # name: (state while it plays, listen when it ends)
+    "dial_tone": (CallState.DIAL_TONE, False),
+    "dialing": (CallState.DIALING, False),  # key feedback; the inter-digit timer moves on
+    "ringback": (CallState.RINGBACK, True),  # ringback, then the new persona's greeting
+    "greeting": (CallState.GREETING, True),
+    "turn": (CallState.THINKING, True),  # SPEAKING from the reply's first sound
+    "announcement": (CallState.ANNOUNCEMENT, True),
+    "idle_prompt": (CallState.ANNOUNCEMENT, True),
+    "goodbye": (CallState.GOODBYE, False),  # goodbye, then the howler until on-hook
+}
+# where what the caller says starts a turn (THINKING and SPEAKING only with barge-in)
+HEARS_SPEECH = frozenset({CallState.LISTENING})
+BARGE_IN_STATES = frozenset({CallState.THINKING, CallState.SPEAKING})
+# where the call takes no more input: only hanging up ends it
+FINAL = frozenset({CallState.GOODBYE, CallState.HOWLER, CallState.ENDED})
+# where the earpiece plays nothing the mic could take for the caller (tones are not speech)
+OPEN_MIC = frozenset({CallState.DIAL_TONE, CallState.DIALING, CallState.LISTENING})
 
 
 @dataclass
@@ -63,35 +93,35 @@ class CallLog:
 
 
 class Call:
-    """Feed it events with `post`; run it with `run`; cancel its task to hang up."""
+    """Feed it events with `post` and mic frames with `hear`; run it with `run`; hang up with
+    `interrupt()` and a cancel of its task."""
 
     def __init__(
         self,
         call_id: str,
         deps: TurnDeps,
         personas: PersonaBook,
-        settings: CallSettings,
+        options: CallOptions,
+        endpointer: Endpointer,
         *,
-        prompt_style: Literal["tag", "full"] = "full",
-        history_tokens: int = 1024,
-        barge_in: bool = False,
         on_state: Callable[[CallState], None] | None = None,
     ) -> None:
         self.call_id = call_id
         self.deps = deps
         self.personas = personas
-        self.settings = settings
-        self.prompt_style = prompt_style
-        self.barge_in = barge_in
+        self.options = options
+        self.settings = options.call
         self.log = CallLog(call_id)
-        self.persona = personas.by_key(settings.default_persona_key) or personas.operator
-        self.conversation = Conversation(self._system_prompt(self.persona), history_tokens)
+        self.persona = first_persona(personas, options.call)
+        self.conversation = self._conversation_for(self.persona)
         self.state = CallState.DIAL_TONE
+        self._endpointer = endpointer
         self._on_state = on_state
         self._inbox: asyncio.Queue[CallEvent] = asyncio.Queue()
         self._activity: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
         self._activity_name = ""
+        self._background: set[asyncio.Task[None]] = set()
+        self._warming: asyncio.Task[None] | None = None
         self._tokens = itertools.count(1)
         self._activity_token = 0
         self._timers: dict[Timer, tuple[int, asyncio.TimerHandle]] = {}
@@ -102,30 +132,59 @@ class Call:
 
     # -- inputs -------------------------------------------------------------------------------
 
-    @property
-    def our_voice_playing(self) -> bool:
-        """Whether what the earpiece plays is speech the mic must not take for the caller's.
-
-        Dial tone and key feedback are not: a caller talking over the dial tone must be heard.
-        """
-        return self.state not in (CallState.DIAL_TONE, CallState.DIALING, CallState.LISTENING)
-
     def post(self, event: CallEvent) -> None:
         """Deliver an event (on the loop's thread)."""
         self._inbox.put_nowait(event)
+
+    def hear(self, frame: Pcm) -> None:
+        """One mic frame: the endpointer cuts utterances, gated while our own voice plays."""
+        gated = self.deps.sink.playing and self.state not in OPEN_MIC
+        for event in self._endpointer.feed(frame, gated):
+            self.post(event)
+
+    @property
+    def plays_key_tone(self) -> bool:
+        """Our DTMF key feedback is in the earpiece (the in-band keypad must not dial it)."""
+        return self.state is CallState.DIALING and self.deps.sink.playing
+
+    def interrupt(self) -> None:
+        """Stop whatever is making sound, at once: cancel the activity, silence the earpiece.
+
+        Synchronous, so it is safe in cancel handlers; the cancelled activity finishes its
+        clean-up on its own (tracked until `wait_ended`).
+        """
+        activity, self._activity = self._activity, None
+        if activity is not None and not activity.done():
+            activity.cancel()
+            self._track(activity)
+        self.deps.sink.stop()
+
+    async def say_goodbye(self) -> None:
+        """The service is stopping: end timers and activity, then the goodbye alone, to its end."""
+        self._disarm_all()
+        self._start("goodbye", lambda: self._announce("goodbye"))
+        activity = self._activity
+        if activity is not None:
+            await asyncio.wait({activity})
 
     # -- the call's own task ------------------------------------------------------------------
 
     async def run(self) -> None:
         """Until cancelled (on-hook): dispatch events; the activity task makes the sound."""
-        self.log.event("off_hook")
+        self.log.event(
+            "off_hook",
+            persona=self.persona.id,
+            prompt_style=self.options.prompt_style,
+            history_tokens=self.options.history_tokens,
+            barge_in=self.options.barge_in,
+        )
         structlog.contextvars.bind_contextvars(persona=self.persona.id)  # this task's context
         log.info("call_started")
         if self._on_state is not None:
             self._on_state(self.state)
         self._arm(Timer.MAX_CALL, self.settings.max_call_s)
         self._arm(Timer.DIAL_TONE, self.settings.dial_tone_s)
-        self._start("dial_tone", CallState.DIAL_TONE, self._dial_tone)
+        self._start("dial_tone", self._dial_tone)
         try:
             while True:
                 await self._dispatch(await self._inbox.get())
@@ -134,68 +193,52 @@ class Call:
 
     def _hang_up(self) -> None:
         """Synchronous on purpose: it runs inside a cancelled task, with no awaits left."""
-        self.deps.sink.stop()
-        for _, handle in self._timers.values():
-            handle.cancel()
-        self._timers.clear()
-        self._cancel(self._activity)
+        self._disarm_all()
+        self.interrupt()
         for task in self._background:
             task.cancel()
         self._set_state(CallState.ENDED)
         self.log.event("on_hook")
 
-    async def wait_activity_ended(self, timeout_s: float = 2.0) -> bool:
-        """After cancelling `run`: wait until every task of the call has really finished."""
-        tasks = {t for t in (self._activity, *self._background) if t is not None}
-        for task in tasks:
-            self._cancel(task)
+    async def wait_ended(self, timeout_s: float = 2.0) -> bool:
+        """After hanging up: wait until every task of the call has really finished."""
+        tasks = set(self._background)
         if not tasks:
             return True
         _, pending = await asyncio.wait(tasks, timeout=timeout_s)
         return not pending
 
-    def _cancel(self, task: asyncio.Task[None] | None) -> None:
-        """Cancel an activity; a turn in it learns first that the cancel is the call's doing."""
-        if task is None:
-            return
-        if self._turn is not None:
-            self._turn.stopping = True
-        task.cancel()
-
     def _track(self, task: asyncio.Task[None]) -> None:
-        """Keep a task of this call that is no longer the activity, until it ends."""
+        """Keep a task of this call that is not the activity, until it ends."""
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _background_task(self, work: Awaitable[None]) -> None:
-        self._track(asyncio.ensure_future(work))
-
     async def _dispatch(self, event: CallEvent) -> None:
         match event:
+            case ActivityDone(name=name, token=token):
+                if token == self._activity_token and ACTIVITIES[name][1]:
+                    self._listen()
+            case TimerFired(timer=timer, token=token):
+                if self._timers.get(timer, (None,))[0] == token:
+                    del self._timers[timer]
+                    self._on_timer(timer)
+            case _ if self.state in FINAL:
+                self.log.event("input_ignored", reason=self.state.value)
             case KeyPress(key=key):
                 await self._on_key(key)
             case SpeechStarted():
                 await self._on_speech_started()
             case Heard():
-                await self._on_heard(event)
-            case TimerFired(timer=timer, token=token):
-                if self._timers.get(timer, (None,))[0] == token:
-                    del self._timers[timer]
-                    await self._on_timer(timer)
-            case ActivityDone(name=name, token=token):
-                if token == self._activity_token:
-                    self._on_activity_done(name)
+                self._on_heard(event)
 
     # -- events -------------------------------------------------------------------------------
 
     async def _on_key(self, key: str) -> None:
         self.log.event("key", key=key)
         self._idle_stage = 0
-        if self.state is CallState.HOWLER:
-            return  # only hanging up ends the howler
         if key == "#":
             if self._digits:
-                await self._dial()
+                self._dial()
             elif self._activity_name in ("turn", "greeting"):
                 self.log.event("interrupt")
                 await self._stop_activity()
@@ -203,21 +246,21 @@ class Call:
             return
         if key == "*":
             self._digits = ""
-            await self._switch(self.personas.by_key(OPERATOR_KEY) or self.personas.operator)
+            self._switch(self.personas.by_key(OPERATOR_KEY) or self.personas.operator)
             return
         if not key.isdigit():
             return
         persona = self.personas.by_key(key) if not self._digits else None
         if persona is not None:
-            await self._switch(persona)
+            self._switch(persona)
             return
         self._digits += key
         self._disarm(Timer.DIAL_TONE)
         if len(self._digits) >= NUMBER_LENGTH:
-            await self._dial()
+            self._dial()
             return
         self._arm(Timer.INTER_DIGIT, self.settings.inter_digit_timeout_s)
-        self._start("dialing", CallState.DIALING, lambda: self._key_feedback(key))
+        self._start("dialing", lambda: self._key_feedback(key))
 
     async def _on_speech_started(self) -> None:
         self._idle_stage = 0
@@ -230,44 +273,43 @@ class Call:
             # push the idle deadline back; a blip the VAD then drops must not stop the timer
             self._arm(Timer.IDLE, self.settings.idle_prompt_s)
 
-    async def _on_heard(self, heard: Heard) -> None:
+    def _on_heard(self, heard: Heard) -> None:
         self._idle_stage = 0
         if not self._greeted and self.state is CallState.LISTENING:
             self.log.event("hello_heard")
             self._disarm(Timer.DIAL_TONE)
-            self._start("greeting", CallState.GREETING, self._greet)
+            self._start("greeting", self._greet)
             return
-        if self.state in (CallState.THINKING, CallState.SPEAKING) and not self.barge_in:
-            self.log.event("speech_ignored", reason="persona speaking")
+        hears = HEARS_SPEECH | (BARGE_IN_STATES if self.options.barge_in else frozenset())
+        if self.state not in hears:
+            reason = "persona speaking" if self.state in BARGE_IN_STATES else self.state.value
+            self.log.event("speech_ignored", reason=reason)
             return
-        if self.state not in (CallState.LISTENING, CallState.THINKING, CallState.SPEAKING):
-            self.log.event("speech_ignored", reason=self.state.value)
-            return
+        previous = self._turn
+        if self.state is CallState.THINKING and previous is not None:
+            # the caller went on before hearing any answer: one turn, all of what they said
+            heard = Heard(np.concatenate([previous.heard.pcm, heard.pcm]), heard.speech_end)
         self._disarm(Timer.IDLE)
         turn = Turn(self.deps, self.persona, self.conversation, heard)
-        self._start("turn", CallState.THINKING, lambda: self._run_turn(turn))
-        self._turn = turn  # after the start: cancelling the old activity marks only old turns
+        self._turn = turn
+        self._start("turn", lambda: self._run_turn(turn))
 
-    async def _on_timer(self, timer: Timer) -> None:
+    def _on_timer(self, timer: Timer) -> None:
         self.log.event("timer", timer=timer.value)
-        if timer is Timer.DIAL_TONE and not self._greeted:
-            self._start("greeting", CallState.GREETING, self._greet)
+        if timer is Timer.MAX_CALL:
+            self._say_goodbye_and_howl()
+        elif self.state in FINAL:
+            return
+        elif timer is Timer.DIAL_TONE and not self._greeted:
+            self._start("greeting", self._greet)
         elif timer is Timer.INTER_DIGIT and self._digits:
-            await self._dial()
+            self._dial()
         elif timer is Timer.IDLE and self.state is CallState.LISTENING:
             self._idle_stage += 1
             if self._idle_stage == 1:
-                self._start(
-                    "idle_prompt", CallState.ANNOUNCEMENT, lambda: self._announce("idle_prompt")
-                )
+                self._start("idle_prompt", lambda: self._announce("idle_prompt"))
             else:
-                self._start("goodbye", CallState.ANNOUNCEMENT, self._goodbye_then_howl)
-        elif timer is Timer.MAX_CALL:
-            self._start("goodbye", CallState.ANNOUNCEMENT, self._goodbye_then_howl)
-
-    def _on_activity_done(self, name: str) -> None:
-        if name in ("greeting", "turn", "idle_prompt", "interrupted", "announcement"):
-            self._listen()
+                self._say_goodbye_and_howl()
 
     # -- what the caller hears ----------------------------------------------------------------
 
@@ -279,27 +321,38 @@ class Call:
         )
         self._arm(Timer.IDLE, wait)
 
-    async def _switch(self, persona: Persona) -> None:
-        """A new persona: short ringback, its greeting, fresh history."""
+    def _switch(self, persona: Persona) -> None:
+        """A new persona: persona and history change together, now; then ringback, greeting.
+
+        The conversation is a new object, so a cut-off turn still finishing its clean-up writes
+        into the old persona's history, never into the new one.
+        """
         self.log.event("persona", persona=persona.id)
         log.info("persona_switch", persona=persona.id)
         self._disarm(Timer.DIAL_TONE)
         self._disarm(Timer.INTER_DIGIT)
         self._digits = ""
         self.persona = persona
+        self.conversation = self._conversation_for(persona)
+        self._turn = None
         structlog.contextvars.bind_contextvars(persona=persona.id)
-        self._start("greeting", CallState.RINGBACK, lambda: self._ring_then_greet(persona))
+        self._warm_up(self.conversation.system_prompt)
+        self._start("ringback", lambda: self._ring_then_greet(persona))
 
-    async def _dial(self) -> None:
+    def _dial(self) -> None:
         digits, self._digits = self._digits, ""
         self._disarm(Timer.INTER_DIGIT)
         self.log.event("dialed", number=digits)
         persona = self.personas.by_number(digits)
         if persona is not None:
-            await self._switch(persona)
+            self._switch(persona)
         else:
             log.info("not_in_service", number=digits)
-            self._start("announcement", CallState.ANNOUNCEMENT, self._not_in_service)
+            self._start("announcement", self._not_in_service)
+
+    def _say_goodbye_and_howl(self) -> None:
+        self._disarm_all()
+        self._start("goodbye", self._goodbye_then_howl)
 
     async def _dial_tone(self) -> None:
         await play_frames(self.deps.sink, self._tone_stream(tones.DIAL))
@@ -309,19 +362,20 @@ class Call:
         await play_and_wait(self.deps.sink, await self.deps.lines.line(self.persona, "greeting"))
 
     async def _ring_then_greet(self, persona: Persona) -> None:
-        """Fresh history; while the line rings and the persona greets, the model reads its prompt.
-
-        Runs after the replaced activity has finished its clean-up, so a cut-off turn writes
-        into the old history, never into the new persona's.
-        """
-        self.conversation.reset(self._system_prompt(persona))
-        self._background_task(self._warm_up(self.conversation.system_prompt))
+        """While the line rings and the persona greets, the model reads the new prompt."""
         rate = self.deps.sink.sample_rate
         await play_and_wait(self.deps.sink, tones.render(tones.RINGBACK, rate, RINGBACK_S))
         self._set_state(CallState.GREETING)
         await self._greet()
 
-    async def _warm_up(self, system_prompt: str) -> None:
+    def _warm_up(self, system_prompt: str) -> None:
+        """Prime the model with a persona's prompt; a newer switch cancels an older warm-up."""
+        if self._warming is not None:
+            self._warming.cancel()
+        self._warming = asyncio.ensure_future(self._warm(system_prompt))
+        self._track(self._warming)
+
+    async def _warm(self, system_prompt: str) -> None:
         try:
             await self.deps.backend.warm_up(system_prompt)
         except LlmError as exc:  # the breaker has it; the first turn gets the fallback if needed
@@ -347,7 +401,6 @@ class Call:
         await play_frames(self.deps.sink, self._tone_stream(tones.HOWLER))
 
     async def _run_turn(self, turn: Turn) -> None:
-        self._set_state(CallState.THINKING)
         structlog.contextvars.bind_contextvars(turn=len(self.log.turns) + 1)  # activity's context
         token = self._activity_token
 
@@ -373,19 +426,16 @@ class Call:
 
     # -- the activity task ----------------------------------------------------------------------
 
-    def _start(self, name: str, state: CallState, work: Callable[[], Awaitable[None]]) -> None:
-        """Replace the current activity with a new one (the old one is cancelled first)."""
+    def _start(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Replace the current activity with a new one (the old one is interrupted first)."""
         previous = self._activity
-        if previous is not None and not previous.done():
-            self._cancel(previous)
-            self.deps.sink.stop()
-            self._track(previous)
-        else:
+        self.interrupt()
+        if previous is not None and previous.done():
             previous = None
         self._disarm(Timer.IDLE)
         self._activity_token = token = next(self._tokens)
         self._activity_name = name
-        self._set_state(state)
+        self._set_state(ACTIVITIES[name][0])
         self._activity = asyncio.create_task(
             self._guarded(name, token, work, previous), name=f"call-{name}"
         )
@@ -400,7 +450,6 @@ class Call:
         try:
             if previous is not None:  # let the old activity finish its clean-up first
                 await asyncio.wait({previous}, timeout=PREVIOUS_CLEANUP_S)
-                self.deps.sink.stop()
             await work()
         except asyncio.CancelledError:
             raise
@@ -415,11 +464,12 @@ class Call:
         self._inbox.put_nowait(ActivityDone(name, token))
 
     async def _stop_activity(self) -> None:
-        if self._activity is not None and not self._activity.done():
-            self._cancel(self._activity)
-            self.deps.sink.stop()
-            await asyncio.gather(self._activity, return_exceptions=True)
+        """Interrupt the activity and wait for its clean-up (a cut turn writes its history)."""
+        previous = self._activity
+        self.interrupt()
         self._activity_token = next(self._tokens)
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -436,6 +486,11 @@ class Call:
         if entry is not None:
             entry[1].cancel()
 
+    def _disarm_all(self) -> None:
+        for _, handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+
     def _set_state(self, state: CallState) -> None:
         if state is not self.state:
             self.state = state
@@ -446,5 +501,6 @@ class Call:
         rate = self.deps.sink.sample_rate
         return tones.ToneStream(plan, rate, frame_samples=rate * TONE_FRAME_MS // 1000)
 
-    def _system_prompt(self, persona: Persona) -> str:
-        return choose_system_prompt(self.prompt_style, persona.prompt_tag, persona.prompt)
+    def _conversation_for(self, persona: Persona) -> Conversation:
+        prompt = choose_system_prompt(self.options.prompt_style, persona.prompt_tag, persona.prompt)
+        return Conversation(prompt, self.options.history_tokens)

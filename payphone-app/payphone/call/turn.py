@@ -4,7 +4,9 @@ The stages are tasks joined by bounded queues, so the first sentence plays while
 still writing. Every stage closes its upstream generator when it stops (`aclosing`), so a hang-up
 closes the model stream and the backend stops generating. A failing model becomes the persona's
 busy line (with SIT tones) or, mid-reply, its graceful stall line; any other failure becomes the
-persona's apology. Only a cancel (hang-up, `#`, a new persona) ends a turn without a sound.
+persona's apology, and so does a reply with nothing speakable in it (`*smiles*`, or nothing).
+Only a cancel (hang-up, `#`, a new persona, barge-in) ends a turn without a sound: the call
+interrupts the turn by cancelling it, and a cancel always wins over a failure that came with it.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from payphone.call.events import Heard
 from payphone.call.lines import LineBook
@@ -32,6 +35,29 @@ log = get_logger("turn")
 Speakable = Callable[[AsyncIterator[str]], AsyncIterator[str]]
 
 MARKS = ("transcript_ready", "first_token", "first_chunk", "first_audio", "reply_done")
+NOTHING_SPOKEN = "nothing_speakable"
+
+
+class NothingSpoken(Exception):
+    """The model's reply held nothing the phone could say (e.g. only `*smiles*`)."""
+
+
+async def run_together(*stages: Coroutine[Any, Any, None]) -> None:
+    """Run the stages as tasks until all finish; the first failure cancels the rest and is raised.
+
+    Unlike a TaskGroup on Python 3.11, a cancel of the caller always surfaces as CancelledError,
+    even when a stage failed at the same moment: the turn learns of a hang-up by its cancel alone.
+    """
+    tasks = [asyncio.ensure_future(stage) for stage in stages]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)  # every stage has closed its streams before we go on
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
 
 @dataclass
@@ -97,10 +123,8 @@ class Turn:
         self._reply: list[str] = []
         self._spoken: list[str] = []
         self._audible = asyncio.Event()
+        self._settled = asyncio.Event()  # the answer is audible, or there will be none
         self.on_audible: Callable[[], None] | None = None
-        # set by the call before it cancels this turn: a failure racing a hang-up must not
-        # play a fallback (on 3.11 a TaskGroup error hides the cancel, and cancelling() lies)
-        self.stopping = False
 
     async def run(self) -> TurnRecord | None:
         rec = self.record
@@ -116,14 +140,12 @@ class Turn:
         except asyncio.CancelledError:
             self._cut_off()
             raise
+        except NothingSpoken:
+            log.warning("nothing_speakable", reply="".join(self._reply)[:200])
+            await self._apologize(NOTHING_SPOKEN)
         except Exception as exc:  # a broken stage ends the turn, never the call
-            if self.stopping:  # a hang-up met the failure: the hang-up wins, no apology
-                self._cut_off()
-                raise asyncio.CancelledError from exc
             log.exception("turn_failed", error=repr(exc))
-            rec.fallback, rec.cause = True, f"error:{type(exc).__name__}"
-            self.conversation.discard_unanswered()
-            await self._say(await self.deps.lines.line(self.persona, "apology"))
+            await self._apologize(f"error:{type(exc).__name__}")
         rec.mark("reply_done")
         log.info(
             "turn_done",
@@ -135,17 +157,21 @@ class Turn:
         )
         return rec
 
+    async def _apologize(self, cause: str) -> None:
+        """A failed turn: the persona's apology, and nothing of it in the history."""
+        rec = self.record
+        rec.fallback, rec.cause, rec.reply = True, cause, ""
+        self.conversation.discard_unanswered()
+        await self._say(await self.deps.lines.line(self.persona, "apology"))
+
     async def _reply_with_fallbacks(self) -> None:
-        failure: BaseException | None = None
         try:
             await self._pipeline()
-        except* LlmError as group:
-            failure = group.exceptions[0]
-        if isinstance(failure, LlmError):
-            if self.stopping:  # TaskGroup prefers the error to a hang-up that came with it
-                raise asyncio.CancelledError
+        except LlmError as failure:
             await self._fall_back(failure)
             return
+        if not self._spoken:
+            raise NothingSpoken
         self.record.reply = "".join(self._reply).strip()
         self.conversation.add_assistant(self.record.reply)
 
@@ -169,11 +195,9 @@ class Turn:
     async def _pipeline(self) -> None:
         chunks: asyncio.Queue[str | None] = asyncio.Queue(self.deps.chunk_queue)
         pcm: asyncio.Queue[tuple[str | None, Pcm] | None] = asyncio.Queue(self.deps.pcm_queue)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._write(chunks))
-            tg.create_task(self._synthesize(chunks, pcm))
-            tg.create_task(self._speak(pcm))
-            tg.create_task(self._filler())
+        await run_together(
+            self._write(chunks), self._synthesize(chunks, pcm), self._speak(pcm), self._filler()
+        )
         await self.deps.sink.drain()
 
     async def _tokens(self, stream: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -206,10 +230,17 @@ class Turn:
         await out.put(None)
 
     async def _speak(self, pcm: asyncio.Queue[tuple[str | None, Pcm] | None]) -> None:
+        try:
+            await self._speak_all(pcm)
+        finally:
+            self._settled.set()  # no filler after the model has finished (or failed)
+
+    async def _speak_all(self, pcm: asyncio.Queue[tuple[str | None, Pcm] | None]) -> None:
         while (item := await pcm.get()) is not None:
             label, audio = item
             if not self._audible.is_set():
                 self._audible.set()
+                self._settled.set()
                 if self.record.filler:
                     self.deps.sink.stop()  # the real answer takes over from the filler at once
                 self.record.mark("first_audio")
@@ -230,7 +261,7 @@ class Turn:
         due = self.heard.speech_end + self.deps.filler_after_s - time.monotonic()
         try:
             async with asyncio.timeout(max(due, 0.0)):
-                await self._audible.wait()
+                await self._settled.wait()
                 return
         except TimeoutError:
             pass
@@ -241,7 +272,7 @@ class Turn:
             return
         step = max(1, self.deps.sink.sample_rate // 50)
         for start in range(0, len(audio), step):
-            if self._audible.is_set():
+            if self._settled.is_set():
                 return
             self.record.filler = True
             await self.deps.sink.play(audio[start : start + step])
@@ -250,8 +281,10 @@ class Turn:
         await play_and_wait(self.deps.sink, pcm)
 
     def _cut_off(self) -> None:
-        """Cancelled: keep only what the caller heard, marked as interrupted. No awaits here."""
-        self.deps.sink.stop()
+        """Cancelled: keep only what the caller heard, marked as interrupted. No awaits here.
+
+        The earpiece was silenced by whoever cancelled (`Call.interrupt`).
+        """
         rec = self.record
         if rec.heard and not rec.reply:
             rec.interrupted = True

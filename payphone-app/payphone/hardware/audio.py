@@ -251,7 +251,8 @@ class PyAudioSink(AudioSink):
 
     `play` waits while more than `max_queued_ms` is queued (back-pressure), `stop` empties the
     queue at once, so only the buffer being written still sounds. While the device is missing,
-    queued audio is dropped (and logged) so callers never hang on a dead earpiece.
+    audio is dropped (and logged) at the pace it would have played, so callers never hang on a
+    dead earpiece and never spin on it either.
     """
 
     def __init__(
@@ -304,13 +305,23 @@ class PyAudioSink(AudioSink):
 
     async def play(self, pcm: Pcm) -> None:
         self._start()
-        if self._down:  # no earpiece right now: the audio is lost, not queued forever
-            log.debug("audio_output_down_dropped", dropped_ms=ms(len(pcm) / self.sample_rate))
+        if self._down:
+            await self._play_into_nothing(pcm)
             return
         generation = self._generation
         async with self._order:
             data = await asyncio.to_thread(self._to_device, pcm, False)
             await self._enqueue(data, generation)
+
+    async def _play_into_nothing(self, pcm: Pcm) -> None:
+        """No earpiece right now: the audio is lost, but it takes its time as if played.
+
+        Returning at once would let an endless tone (dial tone, howler) spin the event loop:
+        hang-up, SIGTERM and the watchdog would all wait for the device to come back.
+        """
+        seconds = len(pcm) / self.sample_rate
+        log.debug("audio_output_down_dropped", dropped_ms=ms(seconds))
+        await asyncio.sleep(seconds)
 
     async def _enqueue(self, data: Pcm, generation: int) -> None:
         for start in range(0, len(data), self.block):

@@ -6,6 +6,9 @@ timeouts) and a background task probes the backend, with back-off. While a probe
 is half-open. A probe that succeeds re-primes the model with the last system prompt and closes
 the breaker; calls use the backend again, no restart. `start()` probes once, so the service can
 start without Pi #2: degraded, with the reason logged and shown in `status` for `doctor`.
+`start(background=True)` does not wait for that first probe and warm-up at all (Pi #2 may take
+minutes to load a model, or hang): the breaker is *starting*, calls fail fast with the busy line
+until it closes, and the phone is ready meanwhile.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half-open"
+    STARTING = "starting"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,11 @@ class BreakerStatus:
         """One line for `doctor` and the start-up log."""
         if self.state is BreakerState.CLOSED:
             return "LLM backend: up"
+        if self.state is BreakerState.STARTING:
+            return (
+                "LLM backend: starting (probe and warm-up in the background); callers hear "
+                "the 'all circuits are busy' line until it is up"
+            )
         since = f" for {self.open_since_s:.0f} s" if self.open_since_s is not None else ""
         return (
             f"LLM backend: down{since} ({self.last_cause}: {self.last_detail}); callers hear "
@@ -104,17 +113,42 @@ class CircuitBreaker(ChatBackend):
         """Return once the breaker is closed (tests, and start-up code that wants to wait)."""
         await self._closed_event.wait()
 
-    async def start(self, system_prompt: str | None = None) -> BreakerStatus:
-        """Probe once and warm up; on failure start degraded (open) and keep probing."""
+    async def start(
+        self, system_prompt: str | None = None, *, background: bool = False
+    ) -> BreakerStatus:
+        """Probe once and warm up; on failure start degraded (open) and keep probing.
+
+        `background`: return at once (state starting) and do all that in a task.
+        """
         if system_prompt is not None:
             self._system_prompt = system_prompt
+        if background:
+            self._state = BreakerState.STARTING
+            self._closed_event.clear()
+            self._prober = asyncio.get_running_loop().create_task(
+                self._start_up(), name="llm-breaker-start"
+            )
+            return self.status
         try:
-            await self._probe()
-            if self._system_prompt is not None:
-                await self.backend.warm_up(self._system_prompt)
+            await self._up()
         except LlmError as exc:
             self._open(exc, reason="start-up")
         return self.status
+
+    async def _up(self) -> None:
+        """The backend answers its probe and has the last system prompt primed."""
+        await self._probe()
+        if self._system_prompt is not None:
+            await self.backend.warm_up(self._system_prompt)
+
+    async def _start_up(self) -> None:
+        try:
+            await self._up()
+        except LlmError as exc:
+            self._mark_open(exc, reason="start-up")
+            await self._probe_until_up()
+            return
+        self._close()
 
     def _check(self) -> None:
         if self._state is not BreakerState.CLOSED:
@@ -161,6 +195,13 @@ class CircuitBreaker(ChatBackend):
             self._open(exc, reason=f"{self._failures} consecutive failures")
 
     def _open(self, exc: LlmError, reason: str) -> None:
+        self._mark_open(exc, reason)
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(
+                self._probe_until_up(), name="llm-breaker-probe"
+            )
+
+    def _mark_open(self, exc: LlmError, reason: str) -> None:
         self._state = BreakerState.OPEN
         self._last_cause = exc.cause
         self._last_detail = exc.detail
@@ -168,10 +209,6 @@ class CircuitBreaker(ChatBackend):
         self._probes = 0
         self._closed_event.clear()
         log.warning("llm_breaker_open", reason=reason, cause=exc.cause, detail=exc.detail)
-        if self._prober is None or self._prober.done():
-            self._prober = asyncio.get_running_loop().create_task(
-                self._probe_until_up(), name="llm-breaker-probe"
-            )
 
     def _close(self) -> None:
         down_s = 0.0 if self._opened_at is None else time.monotonic() - self._opened_at
@@ -188,9 +225,7 @@ class CircuitBreaker(ChatBackend):
             self._state = BreakerState.HALF_OPEN
             self._probes += 1
             try:
-                await self._probe()
-                if self._system_prompt is not None:
-                    await self.backend.warm_up(self._system_prompt)
+                await self._up()
             except LlmError as exc:
                 self._state = BreakerState.OPEN
                 self._last_cause = exc.cause

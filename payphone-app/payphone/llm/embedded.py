@@ -2,9 +2,11 @@
 
 The model is loaded once and used by one generation at a time. Generation runs in a worker
 thread (llama.cpp holds the CPU for whole tokens) and hands pieces to the event loop through an
-asyncio queue. Cancelling the stream sets a flag the worker checks between tokens: it stops
-after at most one more token, and whatever it produces late is dropped. The next generation waits
-for the previous worker on a thread lock, so the model is never used by two threads at once.
+asyncio queue. Cancelling the stream sets a stop flag: the worker checks it between tokens, and
+llama.cpp's abort callback checks it between the graph nodes of a prompt evaluation, so a hang-up
+50 ms into a long prompt stops the evaluation within milliseconds instead of holding the model
+for seconds. Whatever the worker produces late is dropped. The next generation waits for the
+previous worker on a thread lock, so the model is never used by two threads at once.
 
 Prompt caching: `Llama.generate` keeps the KV cache of the last prompt and re-evaluates only the
 tokens after the longest common prefix. `warm_up` evaluates the system prompt once, so the first
@@ -77,6 +79,8 @@ class EmbeddedBackend(ChatBackend):
         self._load_lock = threading.Lock()  # a thread lock: usable from any event loop
         self._model_lock = threading.Lock()  # one generation at a time, across threads
         self._worker: threading.Thread | None = None
+        self._stop: threading.Event | None = None  # the running generation's stop flag
+        self._abort_callback: Any = None  # kept alive while llama.cpp holds it
         self.last_stats: GenerationStats | None = None
 
     @property
@@ -106,6 +110,8 @@ class EmbeddedBackend(ChatBackend):
                 n_threads_batch=self.n_threads,
                 verbose=False,
             )
+            self._abort_callback = llama_cpp.ggml_abort_callback(self._should_abort)
+            llama_cpp.llama_set_abort_callback(self._llm._ctx.ctx, self._abort_callback, None)
             log.info(
                 "llm_loaded",
                 backend="embedded",
@@ -113,6 +119,11 @@ class EmbeddedBackend(ChatBackend):
                 chat_format=self._llm.chat_format,
                 load_ms=ms(time.perf_counter() - started),
             )
+
+    def _should_abort(self, _data: Any) -> bool:
+        """llama.cpp asks this between graph nodes: stop evaluating for a cancelled stream."""
+        stop = self._stop
+        return stop is not None and stop.is_set()
 
     async def probe(self) -> None:
         """Health for the breaker: the model loads."""
@@ -197,6 +208,7 @@ class EmbeddedBackend(ChatBackend):
         import llama_cpp
 
         with self._model_lock:
+            self._stop = stop
             try:
                 if stop.is_set():
                     return
@@ -224,9 +236,10 @@ class EmbeddedBackend(ChatBackend):
                     ttft_ms=None if first is None else ms(first - started),
                     total_ms=ms(time.perf_counter() - started),
                 )
-            except Exception as exc:
+            except Exception as exc:  # an aborted evaluation lands here too; emit drops it
                 emit(exc)
             finally:
+                self._stop = None
                 emit(_END)
 
     async def wait_idle(self, timeout_s: float = 30.0) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from payphone.config import LlmSettings, Settings
 from payphone.llm.base import ChatBackend, ChatOptions
 from payphone.llm.breaker import CircuitBreaker
+from payphone.llm.deadlines import Deadlines
 from payphone.llm.embedded import EmbeddedBackend
 from payphone.llm.history import Conversation, TokenCounter, choose_system_prompt, estimate_tokens
 from payphone.llm.ollama_backend import OllamaBackend, keep_alive_value
@@ -44,7 +45,8 @@ def build_backend(settings: Settings) -> CircuitBreaker:
         backend, probe = ollama_backend, ollama_backend.probe
     else:
         embedded = build_embedded(settings)
-        backend, probe = embedded, embedded.probe
+        limits = settings.llm.first_token_timeout_s, settings.llm.token_timeout_s
+        backend, probe = Deadlines(embedded, *limits), embedded.probe
     return CircuitBreaker(backend, probe)
 
 

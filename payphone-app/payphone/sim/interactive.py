@@ -13,7 +13,7 @@ import sys
 
 from rich.console import Console
 
-from payphone.call.listen import VadListener
+from payphone.call.options import CallOptions, first_persona
 from payphone.config import Settings
 from payphone.personas.loader import load_personas
 from payphone.sim.recording import MicTape, build_report, write_call_wav, write_report
@@ -98,16 +98,11 @@ async def interactive(settings: Settings, out_dir: object, console: Console) -> 
         await asyncio.to_thread(has_device, "input"),
         await asyncio.to_thread(has_device, "output"),
     )
-    stages = await load_stages(settings, book.operator, list(book))
+    stages = await load_stages(settings, first_persona(book, settings.call), list(book))
     rig = build_rig(
-        stages.transcriber,
-        stages.backend,
-        stages.synthesizer,
-        lambda: VadListener(settings.vad),
-        call_settings=settings.call,
-        speakable=stages.speakable,
+        stages.for_phone(settings.vad),
+        CallOptions.from_settings(settings),
         personas=book,
-        options=stages.options,
         live_mic=mic,
     )
     task = await rig.start()

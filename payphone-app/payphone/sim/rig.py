@@ -8,25 +8,21 @@ in-memory mic, and listen to the in-memory earpiece.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from gpiozero.pins.mock import MockFactory
 
-from payphone.call.assembly import assemble_phone
+from payphone.call.assembly import PhoneHardware, PhoneStages, build_phone
 from payphone.call.events import CallState
-from payphone.call.phone import Endpointer, Phone
+from payphone.call.lines import LineBook
+from payphone.call.options import CallOptions
+from payphone.call.phone import Phone
 from payphone.call.session import Call
-from payphone.call.turn import Speakable
-from payphone.config import CallSettings
-from payphone.hardware.base import HookState, Keypad
+from payphone.hardware.base import AudioSink, HookState, Keypad
 from payphone.hardware.hook import GpioHookSwitch
 from payphone.hardware.keypad import QueueKeypad
 from payphone.hardware.memory_audio import MemorySink, MemorySource
-from payphone.llm.base import ChatBackend, ChatOptions
 from payphone.personas.loader import PersonaBook, load_personas
-from payphone.speech.base import Synthesizer, Transcriber
 
 HOOK_PIN = 17
 
@@ -69,46 +65,38 @@ class Rig:
 
 
 def build_rig(
-    transcriber: Transcriber,
-    backend: ChatBackend,
-    synthesizer: Synthesizer,
-    make_endpointer: Callable[[], Endpointer],
+    stages: PhoneStages,
+    options: CallOptions | None = None,
     *,
-    call_settings: CallSettings | None = None,
-    speakable: Speakable | None = None,
     personas: PersonaBook | None = None,
     extra_keypads: list[Keypad] | None = None,
+    lines: LineBook | None = None,
     debounce_ms: int = 10,
     mic_frame_ms: int = 30,
     sink_speed: float = 1.0,
-    options: ChatOptions | None = None,
     live_mic: bool = False,
     keep_heard: bool = True,
-    **call_options: Any,
+    earpiece: AudioSink | None = None,
 ) -> Rig:
-    """Assemble a phone on mock pins; start `rig.phone.run()` in a task to switch it on."""
+    """Assemble a phone on mock pins; start `rig.phone.run()` in a task to switch it on.
+
+    `earpiece`: another sink for the phone (e.g. a PyAudio sink whose device is gone) instead
+    of the recording one; `rig.sink` then hears nothing.
+    """
     pins = MockFactory()
     hook = GpioHookSwitch(HOOK_PIN, "normally_open", debounce_ms=debounce_ms, pin_factory=pins)
     keypad = QueueKeypad()
     mic = MemorySource(16000, mic_frame_ms, live=live_mic)
-    sink = MemorySink(synthesizer.sample_rate, speed=sink_speed, keep_heard=keep_heard)
+    sink = MemorySink(stages.synthesizer.sample_rate, speed=sink_speed, keep_heard=keep_heard)
     calls: list[Call] = []
     states: list[CallState] = []
-    phone = assemble_phone(
-        transcriber,
-        backend,
-        synthesizer,
-        hook,
-        [keypad, *(extra_keypads or [])],
-        mic,
-        sink,
-        make_endpointer,
+    phone = build_phone(
+        stages,
+        PhoneHardware(hook, [keypad, *(extra_keypads or [])], mic, earpiece or sink),
         personas or load_personas(),
-        call_settings or CallSettings(),
-        speakable=speakable,
-        options=options,
+        options or CallOptions(),
+        lines=lines,
         on_call=calls.append,
         on_state=states.append,
-        **call_options,
     )
     return Rig(phone, hook, keypad, mic, sink, pins, states, calls)

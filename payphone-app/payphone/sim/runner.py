@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 import wave
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,21 +17,18 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from payphone.call.assembly import PhoneStages
 from payphone.call.events import CallState
-from payphone.call.phone import Endpointer
+from payphone.call.options import CallOptions
 from payphone.call.session import CallLog
-from payphone.call.turn import Speakable
-from payphone.config import CallSettings
 from payphone.hardware.base import HookState, Pcm
 from payphone.hardware.keypad import InbandKeypad
-from payphone.llm.base import ChatBackend
 from payphone.log import get_logger
 from payphone.personas.loader import PersonaBook
 from payphone.sim.recording import MicTape
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.script import Step
 from payphone.speech import tones
-from payphone.speech.base import Synthesizer, Transcriber
 
 log = get_logger("sim")
 
@@ -143,30 +139,14 @@ class ScriptRunner:
 
 async def run_script(
     steps: list[Step],
-    transcriber: Transcriber,
-    backend: ChatBackend,
-    synthesizer: Synthesizer,
-    speakable: Speakable,
-    make_endpointer: Callable[[], Endpointer],
+    stages: PhoneStages,
+    options: CallOptions,
     *,
-    call_settings: CallSettings,
     personas: PersonaBook,
     fast: bool = False,
-    **call_options: object,
 ) -> SimResult:
     """Play the script on a fresh simulated phone; hangs up at the end if the script did not."""
-    inband = InbandKeypad(MIC_RATE)
-    rig = build_rig(
-        transcriber,
-        backend,
-        synthesizer,
-        make_endpointer,
-        call_settings=call_settings,
-        speakable=speakable,
-        personas=personas,
-        extra_keypads=[inband],
-        **call_options,  # type: ignore[arg-type]
-    )
+    rig = build_rig(stages, options, personas=personas, extra_keypads=[InbandKeypad(MIC_RATE)])
     task = await rig.start()
     tape = MicTape(MIC_RATE)
     runner = ScriptRunner(rig, tape, fast)

@@ -17,7 +17,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from payphone.call.listen import VadListener
+from payphone.call.options import CallOptions, first_persona
 from payphone.config import Settings
 from payphone.hardware.base import Pcm
 from payphone.personas.loader import load_personas
@@ -48,9 +48,8 @@ async def simulate(
     book = load_personas(settings.personas.user_dir)
     for problem in book.errors:
         console.print(f"[yellow]persona file problem:[/yellow] {problem}")
-    first = book.by_key(settings.call.default_persona_key) or book.operator
     started = time.monotonic()
-    stages = await load_stages(settings, first, list(book))
+    stages = await load_stages(settings, first_persona(book, settings.call), list(book))
     console.print(
         f"models loaded in {time.monotonic() - started:.1f} s "
         f"(llm {settings.llm.backend}: {stages.llm_status.state})"
@@ -58,18 +57,10 @@ async def simulate(
     try:
         result = await run_script(
             steps,
-            stages.transcriber,
-            stages.backend,
-            stages.synthesizer,
-            stages.speakable,
-            lambda: VadListener(settings.vad),
-            call_settings=settings.call,
+            stages.for_phone(settings.vad),
+            CallOptions.from_settings(settings),
             personas=book,
             fast=fast,
-            options=stages.options,
-            prompt_style=settings.llm.prompt_style,
-            history_tokens=settings.llm.history_tokens,
-            barge_in=settings.vad.barge_in,
         )
     finally:
         await stages.aclose()

@@ -1,0 +1,33 @@
+"""What a call takes from the settings, as one typed object (built the same way in every mode)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from payphone.config import CallSettings, Settings
+from payphone.personas.loader import Persona, PersonaBook
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """Everything a call takes from the settings, typed."""
+
+    call: CallSettings = field(default_factory=CallSettings)
+    prompt_style: Literal["tag", "full"] = "full"
+    history_tokens: int = 1024
+    barge_in: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CallOptions:
+        return cls(
+            call=settings.call,
+            prompt_style=settings.llm.prompt_style,
+            history_tokens=settings.llm.history_tokens,
+            barge_in=settings.vad.barge_in,
+        )
+
+
+def first_persona(personas: PersonaBook, settings: CallSettings) -> Persona:
+    """The persona that answers a new call (and whose prompt is primed at start-up)."""
+    return personas.by_key(settings.default_persona_key) or personas.operator
