@@ -231,3 +231,19 @@ def test_prompt_style_setting_picks_tag_or_full_prompt() -> None:
     full = conversation(Settings(llm={"prompt_style": "full"}).llm, "<mabel>", "You are Mabel.")
     assert tagged.system_prompt == "<mabel>"
     assert full.system_prompt == "You are Mabel."
+
+
+async def test_a_hang_up_during_a_long_prompt_frees_the_model_at_once(
+    model: EmbeddedBackend,
+) -> None:
+    """A previous call's abandoned prompt evaluation must not delay the next caller."""
+    long_prompt = ask("You are Mabel.", "Tell me about the ocean and the weather. " * 200)
+    stream = model.stream(long_prompt, PROMPT_ONLY)
+    first = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.05)  # the worker is evaluating ~1,800 prompt tokens (seconds)
+    first.cancel()  # hang-up
+    await asyncio.gather(first, return_exceptions=True)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert await model.wait_idle(0.5)  # llama.cpp's abort callback stopped the evaluation
+    reply = [p async for p in model.stream(ask("You are Mabel.", "Hello!"), GREEDY)]
+    assert "".join(reply).strip()  # the KV cache is usable after the abort

@@ -13,6 +13,8 @@ when PyAudio initialises, so the environment must be right before the process st
   sink as a sound card would; stop() mid-playback may let only the buffer being written through.
 - missing device: the plugin's files live in a folder that does not exist yet, so opening fails;
   the source and sink log it, retry with back-off, and work once the folder appears.
+- dead earpiece in a call: a whole phone (mock pins) whose PyAudio earpiece has no device plays
+  the endless dial tone into it; the loop must keep running and hang-up must still end the call.
 """
 
 from __future__ import annotations
@@ -228,6 +230,17 @@ def test_missing_earpiece_is_retried_until_it_appears(tmp_path: Path) -> None:
     assert "audio_output_open" in result["stderr"]
 
 
+def test_a_dead_earpiece_neither_freezes_the_loop_nor_delays_hang_up(tmp_path: Path) -> None:
+    result = run_scenario(
+        tmp_path, "dead_earpiece_call", mic_in="/dev/null", ear_out=str(tmp_path / "gone.raw")
+    )
+
+    # a 10 ms ticker ran ~50 times in 0.5 s of dial tone (a spinning play() starves it to 0)
+    assert result["ticks"] >= 20, result
+    assert result["hangup_ms"] < 500, result  # the hang-up was handled, the call's tasks ended
+    assert result["state_after"] == "none"
+
+
 # ---- child process side ----------------------------------------------------------------------
 
 
@@ -339,6 +352,49 @@ async def _missing_output(params: dict[str, Any]) -> dict[str, Any]:
     return {"frames_written": sink.frames_written}
 
 
+async def _dead_earpiece_call(params: dict[str, Any]) -> dict[str, Any]:
+    from collections import deque
+
+    from payphone.call.assembly import PhoneStages
+    from payphone.call.events import CallState
+    from payphone.call.options import CallOptions
+    from payphone.hardware.audio import PyAudioSink
+    from payphone.hardware.base import HookState
+    from payphone.sim.rig import build_rig
+    from payphone.sim.stand_ins import (
+        EnergyEndpointer,
+        ScriptedBackend,
+        ScriptedTranscriber,
+        ToneSynthesizer,
+    )
+
+    synth = ToneSynthesizer()
+    earpiece = PyAudioSink(_settings(output_device="unplugged_ear"), synth.sample_rate)
+    stages = PhoneStages(ScriptedTranscriber(deque()), ScriptedBackend(), synth, EnergyEndpointer)
+    rig = build_rig(stages, CallOptions(), earpiece=earpiece)
+    task = await rig.start()
+    rig.lift()
+    await rig.wait_state(CallState.DIAL_TONE)
+    ticks = 0
+    until = time.monotonic() + 0.5
+    while time.monotonic() < until:
+        await asyncio.sleep(0.01)
+        ticks += 1
+    edge = time.monotonic()
+    rig.replace()
+    await rig.wait_hook(HookState.ON_HOOK)
+    while any(t.get_name().startswith("call-") for t in asyncio.all_tasks()):
+        await asyncio.sleep(0.002)
+    hangup_ms = (time.monotonic() - edge) * 1000
+    state_after = "none" if rig.phone.call is None else rig.phone.call.state.value
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await earpiece.aclose()
+    await rig.sink.aclose()
+    rig.hook.close()
+    return {"ticks": ticks, "hangup_ms": hangup_ms, "state_after": state_after}
+
+
 if __name__ == "__main__":
     scenarios = {
         "capture": _capture,
@@ -346,6 +402,7 @@ if __name__ == "__main__":
         "stop": _stop,
         "missing_input": _missing_input,
         "missing_output": _missing_output,
+        "dead_earpiece_call": _dead_earpiece_call,
     }
     outcome = asyncio.run(scenarios[sys.argv[1]](json.loads(sys.argv[2])))
     print(json.dumps(outcome))

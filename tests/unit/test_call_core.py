@@ -1,0 +1,224 @@
+"""Regression tests for the call core: each bug a real phone would hit, on the rig."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from payphone.call.assembly import PhoneStages
+from payphone.call.events import CallState
+from payphone.call.options import CallOptions
+from payphone.hardware.base import Pcm
+from payphone.llm.base import ChatOptions, LlmError, Message
+from payphone.llm.breaker import CIRCUIT_OPEN, BreakerState, CircuitBreaker
+from payphone.llm.deadlines import Deadlines
+from payphone.llm.history import choose_system_prompt
+from payphone.sim.rig import build_rig
+from payphone.sim.stand_ins import (
+    EnergyEndpointer,
+    ScriptedBackend,
+    ScriptedTranscriber,
+    ToneSynthesizer,
+)
+from payphone.speech.base import Transcript
+from tests.unit.test_call_loop import FAST, make_rig, running, speak, switch_off
+
+
+async def collect(stream: AsyncIterator[str], into: list[str]) -> None:
+    async for piece in stream:
+        into.append(piece)
+
+
+def dominant_hz(pcm: Pcm, rate: int = 22050) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm.astype(float)))
+    return float(np.fft.rfftfreq(len(pcm), 1 / rate)[int(np.argmax(spectrum))])
+
+
+async def test_a_reply_with_nothing_speakable_is_a_failed_turn_with_the_apology() -> None:
+    settings = FAST.model_copy(update={"filler_after_s": 0.3})
+    backend = ScriptedBackend(reply="*smiles*", token_delay_s=0.01)
+    rig, _, _, synth = make_rig(["hello"], backend=backend, settings=settings)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.THINKING)
+    await rig.wait_state(CallState.LISTENING, timeout=5)
+    await asyncio.sleep(0.5)  # past the filler's due time: it must not play after the reply
+    call = rig.calls[0]
+    [turn] = call.log.turns
+    assert turn.fallback and turn.cause == "nothing_speakable"
+    assert call.persona.apology in synth.spoken
+    assert not any(filler in synth.spoken for filler in call.persona.fillers)
+    assert [m["role"] for m in call.conversation.messages()] == ["system"]  # no *smiles*
+    await switch_off(rig, task)
+
+
+async def test_the_service_goodbye_plays_alone_and_ends_when_it_is_done() -> None:
+    rig, _, _, synth = make_rig()
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.DIAL_TONE)
+    await asyncio.sleep(0.1)
+    before = len(rig.sink.heard)
+    started = time.monotonic()
+    await rig.phone.shut_down(goodbye_s=3.0)
+    took = time.monotonic() - started
+    goodbye = rig.calls[0].persona.goodbye
+    assert synth.spoken[-1] == goodbye
+    assert took < 2.0  # drained: not cut at the grace limit
+    after = np.concatenate([b.pcm for b in rig.sink.heard[before + 2 :]])
+    assert abs(dominant_hz(after) - 300) < 5  # the goodbye's tone only, no dial tone mixed in
+    assert rig.phone.call is None
+    await switch_off(rig, task)
+
+
+async def test_a_persona_switch_cut_at_once_still_changes_prompt_and_history() -> None:
+    rig, *_ = make_rig()
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    rig.keypad.press("2")
+    rig.keypad.press("#")  # in the same loop tick: cancels the ringback before it ran
+    await asyncio.sleep(0.3)
+    call = rig.calls[0]
+    assert call.persona.id == "grandma_mae"
+    grandma = call.persona
+    expected = choose_system_prompt("full", grandma.prompt_tag, grandma.prompt)
+    assert call.conversation.system_prompt == expected
+    await switch_off(rig, task)
+
+
+async def test_a_key_during_the_max_call_goodbye_keeps_the_call_length_cap() -> None:
+    settings = FAST.model_copy(update={"max_call_s": 0.4, "idle_prompt_s": 30})
+    rig, *_ = make_rig(settings=settings)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.GOODBYE, timeout=5)
+    rig.keypad.press("1")  # the caller tries to go on
+    await rig.wait_state(CallState.HOWLER, timeout=5)
+    assert rig.calls[0].persona.id == "operator"
+    await asyncio.sleep(0.2)
+    assert rig.calls[0].state is CallState.HOWLER
+    await switch_off(rig, task)
+
+
+async def test_only_the_last_of_quick_persona_switches_is_warmed_up() -> None:
+    backend = ScriptedBackend(token_delay_s=0.3)  # each warm-up takes 0.3 s
+    rig, *_ = make_rig(backend=backend)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    for key in "1230":
+        rig.keypad.press(key)
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.6)
+    operator = rig.calls[0].persona
+    assert operator.id == "operator"
+    assert backend.warmed == [choose_system_prompt("full", operator.prompt_tag, operator.prompt)]
+    await switch_off(rig, task)
+
+
+class RecordingTranscriber(ScriptedTranscriber):
+    """Remembers how much audio each utterance it was given held."""
+
+    def __init__(self, texts: list[str], delay_s: float) -> None:
+        super().__init__(deque(texts), delay_s)
+        self.lengths: list[int] = []
+
+    async def transcribe(self, pcm: Pcm) -> Transcript:
+        self.lengths.append(len(pcm))
+        return await super().transcribe(pcm)
+
+
+async def test_with_barge_in_speech_while_thinking_joins_the_turn() -> None:
+    transcriber = RecordingTranscriber(["I was wondering if you could help"], delay_s=0.4)
+    stages = PhoneStages(transcriber, ScriptedBackend(), ToneSynthesizer(), EnergyEndpointer)
+    rig = build_rig(stages, CallOptions(FAST, barge_in=True), sink_speed=4.0)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig, 0.4)
+    await rig.wait_state(CallState.THINKING)
+    await asyncio.sleep(0.05)
+    await speak(rig, 0.4)  # the caller goes on before any answer
+    await rig.wait_state(CallState.SPEAKING, timeout=5)
+    await rig.wait_state(CallState.LISTENING, timeout=5)
+    call = rig.calls[0]
+    assert len(transcriber.lengths) == 2
+    assert transcriber.lengths[1] >= 2 * transcriber.lengths[0]  # both parts, one turn
+    users = [m for m in call.conversation.messages() if m["role"] == "user"]
+    assert [m["content"] for m in users] == ["I was wondering if you could help"]
+    await switch_off(rig, task)
+
+
+class StallingBackend(ScriptedBackend):
+    """Never answers (a model lock held by a previous call's prompt evaluation)."""
+
+    async def stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[str]:
+        await asyncio.sleep(3600)
+        yield ""
+
+
+async def test_deadlines_turn_a_stalled_model_into_an_error_in_time() -> None:
+    stalled = Deadlines(StallingBackend(), first_token_s=0.2, token_s=0.1)
+    started = time.monotonic()
+    with pytest.raises(LlmError, match="stall_first_token"):
+        async for _ in stalled.stream([], ChatOptions()):
+            pass
+    assert time.monotonic() - started < 1.0
+    mid = Deadlines(ScriptedBackend(stall_s=3600, fail_after_tokens=2), 0.5, token_s=0.1)
+    pieces = []
+    with pytest.raises(LlmError, match="stall_mid_stream"):
+        await collect(mid.stream([], ChatOptions()), pieces)
+    assert len(pieces) == 2
+
+
+async def test_the_embedded_backend_is_built_with_the_deadlines() -> None:
+    from payphone.config import Settings
+    from payphone.llm.factory import build_backend
+
+    settings = Settings.model_validate(
+        {"llm": {"first_token_timeout_s": 1.5, "token_timeout_s": 0.5}}
+    )
+    breaker = build_backend(settings)
+    assert isinstance(breaker.backend, Deadlines)
+    assert (breaker.backend.first_token_s, breaker.backend.token_s) == (1.5, 0.5)
+
+
+async def test_a_hanging_model_host_does_not_hold_the_start() -> None:
+    probed = asyncio.Event()
+
+    async def hanging_probe() -> None:
+        probed.set()
+        await asyncio.sleep(3600)
+
+    breaker = CircuitBreaker(ScriptedBackend(), hanging_probe)
+    started = time.monotonic()
+    status = await breaker.start("You are the Operator.", background=True)
+    assert time.monotonic() - started < 0.1
+    assert status.state is BreakerState.STARTING
+    await asyncio.wait_for(probed.wait(), 1)
+    with pytest.raises(LlmError, match=CIRCUIT_OPEN):  # callers hear the busy line meanwhile
+        async for _ in breaker.stream([], ChatOptions()):
+            pass
+    await breaker.aclose()
+
+
+async def test_a_background_start_closes_the_breaker_once_the_host_answers() -> None:
+    backend = ScriptedBackend()
+
+    async def probe() -> None:
+        await asyncio.sleep(0.05)
+
+    breaker = CircuitBreaker(backend, probe)
+    await breaker.start("You are the Operator.", background=True)
+    await asyncio.wait_for(breaker.wait_closed(), 2)
+    assert backend.warmed == ["You are the Operator."]
+    assert [p async for p in breaker.stream([], ChatOptions(num_predict=2))]
+    await breaker.aclose()
