@@ -6,7 +6,7 @@ import time
 
 from payphone.call.events import Heard, SpeechStarted
 from payphone.config import VadSettings
-from payphone.hardware.base import Pcm
+from payphone.pcm import Pcm
 from payphone.speech.vad import VadEndpointer
 
 

@@ -17,9 +17,10 @@ from typing import Protocol
 
 from payphone.call.events import CallState, Heard, KeyPress, SpeechStarted
 from payphone.call.session import Call
-from payphone.hardware.base import AudioSink, AudioSource, HookState, HookSwitch, Keypad, Pcm
+from payphone.hardware.base import AudioSink, AudioSource, HookState, HookSwitch, Keypad
 from payphone.hardware.keypad import InbandKeypad
 from payphone.log import bind_call, get_logger, ms
+from payphone.pcm import Pcm
 
 log = get_logger("phone")
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
-from payphone.hardware.base import Keypad, Pcm
+from payphone.hardware.base import Keypad
 from payphone.log import get_logger
+from payphone.pcm import Pcm
 
 log = get_logger("keypad")
 

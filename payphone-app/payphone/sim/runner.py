@@ -23,10 +23,11 @@ from payphone.call.phone import Endpointer
 from payphone.call.session import CallLog
 from payphone.call.turn import Speakable
 from payphone.config import CallSettings
-from payphone.hardware.base import HookState, Pcm
+from payphone.hardware.base import HookState
 from payphone.hardware.keypad import InbandKeypad
 from payphone.llm.base import ChatBackend
 from payphone.log import get_logger
+from payphone.pcm import Pcm
 from payphone.personas.loader import PersonaBook
 from payphone.sim.recording import MicTape
 from payphone.sim.rig import Rig, build_rig
