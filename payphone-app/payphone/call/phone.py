@@ -18,9 +18,9 @@ from typing import Protocol
 from payphone.call.events import CallState, Heard, KeyPress, SpeechStarted
 from payphone.call.session import Call
 from payphone.hardware.base import AudioSink, AudioSource, HookState, HookSwitch, Keypad
-from payphone.hardware.keypad import InbandKeypad
 from payphone.log import bind_call, get_logger, ms
 from payphone.pcm import Pcm
+from payphone.speech.dtmf_keypad import InbandKeypad
 
 log = get_logger("phone")
 

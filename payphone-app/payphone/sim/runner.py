@@ -24,7 +24,6 @@ from payphone.call.session import CallLog
 from payphone.call.turn import Speakable
 from payphone.config import CallSettings
 from payphone.hardware.base import HookState
-from payphone.hardware.keypad import InbandKeypad
 from payphone.llm.base import ChatBackend
 from payphone.log import get_logger
 from payphone.pcm import Pcm
@@ -34,6 +33,7 @@ from payphone.sim.rig import Rig, build_rig
 from payphone.sim.script import Step
 from payphone.speech import tones
 from payphone.speech.base import Synthesizer, Transcriber
+from payphone.speech.dtmf_keypad import InbandKeypad
 
 log = get_logger("sim")
 
