@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from payphone.speech.chunker import (
+from payphone.reply.chunker import (
     ChunkerConfig,
     MarkupStripper,
     TextChunker,

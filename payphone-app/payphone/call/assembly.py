@@ -17,8 +17,8 @@ from payphone.config import CallSettings
 from payphone.hardware.base import AudioSink, AudioSource, HookSwitch, Keypad
 from payphone.llm.base import ChatBackend, ChatOptions
 from payphone.personas.loader import PersonaBook
+from payphone.reply.speakable import make_speakable
 from payphone.speech.base import Synthesizer, Transcriber
-from payphone.speech.speakable import make_speakable
 
 
 def assemble_phone(

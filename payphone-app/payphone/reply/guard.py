@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from payphone.config import LlmSettings
 from payphone.log import get_logger
-from payphone.speech.chunker import MarkupStripper, find_sentence_end
+from payphone.reply.chunker import MarkupStripper, find_sentence_end
 
 log = get_logger(__name__)
 
