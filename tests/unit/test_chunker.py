@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 
 from payphone.reply.chunker import (
     ChunkerConfig,
-    MarkupStripper,
     TextChunker,
     chunk_stream,
     clean_text,
     find_sentence_end,
     speakable,
 )
+from payphone.reply.markup import MarkupStripper
 
 # --------------------------------------------------------------------------- helpers
 
