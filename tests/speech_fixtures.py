@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from payphone.bench.stt import SAMPLE_RATE, speak_espeak, speak_piper, word_error_rate
 from payphone.config import Settings
-from payphone.hardware.base import Pcm
+from payphone.pcm import Pcm
 
 __all__ = [
     "SAMPLE_RATE",

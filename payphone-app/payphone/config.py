@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from payphone.settings_errors import SettingsError, explain
+
 ENV_PREFIX = "PAYPHONE_"
 ENV_NESTED_DELIMITER = "__"
 DEFAULT_CONFIG_FILE = Path("/etc/payphone/payphone.toml")
@@ -215,8 +217,6 @@ def config_file_in_use(explicit: Path | None) -> Path | None:
 
 def load_settings(config_file: Path | None = None, env_file: Path | None = None) -> Settings:
     """Read settings from every source; raises `SettingsError` with readable problems."""
-    from payphone.settings_errors import SettingsError, explain
-
     toml_path = config_file_in_use(config_file)
     env_path = env_file if env_file is not None else DEFAULT_ENV_FILE
     if toml_path is not None and not toml_path.is_file():
@@ -225,6 +225,6 @@ def load_settings(config_file: Path | None = None, env_file: Path | None = None)
     try:
         return Settings(_env_file=env_path)
     except Exception as exc:
-        raise explain(exc, toml_path, env_path) from exc
+        raise explain(exc, Settings, toml_path, env_path) from exc
     finally:
         _toml_file.reset(token)

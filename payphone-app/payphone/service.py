@@ -19,9 +19,10 @@ from payphone.config import KeypadSettings, Settings
 from payphone.hardware.audio import PyAudioSink, PyAudioSource
 from payphone.hardware.base import Keypad
 from payphone.hardware.hook import GpioHookSwitch
-from payphone.hardware.keypad import InbandKeypad, MatrixKeypad, Mt8870Keypad
+from payphone.hardware.keypad import MatrixKeypad, Mt8870Keypad
 from payphone.log import get_logger, ms
 from payphone.personas.loader import PersonaBook, load_personas
+from payphone.speech.dtmf_keypad import InbandKeypad
 from payphone.stages import load_stages
 from payphone.systemd_notify import Notifier, watchdog_interval_s
 

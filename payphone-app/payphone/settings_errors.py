@@ -2,6 +2,9 @@
 
 An installer edits `/etc/payphone/payphone.toml` or sets `PAYPHONE_...` variables; an error must
 name the setting the way they wrote it, the value, and what is allowed, with no traceback.
+
+`payphone.config.load_settings` hands `explain` its settings class, whose fields, env prefix and
+nesting delimiter name the settings; so this module does not import `payphone.config`.
 """
 
 from __future__ import annotations
@@ -17,9 +20,8 @@ import annotated_types
 from dotenv import dotenv_values
 from pydantic import AnyHttpUrl, BaseModel, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings
 from pydantic_settings import SettingsError as PydanticSettingsError
-
-from payphone.config import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings
 
 
 class SettingsError(Exception):
@@ -30,12 +32,14 @@ class SettingsError(Exception):
         super().__init__("\n".join(self.problems))
 
 
-def explain(exc: Exception, toml_path: Path | None, env_path: Path) -> SettingsError:
-    """Map whatever settings loading raised onto readable problem lines."""
+def explain(
+    exc: Exception, settings_cls: type[BaseSettings], toml_path: Path | None, env_path: Path
+) -> SettingsError:
+    """Map whatever loading `settings_cls` raised onto readable problem lines."""
     if isinstance(exc, SettingsError):
         return exc
     if isinstance(exc, ValidationError):
-        where = _Sources(toml_path, env_path)
+        where = _Sources(settings_cls, toml_path, env_path)
         return SettingsError([_describe(err, where) for err in exc.errors()])
     if isinstance(exc, tomllib.TOMLDecodeError):
         return SettingsError([f"config file {toml_path}: not valid TOML: {exc}"])
@@ -54,7 +58,12 @@ def _reword_source_error(message: str) -> str:
 class _Sources:
     """Where each setting came from, so errors can use the user's own spelling."""
 
-    def __init__(self, toml_path: Path | None, env_path: Path) -> None:
+    def __init__(
+        self, settings_cls: type[BaseSettings], toml_path: Path | None, env_path: Path
+    ) -> None:
+        self.settings_cls = settings_cls
+        self.env_prefix = settings_cls.model_config.get("env_prefix") or ""
+        self.env_delimiter = settings_cls.model_config.get("env_nested_delimiter") or ""
         self.toml_path = toml_path
         self.toml: dict[str, Any] = {}
         if toml_path is not None and toml_path.is_file():
@@ -67,7 +76,7 @@ class _Sources:
         """The setting's name as the user wrote it: env variable, .env key, or TOML key."""
         keys = [str(part) for part in loc if isinstance(part, str)]
         for depth in range(len(keys), 0, -1):
-            env_name = ENV_PREFIX + ENV_NESTED_DELIMITER.join(keys[:depth]).upper()
+            env_name = self.env_prefix + self.env_delimiter.join(keys[:depth]).upper()
             if env_name in self.environ:
                 return env_name
             if env_name in self.dotenv:
@@ -91,16 +100,19 @@ def _dig(data: Mapping[str, Any], keys: list[str]) -> Any:
 def _describe(err: Mapping[str, Any], where: _Sources) -> str:
     loc = tuple(err["loc"])
     name = where.name(loc)
+    root = where.settings_cls
     if err["type"] == "extra_forbidden":
-        return f"{name}: unknown setting; allowed here: {_known_keys(loc[:-1])}"
+        return f"{name}: unknown setting; allowed here: {_known_keys(root, loc[:-1])}"
     value = err.get("input")
-    allowed = _allowed(loc)
+    allowed = _allowed(root, loc)
     hint = f"; allowed: {allowed}" if allowed else ""
     return f"{name}: {value!r} is not valid ({err['msg']}){hint}"
 
 
-def _field_at(loc: tuple[str | int, ...]) -> tuple[type[BaseModel] | None, FieldInfo | None]:
-    model: type[BaseModel] | None = Settings
+def _field_at(
+    root: type[BaseModel], loc: tuple[str | int, ...]
+) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+    model: type[BaseModel] | None = root
     info: FieldInfo | None = None
     for part in loc:
         if isinstance(part, int) or model is None:
@@ -117,15 +129,15 @@ def _field_at(loc: tuple[str | int, ...]) -> tuple[type[BaseModel] | None, Field
     return model, info
 
 
-def _known_keys(loc: tuple[str | int, ...]) -> str:
-    model: type[BaseModel] | None = Settings if not loc else _field_at(loc)[0]
+def _known_keys(root: type[BaseModel], loc: tuple[str | int, ...]) -> str:
+    model: type[BaseModel] | None = root if not loc else _field_at(root, loc)[0]
     if model is None:
         return "(none)"
     return ", ".join(model.model_fields)
 
 
-def _allowed(loc: tuple[str | int, ...]) -> str:
-    _, info = _field_at(loc)
+def _allowed(root: type[BaseModel], loc: tuple[str | int, ...]) -> str:
+    _, info = _field_at(root, loc)
     if info is None:
         return ""
     annotation, metadata = info.annotation, list(info.metadata)

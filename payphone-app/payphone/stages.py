@@ -17,12 +17,12 @@ from payphone.config import Settings, VadSettings
 from payphone.llm.base import ChatOptions
 from payphone.llm.breaker import BreakerStatus, CircuitBreaker
 from payphone.llm.factory import build_backend, chat_options
-from payphone.llm.guard import GuardConfig
 from payphone.llm.history import choose_system_prompt
 from payphone.log import get_logger, ms
 from payphone.personas.loader import Persona
-from payphone.speech.chunker import ChunkerConfig
-from payphone.speech.speakable import make_speakable
+from payphone.reply.chunker import ChunkerConfig
+from payphone.reply.guard import GuardConfig
+from payphone.reply.speakable import make_speakable
 from payphone.speech.stt import WhisperTranscriber
 from payphone.speech.tts import PiperSynthesizer
 

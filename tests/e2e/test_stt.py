@@ -19,7 +19,7 @@ from payphone.bench.stt import (
     word_error_rate,
 )
 from payphone.config import Settings, load_settings
-from payphone.hardware.base import Pcm
+from payphone.pcm import Pcm
 from payphone.speech.base import Transcriber
 from payphone.speech.stt import WhisperTranscriber, Window, cut_repetition, is_hallucination
 from tests.speech_fixtures import SAMPLE_RATE, add_noise, silence, speak_piper

@@ -12,8 +12,8 @@ import pytest
 from scipy import signal
 
 from payphone.config import Settings, load_settings
-from payphone.hardware.base import Pcm
 from payphone.models import resolve_voice
+from payphone.pcm import Pcm
 from payphone.speech.base import VoiceSpec
 from payphone.speech.effects import EFFECTS, build_chain, dbfs
 from payphone.speech.tts import PiperSynthesizer, load_voice

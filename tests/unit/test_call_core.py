@@ -13,11 +13,11 @@ import pytest
 from payphone.call.assembly import PhoneStages
 from payphone.call.events import CallState
 from payphone.call.options import CallOptions
-from payphone.hardware.base import Pcm
 from payphone.llm.base import ChatOptions, LlmError, Message
 from payphone.llm.breaker import CIRCUIT_OPEN, BreakerState, CircuitBreaker
 from payphone.llm.deadlines import Deadlines
 from payphone.llm.history import choose_system_prompt
+from payphone.pcm import Pcm
 from payphone.sim.rig import build_rig
 from payphone.sim.stand_ins import (
     EnergyEndpointer,

@@ -17,7 +17,6 @@ from payphone.call.events import CallState, SpeechStarted
 from payphone.call.options import CallOptions
 from payphone.config import CallSettings
 from payphone.hardware.base import HookState
-from payphone.hardware.keypad import InbandKeypad
 from payphone.llm.history import INTERRUPTED_MARKER
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.stand_ins import (
@@ -28,6 +27,7 @@ from payphone.sim.stand_ins import (
     speech_burst,
 )
 from payphone.speech import tones
+from payphone.speech.dtmf_keypad import InbandKeypad
 
 FAST = CallSettings(
     dial_tone_s=0.3,

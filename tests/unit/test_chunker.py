@@ -9,15 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from payphone.speech.chunker import (
+from payphone.reply.chunker import (
     ChunkerConfig,
-    MarkupStripper,
     TextChunker,
     chunk_stream,
     clean_text,
     find_sentence_end,
     speakable,
 )
+from payphone.reply.markup import MarkupStripper
 
 # --------------------------------------------------------------------------- helpers
 

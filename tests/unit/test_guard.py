@@ -10,8 +10,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from payphone.config import load_settings
-from payphone.llm.guard import BLOCKED_LINE, GuardConfig, OutputGuard, guard_stream
-from payphone.speech.chunker import chunk_stream, clean_text
+from payphone.reply.chunker import chunk_stream, clean_text
+from payphone.reply.guard import BLOCKED_LINE, GuardConfig, OutputGuard, guard_stream
 
 BLOCKLIST = ("damn*", "go to hell", "hell")
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from payphone.config import Settings, VadSettings, load_settings
-from payphone.hardware.base import Pcm
+from payphone.pcm import Pcm
 from payphone.speech.vad import Utterance, VadEndpointer, frame_dbfs, utterances
 from tests.speech_fixtures import SAMPLE_RATE, add_noise, piper, place, silence, speech_bounds
 

@@ -21,9 +21,9 @@ from payphone.call.events import Heard
 from payphone.call.lines import LineBook
 from payphone.call.turn import Speakable, Turn, TurnDeps, TurnRecord
 from payphone.config import Settings
-from payphone.hardware.base import Pcm
 from payphone.hardware.memory_audio import MemorySink
 from payphone.llm.history import Conversation
+from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
 from payphone.sim.simulate import speak_as_caller
 from payphone.speech.base import Synthesizer, VoiceSpec

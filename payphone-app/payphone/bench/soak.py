@@ -20,9 +20,10 @@ import numpy as np
 
 from payphone.call.options import CallOptions
 from payphone.config import CallSettings, Settings
-from payphone.hardware.base import HookState, Pcm
+from payphone.hardware.base import HookState
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.log import setup_logging
+from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.simulate import speak_as_caller

@@ -26,7 +26,7 @@ import numpy as np
 import soxr
 
 from payphone.config import Settings
-from payphone.hardware.base import Pcm
+from payphone.pcm import Pcm
 from payphone.speech.stt import Window
 
 SAMPLE_RATE = 16000

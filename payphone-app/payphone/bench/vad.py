@@ -15,7 +15,7 @@ import numpy as np
 
 from payphone.bench.stt import QUESTIONS, SAMPLE_RATE, speak_espeak, speak_piper
 from payphone.config import Settings
-from payphone.hardware.base import Pcm
+from payphone.pcm import Pcm
 from payphone.speech.vad import Utterance, VadEndpointer
 
 

@@ -21,8 +21,8 @@ from payphone.call.turn import Speakable, TurnDeps
 from payphone.hardware.base import AudioSink, AudioSource, HookSwitch, Keypad
 from payphone.llm.base import ChatBackend, ChatOptions
 from payphone.personas.loader import PersonaBook
+from payphone.reply.speakable import make_speakable
 from payphone.speech.base import Synthesizer, Transcriber
-from payphone.speech.speakable import make_speakable
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from payphone.hardware.base import Pcm
+from payphone.pcm import Pcm
 
 
 @dataclass(frozen=True)

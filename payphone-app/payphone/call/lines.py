@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from payphone.hardware.base import Pcm
+from payphone.pcm import Pcm
 from payphone.personas.loader import Persona
 from payphone.speech.base import Synthesizer
 from payphone.streams import closing

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from payphone.call.events import Heard, SpeechStarted
 from payphone.config import VadSettings
-from payphone.hardware.base import Pcm
+from payphone.pcm import Pcm
 from payphone.speech.vad import VadEndpointer
 
 

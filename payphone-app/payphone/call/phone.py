@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 
 from payphone.call.events import KeyPress
 from payphone.call.session import Call
-from payphone.hardware.base import AudioSink, AudioSource, HookState, HookSwitch, Keypad, Pcm
-from payphone.hardware.keypad import InbandKeypad
+from payphone.hardware.base import AudioSink, AudioSource, HookState, HookSwitch, Keypad
 from payphone.log import bind_call, get_logger, ms
+from payphone.pcm import Pcm
+from payphone.speech.dtmf_keypad import InbandKeypad
 
 log = get_logger("phone")
 

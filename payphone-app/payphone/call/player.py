@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
-from payphone.hardware.base import AudioSink, Pcm
+from payphone.hardware.base import AudioSink
+from payphone.pcm import Pcm
 
 
 async def play_and_wait(sink: AudioSink, pcm: Pcm) -> None:

@@ -39,10 +39,10 @@ from payphone.call.listen import Endpointer
 from payphone.call.options import CallOptions, first_persona
 from payphone.call.player import play_and_wait, play_frames
 from payphone.call.turn import Turn, TurnDeps, TurnRecord, sit_tones
-from payphone.hardware.base import Pcm
 from payphone.llm.base import LlmError
 from payphone.llm.history import Conversation, choose_system_prompt
 from payphone.log import get_logger
+from payphone.pcm import Pcm
 from payphone.personas.loader import OPERATOR_KEY, Persona, PersonaBook
 from payphone.speech import tones
 

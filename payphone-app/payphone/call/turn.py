@@ -21,10 +21,11 @@ from typing import Any
 from payphone.call.events import Heard
 from payphone.call.lines import LineBook
 from payphone.call.player import play_and_wait
-from payphone.hardware.base import AudioSink, Pcm
+from payphone.hardware.base import AudioSink
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError
 from payphone.llm.history import Conversation
 from payphone.log import get_logger, ms
+from payphone.pcm import Pcm
 from payphone.personas.loader import Persona
 from payphone.speech import tones
 from payphone.speech.base import Synthesizer, Transcriber

@@ -1,1 +1,1 @@
-"""Hook switch, keypad (matrix / MT8870 / in-band DTMF) and audio devices."""
+"""Hook switch, wired keypads (matrix / MT8870) and audio devices."""

@@ -25,8 +25,9 @@ import pyaudio
 import soxr
 
 from payphone.config import AudioSettings
-from payphone.hardware.base import AudioSink, AudioSource, Pcm
+from payphone.hardware.base import AudioSink, AudioSource
 from payphone.log import get_logger, ms
+from payphone.pcm import Pcm
 
 log = get_logger("payphone.hardware.audio")
 

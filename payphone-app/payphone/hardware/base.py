@@ -1,6 +1,6 @@
 """The small contracts the call loop depends on for the phone's hardware.
 
-Audio is 16-bit signed mono PCM as numpy int16 arrays at the object's `sample_rate`.
+Audio is `payphone.pcm.Pcm` (16-bit signed mono, numpy int16) at the object's `sample_rate`.
 Implementations: PyAudio (real), WAV file (simulator), in-memory (tests).
 """
 
@@ -10,10 +10,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 
-import numpy as np
-import numpy.typing as npt
-
-Pcm = npt.NDArray[np.int16]
+from payphone.pcm import Pcm
 
 
 class AudioSource(ABC):

@@ -1,7 +1,8 @@
-"""Keypads behind one interface: a GPIO matrix, an MT8870 DTMF decoder, or in-band DTMF.
+"""Wired keypads behind one interface: a GPIO matrix or an MT8870 DTMF decoder.
 
 Each delivers one key per press on an asyncio queue. GPIO callbacks and the matrix scanner run in
-gpiozero's / their own thread and hand keys over with `call_soon_threadsafe`.
+gpiozero's / their own thread and hand keys over with `call_soon_threadsafe`. The in-band DTMF
+keypad (`payphone.speech.dtmf_keypad`) and the simulator's keypad are `QueueKeypad`s too.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
-from payphone.hardware.base import Keypad, Pcm
+from payphone.hardware.base import Keypad
 from payphone.log import get_logger
 
 log = get_logger("keypad")
@@ -152,18 +153,3 @@ class Mt8870Keypad(QueueKeypad):
     def close(self) -> None:
         for device in (*self._q, self._std):
             device.close()
-
-
-class InbandKeypad(QueueKeypad):
-    """DTMF tones heard in the handset audio; the call loop feeds it the mic frames."""
-
-    def __init__(self, sample_rate: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        from payphone.speech.dtmf import DtmfDetector
-
-        super().__init__(loop)
-        self._detector = DtmfDetector(sample_rate)
-
-    def feed(self, pcm: Pcm) -> None:
-        """Look for digits in a mic frame (cheap: a few Goertzel filters)."""
-        for key in self._detector.feed(pcm):
-            self._queue.put_nowait(key)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from payphone.hardware.base import AudioSink, AudioSource, Pcm
+from payphone.hardware.base import AudioSink, AudioSource
+from payphone.pcm import Pcm
 
 
 class MemorySource(AudioSource):

@@ -17,8 +17,8 @@ import numpy as np
 import soxr
 
 from payphone.call.session import CallLog
-from payphone.hardware.base import Pcm
 from payphone.hardware.memory_audio import HeardBuffer
+from payphone.pcm import Pcm
 
 
 @dataclass

@@ -21,14 +21,15 @@ from payphone.call.assembly import PhoneStages
 from payphone.call.events import CallState
 from payphone.call.options import CallOptions
 from payphone.call.session import CallLog
-from payphone.hardware.base import HookState, Pcm
-from payphone.hardware.keypad import InbandKeypad
+from payphone.hardware.base import HookState
 from payphone.log import get_logger
+from payphone.pcm import Pcm
 from payphone.personas.loader import PersonaBook
 from payphone.sim.recording import MicTape
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.script import Step
 from payphone.speech import tones
+from payphone.speech.dtmf_keypad import InbandKeypad
 
 log = get_logger("sim")
 

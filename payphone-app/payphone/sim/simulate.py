@@ -19,7 +19,7 @@ from rich.table import Table
 
 from payphone.call.options import CallOptions, first_persona
 from payphone.config import Settings
-from payphone.hardware.base import Pcm
+from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
 from payphone.sim.recording import build_report, write_call_wav, write_report
 from payphone.sim.runner import run_script, to_mic_rate

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from payphone.call.events import Heard, SpeechStarted
-from payphone.hardware.base import Pcm
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
+from payphone.pcm import Pcm
 from payphone.speech.base import Synthesizer, Transcriber, Transcript, VoiceSpec
 
 SPEECH_LEVEL = 8000

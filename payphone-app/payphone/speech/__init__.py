@@ -1,1 +1,1 @@
-"""VAD, speech-to-text, text-to-speech, call-progress and DTMF tones, the text chunker."""
+"""VAD, speech-to-text, text-to-speech, call-progress and DTMF tones, in-band DTMF."""

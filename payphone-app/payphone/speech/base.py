@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from payphone.hardware.base import Pcm
+from payphone.pcm import Pcm
 
 
 @dataclass(frozen=True)

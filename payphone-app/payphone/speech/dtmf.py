@@ -28,8 +28,8 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from payphone.hardware.base import Pcm
 from payphone.log import get_logger
+from payphone.pcm import Pcm
 from payphone.speech.tones import DTMF_COLUMNS, DTMF_KEYS, DTMF_ROWS
 
 log = get_logger(__name__)

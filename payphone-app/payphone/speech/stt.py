@@ -31,8 +31,8 @@ import numpy as np
 import numpy.typing as npt
 
 from payphone.config import Settings, SttSettings
-from payphone.hardware.base import Pcm
 from payphone.log import get_logger, ms
+from payphone.pcm import Pcm
 from payphone.speech.base import Transcriber, Transcript
 
 log = get_logger(__name__)

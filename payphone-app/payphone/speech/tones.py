@@ -20,7 +20,7 @@ from fractions import Fraction
 import numpy as np
 import numpy.typing as npt
 
-from payphone.hardware.base import Pcm
+from payphone.pcm import Pcm
 
 DBM0_TO_DBFS = -3.14
 RAMP_MS = 5.0

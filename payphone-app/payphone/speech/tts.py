@@ -25,9 +25,9 @@ import soxr
 from piper import PiperConfig, PiperVoice, SynthesisConfig
 
 from payphone.config import Settings
-from payphone.hardware.base import Pcm
 from payphone.log import get_logger, ms
 from payphone.models import resolve_voice
+from payphone.pcm import Pcm
 from payphone.speech.base import Synthesizer, VoiceSpec
 from payphone.speech.effects import Audio, EffectChain, Leveler, build_chain, pitch_ratio
 

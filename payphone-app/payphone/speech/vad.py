@@ -34,8 +34,8 @@ import numpy as np
 import webrtcvad
 
 from payphone.config import VadSettings
-from payphone.hardware.base import Pcm
 from payphone.log import get_logger
+from payphone.pcm import Pcm
 
 log = get_logger(__name__)
 

@@ -4,8 +4,9 @@ It sits between the chat backend and the chunker and stays streaming (piece in, 
 is held back only while it could still be the start of a blocked phrase, so the first chunk is not
 delayed. Three jobs:
 
-- Markup: markdown, lists and stage directions are removed with the chunker's `MarkupStripper`,
-  which copes with constructs spanning pieces, so blocklist and word counts see spoken words only.
+- Markup: markdown, lists and stage directions are removed with the `MarkupStripper` the chunker
+  uses, which copes with constructs spanning pieces, so blocklist and word counts see spoken words
+  only.
 - Blocklist (case-insensitive, whole words; `word*` also matches its endings): the reply *ends* at
   a blocked phrase with a neutral closing line. Replacing the word was rejected: what follows a
   blocked word is rarely better, and a bleep in the middle of a sentence invites more prodding.
@@ -22,7 +23,8 @@ from dataclasses import dataclass
 
 from payphone.config import LlmSettings
 from payphone.log import get_logger
-from payphone.speech.chunker import MarkupStripper, find_sentence_end
+from payphone.reply.chunker import find_sentence_end
+from payphone.reply.markup import MarkupStripper
 
 log = get_logger(__name__)
 

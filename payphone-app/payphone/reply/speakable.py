@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
-from payphone.llm.guard import GuardConfig, guard_stream
-from payphone.speech.chunker import ChunkerConfig, chunk_stream
+from payphone.reply.chunker import ChunkerConfig, chunk_stream
+from payphone.reply.guard import GuardConfig, guard_stream
 
 
 def make_speakable(
