@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import ollama
 import pytest
 
+from payphone.config import Settings
 from payphone.llm.base import ChatOptions, LlmError, Message
 from payphone.llm.breaker import CIRCUIT_OPEN, BreakerState, CircuitBreaker
 from payphone.llm.history import Conversation
@@ -510,3 +511,30 @@ def test_unknown_host_with_no_network(netns: str) -> None:
         check=False,
     )
     assert "CAUSE unknown_host" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.models
+async def test_a_model_host_that_never_answers_does_not_hold_the_phone_start() -> None:
+    """Pi #2 accepts the connection but its /api/chat hangs: the phone's own models load, the
+    phone is ready, and callers get the busy line while the warm-up goes on in the background."""
+    from payphone.personas.loader import load_personas
+    from payphone.stages import load_stages
+
+    async with OllamaProtocolServer(fault=Fault("hang")) as srv:
+        settings = Settings.model_validate(
+            {"llm": {"backend": "ollama", "ollama_host": srv.url, "ollama_model": MODEL}}
+        )
+        operator = load_personas().operator
+        started = time.monotonic()
+        stages = await load_stages(settings, operator, [operator])
+        loaded_s = time.monotonic() - started
+        try:
+            assert stages.llm_status.state is BreakerState.STARTING
+            assert loaded_s < 60  # Whisper and Piper only, not Ollama's 120 s warm-up limit
+            with pytest.raises(LlmError, match="circuit_open"):
+                await anext(stages.backend.stream([], ChatOptions()))
+            async with asyncio.timeout(5):
+                while not srv.chats:  # the warm-up is under way in the background
+                    await asyncio.sleep(0.02)
+        finally:
+            await stages.aclose()

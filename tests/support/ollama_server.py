@@ -6,10 +6,11 @@ Replies come from a script (fixed pieces at a fixed pace) or from a real model (
 `reply(messages, options)` generator, e.g. `embedded_reply(EmbeddedBackend)`).
 
 Faults for /api/chat, set with `server.fault = Fault(...)`: an HTTP status (404 model, 5xx), a
-stall before the first piece, a stall after N pieces, an error line after N pieces, a malformed
-line after N pieces. Each chat is logged (`server.chats`) with when the fault began and whether
-the client closed the connection, so a test can assert that the server stopped generating after
-the client hung up. A refused connection is simply a port nobody listens on (`free_port()`).
+request accepted and never answered (`hang`, plain requests too), a stall before the first
+piece, a stall after N pieces, an error line after N pieces, a malformed line after N pieces.
+Each chat is logged (`server.chats`) with when the fault began and whether the client closed the
+connection, so a test can assert that the server stopped generating after the client hung up.
+A refused connection is simply a port nobody listens on (`free_port()`).
 
 HTTP parsing is h11's (it ships with httpx); the server runs on asyncio streams, in the test's
 event loop or, from the command line, in its own process (e.g. inside a network namespace):
@@ -38,7 +39,7 @@ VERSION = "0.12.0-test"
 FOREVER_S = 3600.0
 
 Reply = Callable[[list[Message], dict[str, Any]], AsyncIterator[str]]
-FaultKind = Literal["none", "status", "stall_first", "stall_mid", "error_line", "malformed"]
+FaultKind = Literal["none", "status", "hang", "stall_first", "stall_mid", "error_line", "malformed"]
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,10 @@ class OllamaProtocolServer:
         )
         self.chats.append(log)
         try:
+            if fault.kind == "hang":  # accepts the request, never answers (plain or streamed)
+                log.fault_at = time.perf_counter()
+                await asyncio.sleep(fault.stall_s)
+                return
             if fault.kind == "status" or name not in self.models:
                 status = fault.status if fault.kind == "status" else 404
                 log.fault_at = time.perf_counter()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from payphone.config import CallSettings, Settings
 from payphone.personas.loader import Persona, PersonaBook
@@ -26,6 +26,15 @@ class CallOptions:
             history_tokens=settings.llm.history_tokens,
             barge_in=settings.vad.barge_in,
         )
+
+    def as_report(self) -> dict[str, Any]:
+        """What the call ran with, for the report and the logs."""
+        return {
+            "prompt_style": self.prompt_style,
+            "history_tokens": self.history_tokens,
+            "barge_in": self.barge_in,
+            "call": self.call.model_dump(),
+        }
 
 
 def first_persona(personas: PersonaBook, settings: CallSettings) -> Persona:

@@ -171,13 +171,7 @@ class Call:
 
     async def run(self) -> None:
         """Until cancelled (on-hook): dispatch events; the activity task makes the sound."""
-        self.log.event(
-            "off_hook",
-            persona=self.persona.id,
-            prompt_style=self.options.prompt_style,
-            history_tokens=self.options.history_tokens,
-            barge_in=self.options.barge_in,
-        )
+        self.log.event("off_hook", persona=self.persona.id, options=self.options.as_report())
         structlog.contextvars.bind_contextvars(persona=self.persona.id)  # this task's context
         log.info("call_started")
         if self._on_state is not None:

@@ -1,0 +1,143 @@
+"""One wiring: every call setting reaches the call in the service, the simulator and interactive
+mode alike. Each mode runs for real with scripted stages in place of the models, and the call it
+makes reports the options it ran with."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+from rich.console import Console
+
+from payphone.call.assembly import PhoneStages
+from payphone.call.options import CallOptions
+from payphone.config import Settings
+from payphone.hardware.memory_audio import MemorySink, MemorySource
+from payphone.llm.breaker import BreakerState, BreakerStatus
+from payphone.personas.loader import Persona
+from payphone.sim.stand_ins import (
+    EnergyEndpointer,
+    ScriptedBackend,
+    ScriptedTranscriber,
+    ToneSynthesizer,
+)
+
+SETTINGS = Settings.model_validate(
+    {
+        "llm": {"prompt_style": "tag", "history_tokens": 333},
+        "vad": {"barge_in": True},
+        "call": {"dial_tone_s": 0.2, "max_call_s": 99, "default_persona_key": "2"},
+        "keypad": {"source": "none"},
+    }
+)
+EXPECTED = CallOptions.from_settings(SETTINGS).as_report()
+
+
+@dataclass
+class ScriptedStages:
+    """What `load_stages` returns, with the models replaced by scripted stages."""
+
+    synthesizer: ToneSynthesizer = field(default_factory=ToneSynthesizer)
+    llm_status: BreakerStatus = field(
+        default_factory=lambda: BreakerStatus(BreakerState.CLOSED, 0, None, "", None, 0)
+    )
+
+    def for_phone(self, vad: object) -> PhoneStages:
+        return PhoneStages(
+            ScriptedTranscriber(deque()), ScriptedBackend(), self.synthesizer, EnergyEndpointer
+        )
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def scripted_load(settings: Settings, first: Persona, voices: list[Persona]) -> Any:
+    assert first.id == "grandma_mae"  # the first persona is chosen from the settings too
+    return ScriptedStages()
+
+
+def off_hook(events: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(e for e in events if e["event"] == "off_hook")
+
+
+async def test_the_simulator_passes_every_setting_to_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from payphone.sim import simulate
+
+    monkeypatch.setattr(simulate, "load_stages", scripted_load)
+    script = tmp_path / "call.yaml"
+    script.write_text("- offhook\n- wait: 0.3\n- onhook\n")
+    report = await simulate.simulate(
+        SETTINGS, script, tmp_path / "out", fast=True, console=Console(file=io.StringIO())
+    )
+    event = off_hook(report["events"])
+    assert event["options"] == EXPECTED
+    assert event["persona"] == "grandma_mae"
+
+
+async def test_interactive_mode_passes_every_setting_to_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from payphone.sim import interactive
+
+    async def typed() -> asyncio.Queue[str | None]:
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        for line in ("o", "w 0.3", "h", None):
+            queue.put_nowait(line)
+        return queue
+
+    monkeypatch.setattr(interactive, "load_stages", scripted_load)
+    monkeypatch.setattr(interactive, "has_device", lambda direction: False)
+    monkeypatch.setattr(interactive, "_lines", typed)
+    await interactive.interactive(SETTINGS, tmp_path, Console(file=io.StringIO()))
+    report = json.loads((tmp_path / "report.json").read_text())
+    event = off_hook(report["events"])
+    assert event["options"] == EXPECTED
+    assert event["persona"] == "grandma_mae"
+
+
+async def test_the_service_passes_every_setting_to_the_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from payphone import service
+    from payphone.hardware.hook import GpioHookSwitch
+
+    phones: list[Any] = []
+    real_build = service.build_phone
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        phones.append(real_build(*args, **kwargs))
+        return phones[-1]
+
+    pins = MockFactory()  # the hook pin's pull-up reads high: off-hook, a call starts at once
+    monkeypatch.setattr(service, "load_stages", scripted_load)
+    monkeypatch.setattr(service, "build_phone", spy)
+    monkeypatch.setattr(service, "PyAudioSink", lambda audio, rate: MemorySink(rate))
+    monkeypatch.setattr(
+        service, "PyAudioSource", lambda audio, rate, frame_ms: MemorySource(rate, frame_ms)
+    )
+    monkeypatch.setattr(
+        service,
+        "GpioHookSwitch",
+        lambda *args, **kwargs: GpioHookSwitch(*args, **kwargs, pin_factory=pins),
+    )
+    svc = service.Service(SETTINGS)
+    running = asyncio.create_task(svc.run())
+    async with asyncio.timeout(10):
+        while not phones or phones[0].call is None:
+            await asyncio.sleep(0.01)
+    call = phones[0].call
+    await asyncio.sleep(0.1)
+    svc.stop.set()
+    assert await asyncio.wait_for(running, 10) == 0
+    event = off_hook(call.log.events)
+    assert event["options"] == EXPECTED
+    assert event["persona"] == "grandma_mae"
