@@ -152,6 +152,7 @@ async def wait_silent_after(rig: Rig, since: float, quiet_s: float = 0.15) -> fl
         CallState.RINGBACK,
         CallState.DIALING,
         CallState.ANNOUNCEMENT,
+        CallState.GOODBYE,
         CallState.HOWLER,
     ],
 )
@@ -180,6 +181,8 @@ async def test_hang_up_in_every_state_silences_and_ends_every_task(state: CallSt
         for key in "5559999":
             rig.keypad.press(key)
         await rig.wait_state(CallState.ANNOUNCEMENT)
+    elif state is CallState.GOODBYE:
+        await rig.wait_state(CallState.GOODBYE, timeout=10)  # the caller stayed silent
     elif state is CallState.HOWLER:
         await rig.wait_state(CallState.LISTENING)
         await rig.wait_state(CallState.HOWLER, timeout=10)
