@@ -18,10 +18,13 @@ def chat_options(llm: LlmSettings) -> ChatOptions:
     )
 
 
-def build_ollama(llm: LlmSettings) -> OllamaBackend:
+def build_ollama(
+    llm: LlmSettings, host: str | None = None, model: str | None = None
+) -> OllamaBackend:
+    """The Ollama client `[llm]` describes; `host` and `model` replace its server and model."""
     return OllamaBackend(
-        host=str(llm.ollama_host),
-        model=llm.ollama_model,
+        host=host or str(llm.ollama_host),
+        model=model or llm.ollama_model,
         keep_alive=keep_alive_value(llm.keep_alive),
         connect_timeout_s=llm.connect_timeout_s,
         first_token_timeout_s=llm.first_token_timeout_s,
