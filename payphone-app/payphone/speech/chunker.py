@@ -34,6 +34,8 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from payphone.streams import closing
+
 # --------------------------------------------------------------------------- markup stripping
 
 MAX_SPAN = 120
@@ -470,13 +472,9 @@ async def chunk_stream(
     consumer stops early (hang-up, barge-in), the source stream is closed too, so generation stops.
     """
     chunker = TextChunker(config)
-    try:
+    async with closing(pieces):
         async for piece in pieces:
             for chunk in chunker.feed(piece):
                 yield chunk
         for chunk in chunker.flush():
             yield chunk
-    finally:
-        close = getattr(pieces, "aclose", None)
-        if close is not None:
-            await close()
