@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
+import functools
 import json
 import threading
 import time
@@ -24,6 +24,7 @@ import onnxruntime
 import soxr
 from piper import PiperConfig, PiperVoice, SynthesisConfig
 
+from payphone.bridge import ThreadStream
 from payphone.config import Settings
 from payphone.hardware.base import Pcm
 from payphone.log import get_logger, ms
@@ -32,8 +33,6 @@ from payphone.speech.base import Synthesizer, VoiceSpec
 from payphone.speech.effects import Audio, EffectChain, Leveler, build_chain, pitch_ratio
 
 log = get_logger("payphone.speech.tts")
-
-_END = object()
 
 
 def voice_config(onnx: Path) -> dict[str, Any]:
@@ -141,7 +140,7 @@ class PiperSynthesizer(Synthesizer):
         self._voices = _Voices()
         self._paths: dict[str, Path] = {settings.tts.voice: self._default_path}
         self._rendered: dict[tuple[str, VoiceSpec], Pcm] = {}
-        self._busy = 0  # syntheses running on the worker thread
+        self._last: concurrent.futures.Future[None] | None = None  # the last synthesis queued
 
     def voice_path(self, model: str) -> Path:
         """The `.onnx` of a persona's voice (names resolved once, like the settings' voice)."""
@@ -164,51 +163,16 @@ class PiperSynthesizer(Synthesizer):
     @property
     def busy(self) -> bool:
         """Whether Piper is working on a text right now (in the synthesis thread)."""
-        return self._busy > 0
+        return self._last is not None and not self._last.done()
 
     def synthesize(self, text: str, voice: VoiceSpec) -> AsyncIterator[Pcm]:
         """PCM chunks (about one per sentence) at `sample_rate`, as Piper produces them."""
-        return self._stream(text, voice)
-
-    async def _stream(self, text: str, voice: VoiceSpec) -> AsyncIterator[Pcm]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        stop = threading.Event()
         path = self.voice_path(voice.model)
-
-        def hand_over(item: object) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed after a cancel: drop it
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def work() -> None:
-            self._busy += 1
-            try:
-                for pcm in self._pieces(path, text, voice, stop):
-                    if stop.is_set():
-                        return
-                    hand_over(pcm)
-            except BaseException as exc:  # reported to the consumer, which re-raises it
-                hand_over(exc)
-            finally:
-                self._busy -= 1
-                hand_over(_END)
-
-        worker = loop.run_in_executor(_SYNTH_THREAD, work)
-        try:
-            while True:
-                item = await queue.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, np.ndarray)
-                yield item
-        finally:
-            stop.set()
-            task = asyncio.current_task()
-            if not worker.done() and not (task is not None and task.cancelling()):
-                # closed early, not cancelled: wait for the sentence in flight
-                await asyncio.shield(worker)
+        stream = ThreadStream(
+            functools.partial(self._pieces, path, text, voice), executor=_SYNTH_THREAD
+        )
+        self._last = stream.finished
+        return stream
 
     def _pieces(
         self, path: Path, text: str, voice: VoiceSpec, stop: threading.Event
