@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from payphone.call.lines import render_line
 from payphone.config import load_settings
 from payphone.sim.simulate import CALLER_VOICE, simulate
 from payphone.speech.tts import PiperSynthesizer
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.models, pytest.mark.slow]
 
 async def say(path: Path, text: str) -> None:
     voice = PiperSynthesizer(load_settings(), telephone_filter=False)
-    pcm = np.asarray(await voice.render(text, CALLER_VOICE), dtype=np.int16)
+    pcm = np.asarray(await render_line(voice, text, CALLER_VOICE), dtype=np.int16)
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
+from payphone.call.lines import render_line
 from payphone.config import Settings, load_settings
 from payphone.hardware.base import Pcm
 from payphone.models import resolve_voice
@@ -55,7 +56,7 @@ def spoken(tts: PiperSynthesizer) -> dict[str, Pcm]:
             "noir": NOIR,
             "grandma_unshifted": VoiceSpec(length_scale=GRANDMA.length_scale, effect="elderly"),
         }
-        return {name: await tts.render(SENTENCE, spec) for name, spec in voices.items()}
+        return {name: await render_line(tts, SENTENCE, spec) for name, spec in voices.items()}
 
     return asyncio.run(all_voices())
 
@@ -125,7 +126,7 @@ def test_voices_allocate_without_an_onnx_arena(settings: Settings) -> None:
 
 def test_output_rate_is_converted(settings: Settings) -> None:
     phone = PiperSynthesizer(settings, output_rate=8000, telephone_filter=True)
-    pcm = asyncio.run(phone.render("One two three.", OPERATOR))
+    pcm = asyncio.run(render_line(phone, "One two three.", OPERATOR))
     assert phone.sample_rate == 8000
     assert 0.5 < len(pcm) / 8000 < 3.0
     freqs, power = signal.welch(pcm.astype(np.float64), fs=8000, nperseg=512)

@@ -17,6 +17,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from payphone.call.lines import render_line
 from payphone.call.listen import VadListener
 from payphone.config import Settings
 from payphone.hardware.base import Pcm
@@ -36,7 +37,7 @@ CALLER_VOICE = VoiceSpec(length_scale=0.9)
 
 async def speak_as_caller(synthesizer: PiperSynthesizer, text: str) -> Pcm:
     """A caller's line spoken by Piper, as the mic would hear it (16 kHz mono)."""
-    pcm = await synthesizer.render(text, CALLER_VOICE)
+    pcm = await render_line(synthesizer, text, CALLER_VOICE)
     return to_mic_rate(pcm, synthesizer.sample_rate)
 
 
@@ -121,7 +122,7 @@ async def render_demo_lines(settings: Settings, out_dir: Path) -> Path:
     script, missing = await asyncio.to_thread(_copy_demo_script, out_dir)
     voice = PiperSynthesizer(settings, telephone_filter=False)
     for name, text in missing.items():
-        pcm = await voice.render(str(text), CALLER_VOICE)
+        pcm = await render_line(voice, str(text), CALLER_VOICE)
         await asyncio.to_thread(
             _write_mono, out_dir / f"{name}.wav", np.asarray(pcm, dtype=np.int16), voice.sample_rate
         )

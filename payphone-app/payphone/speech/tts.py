@@ -139,7 +139,6 @@ class PiperSynthesizer(Synthesizer):
         self.target_dbfs = settings.tts.target_dbfs if target_dbfs is None else target_dbfs
         self._voices = _Voices()
         self._paths: dict[str, Path] = {settings.tts.voice: self._default_path}
-        self._rendered: dict[tuple[str, VoiceSpec], Pcm] = {}
         self._last: concurrent.futures.Future[None] | None = None  # the last synthesis queued
 
     def voice_path(self, model: str) -> Path:
@@ -198,14 +197,3 @@ class PiperSynthesizer(Synthesizer):
         tail = render.finish()
         if len(tail):
             yield tail
-
-    async def render(self, text: str, voice: VoiceSpec) -> Pcm:
-        """A whole line as one clip, rendered once and cached (greetings, fillers, goodbyes)."""
-        key = (text, voice)
-        cached = self._rendered.get(key)
-        if cached is None:
-            pieces = [pcm async for pcm in self.synthesize(text, voice)]
-            cached = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
-            cached.setflags(write=False)
-            self._rendered[key] = cached
-        return cached
