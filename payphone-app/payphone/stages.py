@@ -7,6 +7,7 @@ simulator and the benchmarks all load them here, in worker threads, before the f
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from payphone.llm.factory import build_backend, chat_options
 from payphone.llm.guard import GuardConfig
 from payphone.llm.history import choose_system_prompt
 from payphone.log import get_logger, ms
+from payphone.models import resolve_gguf, resolve_voice, resolve_whisper
 from payphone.personas.loader import Persona
 from payphone.speech.chunker import ChunkerConfig
 from payphone.speech.speakable import make_speakable
@@ -49,13 +51,16 @@ def system_prompt(settings: Settings, persona: Persona) -> str:
 async def load_stages(settings: Settings, first_persona: Persona, voices: list[Persona]) -> Stages:
     """Load everything (raises `ModelNotFound` for a missing model); the LLM may start degraded."""
     started = time.monotonic()
-    transcriber = await asyncio.to_thread(WhisperTranscriber.from_settings, settings)
+    transcriber = await asyncio.to_thread(
+        lambda: WhisperTranscriber(resolve_whisper(settings), settings.stt)
+    )
     stt_loaded = time.monotonic()
-    synthesizer = PiperSynthesizer(settings)
+    synthesizer = PiperSynthesizer(settings.tts, functools.partial(resolve_voice, settings))
     for persona in voices:
         await synthesizer.load(persona.voice_spec)
     tts_loaded = time.monotonic()
-    backend = build_backend(settings)
+    gguf = resolve_gguf(settings) if settings.llm.backend == "embedded" else None
+    backend = build_backend(settings.llm, gguf)
     status = await backend.start(system_prompt(settings, first_persona))
     log.info(
         "stages_loaded",

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ def settings() -> Settings:
 def tts(settings: Settings) -> PiperSynthesizer:
     """One synthesizer (and one loaded voice) for the whole module, without the phone line colour,
     so the persona effects are measured on their own."""
-    return PiperSynthesizer(settings, telephone_filter=False)
+    return PiperSynthesizer(settings.tts, partial(resolve_voice, settings), telephone_filter=False)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,9 @@ def test_voices_allocate_without_an_onnx_arena(settings: Settings) -> None:
 
 
 def test_output_rate_is_converted(settings: Settings) -> None:
-    phone = PiperSynthesizer(settings, output_rate=8000, telephone_filter=True)
+    phone = PiperSynthesizer(
+        settings.tts, partial(resolve_voice, settings), output_rate=8000, telephone_filter=True
+    )
     pcm = asyncio.run(render_line(phone, "One two three.", OPERATOR))
     assert phone.sample_rate == 8000
     assert 0.5 < len(pcm) / 8000 < 3.0

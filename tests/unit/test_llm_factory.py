@@ -50,7 +50,7 @@ async def test_doctor_and_the_bench_build_their_client_there(
     refused = f"http://127.0.0.1:{free_port()}"
     settings = Settings(llm={"backend": "ollama", "ollama_host": refused})
 
-    [check] = await check_ollama(settings)
+    [check] = await check_ollama(settings.llm)
     assert check.status == "fail" and "refused" in check.detail
     assert built == [(settings.llm, refused)]
 

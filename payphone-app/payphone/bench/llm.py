@@ -23,6 +23,7 @@ from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.llm.breaker import CircuitBreaker
 from payphone.llm.embedded import EmbeddedBackend
 from payphone.llm.factory import build_embedded, build_ollama, chat_options
+from payphone.models import resolve_gguf
 
 SYSTEM = (
     "You are Mabel, a switchboard operator in 1952. You answer in one or two short sentences, "
@@ -182,7 +183,7 @@ async def _run(settings: Settings, trials: int) -> dict[str, Any]:
         f"limits: connect {llm.connect_timeout_s} s, first token {llm.first_token_timeout_s} s, "
         f"between tokens {llm.token_timeout_s} s"
     )
-    model = build_embedded(settings)
+    model = build_embedded(llm, resolve_gguf(settings))
     load_started = time.perf_counter()
     await model.load()
     result: dict[str, Any] = {

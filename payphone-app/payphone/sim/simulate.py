@@ -7,6 +7,7 @@ Loads the stages once, runs the script on a simulated phone, writes `call.wav` a
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import time
 import tomllib
@@ -21,6 +22,7 @@ from payphone.call.lines import render_line
 from payphone.call.listen import VadListener
 from payphone.config import Settings
 from payphone.hardware.base import Pcm
+from payphone.models import resolve_voice
 from payphone.personas.loader import load_personas
 from payphone.sim.recording import build_report, write_call_wav, write_report
 from payphone.sim.runner import run_script, to_mic_rate
@@ -120,7 +122,9 @@ async def render_demo_lines(settings: Settings, out_dir: Path) -> Path:
     from payphone.speech.tts import PiperSynthesizer
 
     script, missing = await asyncio.to_thread(_copy_demo_script, out_dir)
-    voice = PiperSynthesizer(settings, telephone_filter=False)
+    voice = PiperSynthesizer(
+        settings.tts, functools.partial(resolve_voice, settings), telephone_filter=False
+    )
     for name, text in missing.items():
         pcm = await render_line(voice, str(text), CALLER_VOICE)
         await asyncio.to_thread(

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from payphone.config import Settings, SttSettings
+from payphone.config import SttSettings
 from payphone.hardware.base import Pcm
 from payphone.log import get_logger, ms
 from payphone.speech.base import Transcriber, Transcript
@@ -154,13 +154,6 @@ class WhisperTranscriber(Transcriber):
         self._suppress: list[int] = []
         if load:
             self.load()
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> WhisperTranscriber:
-        """Resolve the configured model (`stt.model`) and load it."""
-        from payphone.models import resolve_whisper
-
-        return cls(resolve_whisper(settings), settings.stt, **kwargs)
 
     # -- loading -----------------------------------------------------------------------------
 

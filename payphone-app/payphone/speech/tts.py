@@ -15,7 +15,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,9 @@ import soxr
 from piper import PiperConfig, PiperVoice, SynthesisConfig
 
 from payphone.bridge import ThreadStream
-from payphone.config import Settings
+from payphone.config import TtsSettings
 from payphone.hardware.base import Pcm
 from payphone.log import get_logger, ms
-from payphone.models import resolve_voice
 from payphone.speech.base import Synthesizer, VoiceSpec
 from payphone.speech.effects import Audio, EffectChain, Leveler, build_chain, pitch_ratio
 
@@ -118,40 +117,41 @@ _SYNTH_THREAD = concurrent.futures.ThreadPoolExecutor(
 class PiperSynthesizer(Synthesizer):
     """Piper voices for every persona, streamed, levelled and coloured for the phone line.
 
+    `resolve_voice` finds a voice's `.onnx` by name (`payphone.models.resolve_voice`).
     `output_rate` is the rate of the PCM handed out (`sample_rate`): the default voice's own rate
     unless given (22 050 Hz for the demo voice). Telephone colour and the loudness target come from
-    `settings.tts` unless overridden.
+    `tts` unless overridden.
     """
 
     def __init__(
         self,
-        settings: Settings,
+        tts: TtsSettings,
+        resolve_voice: Callable[[str], Path],
         output_rate: int | None = None,
         telephone_filter: bool | None = None,
         target_dbfs: float | None = None,
     ) -> None:
-        self._settings = settings
-        self._default_path = resolve_voice(settings)
+        self._tts = tts
+        self._resolve_voice = resolve_voice
+        self._default_path = resolve_voice(tts.voice)
         self.sample_rate = output_rate or voice_rate(self._default_path)
-        self.telephone = (
-            settings.tts.telephone_filter if telephone_filter is None else telephone_filter
-        )
-        self.target_dbfs = settings.tts.target_dbfs if target_dbfs is None else target_dbfs
+        self.telephone = tts.telephone_filter if telephone_filter is None else telephone_filter
+        self.target_dbfs = tts.target_dbfs if target_dbfs is None else target_dbfs
         self._voices = _Voices()
-        self._paths: dict[str, Path] = {settings.tts.voice: self._default_path}
+        self._paths: dict[str, Path] = {tts.voice: self._default_path}
         self._last: concurrent.futures.Future[None] | None = None  # the last synthesis queued
 
     def voice_path(self, model: str) -> Path:
         """The `.onnx` of a persona's voice (names resolved once, like the settings' voice)."""
         path = self._paths.get(model)
         if path is None:
-            path = self._paths[model] = resolve_voice(self._settings, model)
+            path = self._paths[model] = self._resolve_voice(model)
         return path
 
     async def load(self, voice: VoiceSpec | None = None, warm: bool = True) -> None:
         """Load a voice at start-up (and run it once: ONNX Runtime's first run allocates), so the
         first caller does not wait for either."""
-        spec = voice or VoiceSpec(model=self._settings.tts.voice)
+        spec = voice or VoiceSpec(model=self._tts.voice)
         await asyncio.to_thread(self._voices.get, self.voice_path(spec.model))
         if warm:
             started = time.monotonic()
