@@ -46,7 +46,10 @@ def test_piper_takes_the_tts_group_and_a_voice_resolver(tmp_path: Path) -> None:
     assert asked == ["en_GB-alba-medium", "en_US-joe-medium"]  # each name resolved once
 
 
-def test_whisper_takes_the_stt_group_and_the_model_dir(tmp_path: Path) -> None:
+def test_whisper_takes_the_stt_group_and_the_model_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(WhisperTranscriber, "load", lambda self: None)  # no model here
     stt = SttSettings(window="full")
-    whisper = WhisperTranscriber(tmp_path, stt, load=False)
+    whisper = WhisperTranscriber(tmp_path, stt)
     assert (whisper.model_dir, whisper.settings, whisper.window) == (tmp_path, stt, "full")

@@ -148,16 +148,15 @@ class PiperSynthesizer(Synthesizer):
             path = self._paths[model] = self._resolve_voice(model)
         return path
 
-    async def load(self, voice: VoiceSpec | None = None, warm: bool = True) -> None:
+    async def load(self, voice: VoiceSpec | None = None) -> None:
         """Load a voice at start-up (and run it once: ONNX Runtime's first run allocates), so the
         first caller does not wait for either."""
         spec = voice or VoiceSpec(model=self._tts.voice)
         await asyncio.to_thread(self._voices.get, self.voice_path(spec.model))
-        if warm:
-            started = time.monotonic()
-            async for _ in self.synthesize("Hello.", spec):
-                pass
-            log.info("voice_warmed", warm_ms=ms(time.monotonic() - started))
+        started = time.monotonic()
+        async for _ in self.synthesize("Hello.", spec):
+            pass
+        log.info("voice_warmed", warm_ms=ms(time.monotonic() - started))
 
     @property
     def busy(self) -> bool:
