@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from payphone.personas.loader import load_personas
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "cpu.toml"
 
@@ -78,7 +80,7 @@ class ModelfileStage(_Strict):
     num_ctx: int = Field(2048, ge=128)
     temperature: float = Field(0.7, ge=0)
     num_predict: int = Field(120, ge=1)
-    system: str = "persona: Operator"
+    system: str = Field(default_factory=lambda: load_personas().operator.prompt_tag)
 
 
 class EvalStage(_Strict):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+from payphone.personas.loader import Persona, load_personas
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,33 +35,15 @@ class Message(TypedDict):
     content: str
 
 
-@dataclass(frozen=True)
-class Persona:
-    """A persona as the training data knows it: file stem, system tag, and its 555 number."""
-
-    slug: str
-    name: str
-    number: str
-
-    @property
-    def tag(self) -> str:
-        """The system prompt the app sends to the fine-tuned model."""
-        return f"persona: {self.name}"
-
-    @property
-    def file_name(self) -> str:
-        return f"{self.slug}.jsonl"
+def _shipped_personas() -> dict[str, Persona]:
+    """The app's persona files (`payphone/personas/*.toml`), by file stem: the one persona list."""
+    book = load_personas()
+    if book.errors:
+        raise RuntimeError("; ".join(book.errors))
+    return {p.id: p for p in book}
 
 
-PERSONAS: dict[str, Persona] = {
-    p.slug: p
-    for p in (
-        Persona("operator", "Operator", "555-0100"),
-        Persona("detective_jones", "Detective Jones", "555-0101"),
-        Persona("grandma_mae", "Grandma Mae", "555-0102"),
-        Persona("comp_u_tron", "COMP-U-TRON 3000", "555-0103"),
-    )
-}
+PERSONAS: dict[str, Persona] = _shipped_personas()
 ALLOWED_NUMBERS = frozenset(re.sub(r"\D", "", p.number) for p in PERSONAS.values())
 
 
@@ -211,10 +195,10 @@ def _messages_problems(messages: Any, persona: Persona | None) -> list[str]:
     roles = [m["role"] for m in messages]
     if roles[0] != "system":
         problems.append(f"first message must be the system persona tag, got role {roles[0]!r}")
-    elif persona is not None and messages[0]["content"] != persona.tag:
+    elif persona is not None and messages[0]["content"] != persona.prompt_tag:
         problems.append(
             f"system tag {messages[0]['content']!r} does not match persona "
-            f"{persona.slug!r} (expected {persona.tag!r})"
+            f"{persona.id!r} (expected {persona.prompt_tag!r})"
         )
     body = roles[1:]
     expected = ["user", "assistant"] * (len(body) // 2 + 1)
@@ -256,7 +240,7 @@ def _record_problems(record: Any, file_persona: Persona | None) -> list[str]:
         if persona is None:
             problems.append(f"unknown persona {persona_slug!r} (known: {', '.join(PERSONAS)})")
         elif file_persona is not None and persona != file_persona:
-            problems.append(f"persona {persona_slug!r} does not belong in {file_persona.file_name}")
+            problems.append(f"persona {persona_slug!r} does not belong in {file_persona.id}.jsonl")
     if "messages" in record:
         problems += _messages_problems(record["messages"], persona or file_persona)
     return problems
@@ -330,8 +314,8 @@ def load(paths: Iterable[Path]) -> list[Conversation]:
 
 
 def persona_files(data_dir: Path = DATA_DIR) -> list[Path]:
-    """The four persona files, in the fixed persona order; a missing one is an error."""
-    paths = [data_dir / p.file_name for p in PERSONAS.values()]
+    """One file per persona, in key order; a missing one is an error."""
+    paths = [data_dir / f"{p.id}.jsonl" for p in PERSONAS.values()]
     missing = [
         DataError(display_path(p), 0, "persona file is missing") for p in paths if not p.exists()
     ]

@@ -175,7 +175,7 @@ def run_model(
             for messages in convs:
                 result.replies.append(gen.reply(messages))
                 progress()
-            tag = PERSONAS[persona].tag
+            tag = PERSONAS[persona].prompt_tag
             for attempt in BREAK_PROMPTS[: cfg.break_attempts_per_persona]:
                 convo = [{"role": "system", "content": tag}, {"role": "user", "content": attempt}]
                 result.breaks.append(gen.reply(convo))

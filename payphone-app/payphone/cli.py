@@ -45,10 +45,10 @@ class State:
         return self._settings
 
 
-def settings_or_exit(config: Path | None) -> Settings:
+def settings_or_exit(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
     """Load settings; on a bad value print one line per problem and exit 2, no traceback."""
     try:
-        return load_settings(config)
+        return load_settings(config, overrides=overrides)
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"payphone: bad setting: {problem}", file=sys.stderr)
@@ -80,12 +80,6 @@ def state(ctx: typer.Context) -> State:
 
 def configure_logging(settings: Settings) -> None:
     setup_logging(settings.logging.level, settings.logging.format)
-
-
-def not_built(what: str, issue: int) -> None:
-    """A subcommand whose issue has not landed yet: say so clearly and fail."""
-    err.print(f"payphone: `{what}` is not built yet (issue #{issue}).")
-    raise typer.Exit(EXIT_FAIL)
 
 
 @app.command("config")
@@ -244,17 +238,13 @@ def with_llm_overrides(
     st: State, llm: str | None, ollama_host: str | None, model: str | None
 ) -> Settings:
     """Command-line LLM choices, validated like any other setting (exit 2 when bad)."""
-    import os
-
-    overrides = {
-        "PAYPHONE_LLM__BACKEND": llm,
-        "PAYPHONE_LLM__OLLAMA_HOST": ollama_host,
-        "PAYPHONE_LLM__GGUF": str(Path(model).resolve()) if model else None,
+    chosen = {
+        "backend": llm,
+        "ollama_host": ollama_host,
+        "gguf": str(Path(model).resolve()) if model else None,
     }
-    for name, value in overrides.items():
-        if value is not None:
-            os.environ[name] = value
-    return settings_or_exit(st.config)
+    overrides = {key: value for key, value in chosen.items() if value is not None}
+    return settings_or_exit(st.config, {"llm": overrides})
 
 
 @app.command("doctor")
@@ -282,15 +272,7 @@ def personas_command(ctx: typer.Context) -> None:
         raise typer.Exit(EXIT_FAIL)
 
 
-BENCHES = {
-    "hangup": ("payphone.bench.hangup", 3),
-    "stt": ("payphone.bench.stt", 4),
-    "vad": ("payphone.bench.vad", 4),
-    "tts": ("payphone.bench.tts", 4),
-    "llm": ("payphone.bench.llm", 5),
-    "latency": ("payphone.bench.latency", 6),
-    "soak": ("payphone.bench.soak", 6),
-}
+BENCHES = ("hangup", "stt", "vad", "tts", "llm", "latency", "soak")
 
 
 @app.command("bench")
@@ -308,11 +290,7 @@ def bench_command(
     if name not in BENCHES:
         err.print(f"payphone: unknown bench {name!r}; choose one of: {', '.join(BENCHES)}")
         raise typer.Exit(EXIT_BAD_SETTINGS)
-    module_name, issue = BENCHES[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        not_built(f"bench {name}", issue)
+    module = importlib.import_module(f"payphone.bench.{name}")
     settings = state(ctx).settings
     setup_logging("warning", settings.logging.format)
     options = {} if trials is None else {"trials": trials}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 from pydantic_settings import (
@@ -215,15 +215,23 @@ def config_file_in_use(explicit: Path | None) -> Path | None:
     return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
 
 
-def load_settings(config_file: Path | None = None, env_file: Path | None = None) -> Settings:
-    """Read settings from every source; raises `SettingsError` with readable problems."""
+def load_settings(
+    config_file: Path | None = None,
+    env_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Read settings from every source; raises `SettingsError` with readable problems.
+
+    `overrides` (e.g. `{"llm": {"backend": "ollama"}}`, from command-line options) win over
+    every source.
+    """
     toml_path = config_file_in_use(config_file)
     env_path = env_file if env_file is not None else DEFAULT_ENV_FILE
     if toml_path is not None and not toml_path.is_file():
         raise SettingsError([f"config file {toml_path}: not found"])
     token = _toml_file.set(toml_path)
     try:
-        return Settings(_env_file=env_path)
+        return Settings(_env_file=env_path, **(overrides or {}))
     except Exception as exc:
         raise explain(exc, Settings, toml_path, env_path) from exc
     finally:

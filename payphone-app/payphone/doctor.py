@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from payphone.config import AudioSettings, Settings, config_file_in_use, load_settings
+from payphone.config import AudioSettings, LlmSettings, Settings, config_file_in_use, load_settings
 from payphone.log import ms
 from payphone.settings_errors import SettingsError
 
@@ -88,7 +88,7 @@ def run_checks(config: Path | None) -> Iterator[Check]:
     yield from guarded("audio", lambda: check_audio(settings.audio))
     yield from guarded("gpio", lambda: check_gpio(settings))
     yield from guarded("models", lambda: check_models(settings, voices))
-    yield from guarded("ollama", lambda: asyncio.run(check_ollama(settings)))
+    yield from guarded("ollama", lambda: asyncio.run(check_ollama(settings.llm)))
 
 
 # -- personas ---------------------------------------------------------------------------------
@@ -413,25 +413,17 @@ CAUSE_FIXES = {
 }
 
 
-async def check_ollama(settings: Settings) -> list[Check]:
+async def check_ollama(llm: LlmSettings) -> list[Check]:
     """Reachable, has the persona model, answers a one-token chat (a warning when not used)."""
     from payphone.llm.base import ChatOptions, LlmError, Message
-    from payphone.llm.ollama_backend import OllamaBackend, keep_alive_value
+    from payphone.llm.factory import build_ollama
 
-    llm = settings.llm
     used = llm.backend == "ollama"
     bad = fail if used else warn
     name = "ollama" if used else "ollama (not used: llm.backend = embedded)"
     host = str(llm.ollama_host).rstrip("/")
-    backend = OllamaBackend(
-        host,
-        llm.ollama_model,
-        keep_alive=keep_alive_value(llm.keep_alive),
-        connect_timeout_s=llm.connect_timeout_s,
-        first_token_timeout_s=llm.first_token_timeout_s,
-        token_timeout_s=llm.token_timeout_s,
-        probe_timeout_s=llm.connect_timeout_s,
-    )
+    backend = build_ollama(llm, host)
+    backend.probe_timeout_s = llm.connect_timeout_s
     try:
         try:
             models = await backend.list_models()

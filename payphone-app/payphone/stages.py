@@ -7,6 +7,7 @@ simulator and the benchmarks all load them here, in worker threads, before the f
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from payphone.llm.breaker import BreakerStatus, CircuitBreaker
 from payphone.llm.factory import build_backend, chat_options
 from payphone.llm.history import choose_system_prompt
 from payphone.log import get_logger, ms
+from payphone.models import resolve_gguf, resolve_voice, resolve_whisper
 from payphone.personas.loader import Persona
 from payphone.reply.chunker import ChunkerConfig
 from payphone.reply.guard import GuardConfig
@@ -66,13 +68,16 @@ async def load_stages(settings: Settings, first_persona: Persona, voices: list[P
     probed and warmed up in the background while callers get the busy line.
     """
     started = time.monotonic()
-    transcriber = await asyncio.to_thread(WhisperTranscriber.from_settings, settings)
+    transcriber = await asyncio.to_thread(
+        lambda: WhisperTranscriber(resolve_whisper(settings), settings.stt)
+    )
     stt_loaded = time.monotonic()
-    synthesizer = PiperSynthesizer(settings)
+    synthesizer = PiperSynthesizer(settings.tts, functools.partial(resolve_voice, settings))
     for persona in voices:
         await synthesizer.load(persona.voice_spec)
     tts_loaded = time.monotonic()
-    backend = build_backend(settings)
+    gguf = resolve_gguf(settings) if settings.llm.backend == "embedded" else None
+    backend = build_backend(settings.llm, gguf)
     remote = settings.llm.backend == "ollama"
     status = await backend.start(system_prompt(settings, first_persona), background=remote)
     log.info(

@@ -157,7 +157,7 @@ async def test_factory_builds_a_breaker_around_the_embedded_model(model: Embedde
     settings = Settings(
         llm={"backend": "embedded", "num_predict": 16, "temperature": 0.0, "n_threads": 1}
     )
-    breaker = build_backend(settings)
+    breaker = build_backend(settings.llm, model.model_path)
     status = await breaker.start("You are terse.")
     assert status.state is BreakerState.CLOSED
     options = chat_options(settings.llm)

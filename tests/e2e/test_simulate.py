@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import wave
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rich.console import Console
 
+from payphone.call.lines import render_line
 from payphone.config import load_settings
+from payphone.models import resolve_voice
 from payphone.sim.simulate import CALLER_VOICE, simulate
 from payphone.speech.tts import PiperSynthesizer
 
@@ -18,8 +21,9 @@ pytestmark = [pytest.mark.models, pytest.mark.slow]
 
 
 async def say(path: Path, text: str) -> None:
-    voice = PiperSynthesizer(load_settings(), telephone_filter=False)
-    pcm = np.asarray(await voice.render(text, CALLER_VOICE), dtype=np.int16)
+    settings = load_settings()
+    voice = PiperSynthesizer(settings.tts, partial(resolve_voice, settings), telephone_filter=False)
+    pcm = np.asarray(await render_line(voice, text, CALLER_VOICE), dtype=np.int16)
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)

@@ -19,6 +19,7 @@ from payphone.bench.stt import (
     word_error_rate,
 )
 from payphone.config import Settings, load_settings
+from payphone.models import resolve_whisper
 from payphone.pcm import Pcm
 from payphone.speech.base import Transcriber
 from payphone.speech.stt import WhisperTranscriber, Window, cut_repetition, is_hallucination
@@ -52,7 +53,7 @@ def app_settings() -> Settings:
 
 @pytest.fixture(scope="module")
 def stt(app_settings: Settings) -> WhisperTranscriber:
-    return WhisperTranscriber.from_settings(app_settings)
+    return WhisperTranscriber(resolve_whisper(app_settings), app_settings.stt)
 
 
 @pytest.fixture(scope="module")

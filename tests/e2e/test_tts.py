@@ -6,11 +6,13 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 
 import numpy as np
 import pytest
 from scipy import signal
 
+from payphone.call.lines import render_line
 from payphone.config import Settings, load_settings
 from payphone.models import resolve_voice
 from payphone.pcm import Pcm
@@ -40,7 +42,7 @@ def settings() -> Settings:
 def tts(settings: Settings) -> PiperSynthesizer:
     """One synthesizer (and one loaded voice) for the whole module, without the phone line colour,
     so the persona effects are measured on their own."""
-    return PiperSynthesizer(settings, telephone_filter=False)
+    return PiperSynthesizer(settings.tts, partial(resolve_voice, settings), telephone_filter=False)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def spoken(tts: PiperSynthesizer) -> dict[str, Pcm]:
             "noir": NOIR,
             "grandma_unshifted": VoiceSpec(length_scale=GRANDMA.length_scale, effect="elderly"),
         }
-        return {name: await tts.render(SENTENCE, spec) for name, spec in voices.items()}
+        return {name: await render_line(tts, SENTENCE, spec) for name, spec in voices.items()}
 
     return asyncio.run(all_voices())
 
@@ -124,8 +126,10 @@ def test_voices_allocate_without_an_onnx_arena(settings: Settings) -> None:
 
 
 def test_output_rate_is_converted(settings: Settings) -> None:
-    phone = PiperSynthesizer(settings, output_rate=8000, telephone_filter=True)
-    pcm = asyncio.run(phone.render("One two three.", OPERATOR))
+    phone = PiperSynthesizer(
+        settings.tts, partial(resolve_voice, settings), output_rate=8000, telephone_filter=True
+    )
+    pcm = asyncio.run(render_line(phone, "One two three.", OPERATOR))
     assert phone.sample_rate == 8000
     assert 0.5 < len(pcm) / 8000 < 3.0
     freqs, power = signal.welch(pcm.astype(np.float64), fs=8000, nperseg=512)

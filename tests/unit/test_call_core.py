@@ -179,18 +179,6 @@ async def test_deadlines_turn_a_stalled_model_into_an_error_in_time() -> None:
     assert len(pieces) == 2
 
 
-async def test_the_embedded_backend_is_built_with_the_deadlines() -> None:
-    from payphone.config import Settings
-    from payphone.llm.factory import build_backend
-
-    settings = Settings.model_validate(
-        {"llm": {"first_token_timeout_s": 1.5, "token_timeout_s": 0.5}}
-    )
-    breaker = build_backend(settings)
-    assert isinstance(breaker.backend, Deadlines)
-    assert (breaker.backend.first_token_s, breaker.backend.token_s) == (1.5, 0.5)
-
-
 async def test_a_hanging_model_host_does_not_hold_the_start() -> None:
     probed = asyncio.Event()
 

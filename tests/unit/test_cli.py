@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
 
 import pytest
+import typer
 
+from payphone.cli import BENCHES, State, with_llm_overrides
 from tests.helpers import REPO, run_module
 
 SUBCOMMANDS = ("run", "simulate", "doctor", "personas", "bench", "dtmf", "config", "stats")
@@ -83,3 +87,27 @@ def test_stats_on_a_missing_file_fails_clearly(tmp_path: Path) -> None:
     result = run_module("payphone", "stats", "--file", str(tmp_path / "nope.log"))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
+
+
+def test_llm_options_override_the_settings_without_touching_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("PAYPHONE_LLM__BACKEND", raising=False)
+    monkeypatch.setenv("PAYPHONE_LLM__NUM_PREDICT", "50")
+    before = dict(os.environ)
+    gguf = tmp_path / "persona.gguf"
+    settings = with_llm_overrides(State(None), "ollama", "http://pi2:11434", str(gguf))
+    assert (settings.llm.backend, str(settings.llm.ollama_host)) == ("ollama", "http://pi2:11434/")
+    assert settings.llm.gguf == str(gguf.resolve())
+    assert settings.llm.num_predict == 50  # the other sources still count
+    assert with_llm_overrides(State(None), None, None, None).llm.backend == "embedded"
+    with pytest.raises(typer.Exit) as bad:
+        with_llm_overrides(State(None), "gpt", None, None)
+    assert bad.value.exit_code == 2
+    assert "llm.backend: 'gpt' is not valid" in capsys.readouterr().err
+    assert dict(os.environ) == before
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_every_bench_exists(name: str) -> None:
+    assert callable(importlib.import_module(f"payphone.bench.{name}").main)

@@ -270,7 +270,7 @@ def test_missing_and_damaged_models_fail(tmp_path: Path, monkeypatch: pytest.Mon
 async def test_ollama_without_the_persona_model_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     async with OllamaProtocolServer(models=["llama3.2:1b"]) as server:
         settings = settings_with(monkeypatch, LLM__BACKEND="ollama", LLM__OLLAMA_HOST=server.url)
-        checks = await check_ollama(settings)
+        checks = await check_ollama(settings.llm)
 
     assert [c.status for c in checks] == ["ok", "fail"]
     assert checks[1].detail == "model payphone-persona missing (has: llama3.2:1b)"
@@ -283,7 +283,7 @@ async def test_ollama_down_is_only_a_warning_for_the_embedded_backend(
 ) -> None:
     host = f"http://127.0.0.1:{free_port()}"
     settings = settings_with(monkeypatch, LLM__OLLAMA_HOST=host)
-    [check] = await check_ollama(settings)
+    [check] = await check_ollama(settings.llm)
 
     assert check.status == "warn"
     assert check.name == "ollama (not used: llm.backend = embedded)"

@@ -7,14 +7,18 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from payphone.personas import loader as personas_loader
 from training.augment import augment, augment_conversation, stt_rewrite
+from training.config import CONFIG_DIR, ModelfileStage, load_config
 from training.dataset import (
+    ALLOWED_NUMBERS,
     DATA_DIR,
     MAX_WORDS,
     MIN_WORDS,
@@ -46,10 +50,27 @@ def test_shipped_data_validates_with_enough_conversations_per_persona(
     for slug, persona in PERSONAS.items():
         mine = [c for c in shipped if c.persona == slug]
         assert len(mine) >= 60, slug
-        assert {c.system for c in mine} == {persona.tag}
+        assert {c.system for c in mine} == {persona.prompt_tag}
         assert all(c.source == f"training/data/{slug}.jsonl" for c in mine)
     replies = [m["content"] for c in shipped for m in c.messages if m["role"] == "assistant"]
     assert all(MIN_WORDS <= word_count(r) <= MAX_WORDS for r in replies)
+
+
+def test_training_personas_are_the_app_persona_files() -> None:
+    """Training knows the personas only from `payphone/personas/*.toml`, field for field."""
+    files = sorted(Path(personas_loader.__file__).parent.glob("*.toml"))
+    tomls = {f.stem: tomllib.loads(f.read_text(encoding="utf-8")) for f in files}
+    fields = ("name", "key", "number", "prompt_tag")
+    assert {slug: tuple(getattr(p, f) for f in fields) for slug, p in PERSONAS.items()} == {
+        stem: tuple(data[f] for f in fields) for stem, data in tomls.items()
+    }
+    assert [p.key for p in PERSONAS.values()] == sorted(d["key"] for d in tomls.values())
+    assert {re.sub(r"\D", "", d["number"]) for d in tomls.values()} == ALLOWED_NUMBERS
+    assert sorted(p.stem for p in DATA_DIR.glob("*.jsonl")) == sorted(tomls)
+    tags = {d["prompt_tag"] for d in tomls.values()}
+    assert ModelfileStage().system in tags
+    for config in sorted(CONFIG_DIR.glob("*.toml")):
+        assert load_config(config).modelfile.system in tags, config
 
 
 def test_shipped_data_has_no_near_duplicates(shipped: list[Conversation]) -> None:

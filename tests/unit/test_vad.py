@@ -159,8 +159,7 @@ def test_barge_in_needs_speech_above_the_echo(speech: Pcm) -> None:
     at = len(echo) + 4000
     caller[at : at + len(speech)] = speech
     mixed = np.clip(playback.astype(np.int32) + caller, -32768, 32767).astype(np.int16)
-    started: list[float] = []
-    barge = VadEndpointer(barge_in=True, on_speech_start=started.append)
+    barge = VadEndpointer(barge_in=True)
     barge.gate(True)
     found = feed_all(barge, mixed)
     assert len(found) == 1
@@ -169,7 +168,6 @@ def test_barge_in_needs_speech_above_the_echo(speech: Pcm) -> None:
     # heard a little late over the echo, but the pre-roll still holds the first syllable
     assert true_start - 0.1 <= found[0].speech_start_s <= true_start + 0.3
     assert found[0].start_s < true_start
-    assert started == [found[0].speech_start_s]
 
 
 def test_bad_settings_are_refused() -> None:

@@ -22,8 +22,8 @@ from payphone.config import Settings
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.llm.breaker import CircuitBreaker
 from payphone.llm.embedded import EmbeddedBackend
-from payphone.llm.factory import build_embedded, chat_options
-from payphone.llm.ollama_backend import OllamaBackend, keep_alive_value
+from payphone.llm.factory import build_embedded, build_ollama, chat_options
+from payphone.models import resolve_gguf
 
 SYSTEM = (
     "You are Mabel, a switchboard operator in 1952. You answer in one or two short sentences, "
@@ -102,25 +102,13 @@ async def _bench_embedded(
     return result
 
 
-def _ollama_client(settings: Settings, url: str) -> OllamaBackend:
-    llm = settings.llm
-    return OllamaBackend(
-        url,
-        MODEL,
-        keep_alive=keep_alive_value(llm.keep_alive),
-        connect_timeout_s=llm.connect_timeout_s,
-        first_token_timeout_s=llm.first_token_timeout_s,
-        token_timeout_s=llm.token_timeout_s,
-    )
-
-
 async def _bench_ollama(
     settings: Settings, model: EmbeddedBackend, options: ChatOptions, trials: int
 ) -> dict[str, Any]:
     from tests.support.ollama_server import OllamaProtocolServer, embedded_reply
 
     async with OllamaProtocolServer(reply=embedded_reply(model)) as server:
-        client = _ollama_client(settings, server.url)
+        client = build_ollama(settings.llm, server.url, MODEL)
         await client.warm_up(SYSTEM)
         runs = []
         for question in _questions(trials):
@@ -145,7 +133,7 @@ async def _fault_to_error(settings: Settings, fault_kind: str) -> dict[str, Any]
         "malformed": Fault("malformed", after=5),
     }
     if fault_kind == "refused":
-        client = _ollama_client(settings, f"http://127.0.0.1:{free_port()}")
+        client = build_ollama(settings.llm, f"http://127.0.0.1:{free_port()}", MODEL)
         started = time.perf_counter()
         cause = await _drain(client, options)
         await client.aclose()
@@ -156,7 +144,7 @@ async def _fault_to_error(settings: Settings, fault_kind: str) -> dict[str, Any]
     async with OllamaProtocolServer(
         reply=scripted_reply(words, 0.01), fault=faults[fault_kind]
     ) as server:
-        client = _ollama_client(settings, server.url)
+        client = build_ollama(settings.llm, server.url, MODEL)
         cause = await _drain(client, options)
         failed = time.perf_counter()
         await client.aclose()
@@ -177,7 +165,7 @@ async def _circuit_open(settings: Settings) -> dict[str, Any]:
     """With the breaker open, how long until the caller gets the fallback."""
     from tests.support.ollama_server import free_port
 
-    client = _ollama_client(settings, f"http://127.0.0.1:{free_port()}")
+    client = build_ollama(settings.llm, f"http://127.0.0.1:{free_port()}", MODEL)
     breaker = CircuitBreaker(client, client.probe, probe_interval_s=60)
     await breaker.start()  # refused: starts open
     started = time.perf_counter()
@@ -195,7 +183,7 @@ async def _run(settings: Settings, trials: int) -> dict[str, Any]:
         f"limits: connect {llm.connect_timeout_s} s, first token {llm.first_token_timeout_s} s, "
         f"between tokens {llm.token_timeout_s} s"
     )
-    model = build_embedded(settings)
+    model = build_embedded(llm, resolve_gguf(settings))
     load_started = time.perf_counter()
     await model.load()
     result: dict[str, Any] = {

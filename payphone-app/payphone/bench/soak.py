@@ -28,6 +28,7 @@ from payphone.personas.loader import load_personas
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.simulate import speak_as_caller
 from payphone.stages import load_stages
+from payphone.streams import closing
 
 LINES = (
     "Hello, is anybody there?",
@@ -73,17 +74,13 @@ class FaultyBackend(ChatBackend):
         fail_after = self.rng.randint(0, 12) if self.rng.random() < self.fault_share else None
         count = 0
         stream = self.inner.stream(messages, options)
-        try:
+        async with closing(stream):
             async for piece in stream:
                 if fail_after is not None and count >= fail_after:
                     self.faults += 1
                     raise LlmError(self.rng.choice(FAULTS), "injected by bench soak")
                 count += 1
                 yield piece
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
 
 def rss_mb() -> float:

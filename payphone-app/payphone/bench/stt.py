@@ -278,10 +278,11 @@ def main(
 ) -> dict[str, Any]:
     """Print latency by length (median of `trials` runs) and WER for both windows."""
     runs = trials
+    from payphone.models import resolve_whisper
     from payphone.speech.stt import WhisperTranscriber
 
     started = time.perf_counter()
-    stt = WhisperTranscriber.from_settings(settings)
+    stt = WhisperTranscriber(resolve_whisper(settings), settings.stt)
     print(f"model loaded and warmed in {time.perf_counter() - started:.1f} s")
 
     latency: dict[str, dict[str, float]] = {"utterance": {}, "full": {}}

@@ -8,6 +8,7 @@ synthesis time over audio length for the whole text. Figures, never pass/fail.
 from __future__ import annotations
 
 import asyncio
+import functools
 import statistics
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from payphone.config import Settings
+from payphone.models import resolve_voice
 from payphone.speech.base import VoiceSpec
 from payphone.speech.effects import Leveler, build_chain
 from payphone.speech.tts import PiperSynthesizer
@@ -58,7 +60,7 @@ async def _one_run(
 
 
 async def _bench(settings: Settings, trials: int) -> dict[str, Any]:
-    tts = PiperSynthesizer(settings)
+    tts = PiperSynthesizer(settings.tts, functools.partial(resolve_voice, settings))
     loaded = time.perf_counter()
     await tts.load()
     load_ms = (time.perf_counter() - loaded) * 1000.0

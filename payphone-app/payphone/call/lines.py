@@ -13,7 +13,7 @@ import numpy as np
 
 from payphone.pcm import Pcm
 from payphone.personas.loader import Persona
-from payphone.speech.base import Synthesizer
+from payphone.speech.base import Synthesizer, VoiceSpec
 from payphone.streams import closing
 
 FIXED_LINES = (
@@ -27,28 +27,30 @@ FIXED_LINES = (
 )
 
 
+async def render_line(synthesizer: Synthesizer, text: str, voice: VoiceSpec) -> Pcm:
+    """A whole line as one clip (not kept: `LineBook` keeps the call's lines)."""
+    async with closing(synthesizer.synthesize(text, voice)) as stream:
+        parts = [pcm async for pcm in stream]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+
+
 class LineBook:
-    """Pre-rendered persona lines, keyed by (persona id, text)."""
+    """Pre-rendered persona lines, kept by (text, voice): the one cache of whole lines."""
 
     def __init__(self, synthesizer: Synthesizer) -> None:
         self._synth = synthesizer
-        self._cache: dict[tuple[str, str], Pcm] = {}
+        self._cache: dict[tuple[str, VoiceSpec], Pcm] = {}
         self._lock = asyncio.Lock()
 
     async def render(self, persona: Persona, text: str) -> Pcm:
         """The line as PCM, synthesized on first use (one synthesis at a time)."""
-        key = (persona.id, text)
+        key = (text, persona.voice_spec)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         async with self._lock:
             if key not in self._cache:
-                parts: list[Pcm] = []
-                async with closing(self._synth.synthesize(text, persona.voice_spec)) as stream:
-                    async for pcm in stream:
-                        parts.append(pcm)
-                joined = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
-                self._cache[key] = joined
+                self._cache[key] = await render_line(self._synth, text, persona.voice_spec)
         return self._cache[key]
 
     async def line(self, persona: Persona, field: str) -> Pcm:

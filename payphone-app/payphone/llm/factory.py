@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from payphone.config import LlmSettings, Settings
+from pathlib import Path
+
+from payphone.config import LlmSettings
 from payphone.llm.base import ChatBackend, ChatOptions
 from payphone.llm.breaker import CircuitBreaker
 from payphone.llm.deadlines import Deadlines
 from payphone.llm.embedded import EmbeddedBackend
 from payphone.llm.history import Conversation, TokenCounter, choose_system_prompt, estimate_tokens
 from payphone.llm.ollama_backend import OllamaBackend, keep_alive_value
-from payphone.models import resolve_gguf
 
 
 def chat_options(llm: LlmSettings) -> ChatOptions:
@@ -19,10 +20,13 @@ def chat_options(llm: LlmSettings) -> ChatOptions:
     )
 
 
-def build_ollama(llm: LlmSettings) -> OllamaBackend:
+def build_ollama(
+    llm: LlmSettings, host: str | None = None, model: str | None = None
+) -> OllamaBackend:
+    """The Ollama client `[llm]` describes; `host` and `model` replace its server and model."""
     return OllamaBackend(
-        host=str(llm.ollama_host),
-        model=llm.ollama_model,
+        host=host or str(llm.ollama_host),
+        model=model or llm.ollama_model,
         keep_alive=keep_alive_value(llm.keep_alive),
         connect_timeout_s=llm.connect_timeout_s,
         first_token_timeout_s=llm.first_token_timeout_s,
@@ -30,22 +34,25 @@ def build_ollama(llm: LlmSettings) -> OllamaBackend:
     )
 
 
-def build_embedded(settings: Settings) -> EmbeddedBackend:
-    """The in-process backend; raises `ModelNotFound` when the GGUF cannot be found."""
-    return EmbeddedBackend(
-        resolve_gguf(settings), n_ctx=settings.llm.num_ctx, n_threads=settings.llm.n_threads
-    )
+def build_embedded(llm: LlmSettings, gguf: Path) -> EmbeddedBackend:
+    """The in-process backend for the resolved GGUF (`payphone.models.resolve_gguf`)."""
+    return EmbeddedBackend(gguf, n_ctx=llm.num_ctx, n_threads=llm.n_threads)
 
 
-def build_backend(settings: Settings) -> CircuitBreaker:
-    """The backend `llm.backend` names, wrapped in a breaker; call `await .start(prompt)` next."""
+def build_backend(llm: LlmSettings, gguf: Path | None = None) -> CircuitBreaker:
+    """The backend `llm.backend` names, wrapped in a breaker; call `await .start(prompt)` next.
+
+    The embedded backend needs `gguf`, the resolved model file.
+    """
     backend: ChatBackend
-    if settings.llm.backend == "ollama":
-        ollama_backend = build_ollama(settings.llm)
+    if llm.backend == "ollama":
+        ollama_backend = build_ollama(llm)
         backend, probe = ollama_backend, ollama_backend.probe
+    elif gguf is None:
+        raise ValueError("llm.backend = embedded needs the GGUF path")
     else:
-        embedded = build_embedded(settings)
-        limits = settings.llm.first_token_timeout_s, settings.llm.token_timeout_s
+        embedded = build_embedded(llm, gguf)
+        limits = llm.first_token_timeout_s, llm.token_timeout_s
         backend, probe = Deadlines(embedded, *limits), embedded.probe
     return CircuitBreaker(backend, probe)
 

@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from payphone.reply.markup import MarkupStripper
+from payphone.streams import closing
 
 # --------------------------------------------------------------------------- speakable text
 
@@ -245,13 +246,9 @@ async def chunk_stream(
     consumer stops early (hang-up, barge-in), the source stream is closed too, so generation stops.
     """
     chunker = TextChunker(config)
-    try:
+    async with closing(pieces):
         async for piece in pieces:
             for chunk in chunker.feed(piece):
                 yield chunk
         for chunk in chunker.flush():
             yield chunk
-    finally:
-        close = getattr(pieces, "aclose", None)
-        if close is not None:
-            await close()

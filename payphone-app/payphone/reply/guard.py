@@ -25,6 +25,7 @@ from payphone.config import LlmSettings
 from payphone.log import get_logger
 from payphone.reply.chunker import find_sentence_end
 from payphone.reply.markup import MarkupStripper
+from payphone.streams import closing
 
 log = get_logger(__name__)
 
@@ -253,7 +254,7 @@ async def guard_stream(
     """The reply stream with the guard applied; closes the source when the guard ends the reply
     (or the consumer stops), so the model stops generating."""
     guard = OutputGuard(config)
-    try:
+    async with closing(pieces):
         async for piece in pieces:
             for out in guard.feed(piece):
                 yield out
@@ -261,7 +262,3 @@ async def guard_stream(
                 break
         for out in guard.flush():
             yield out
-    finally:
-        close = getattr(pieces, "aclose", None)
-        if close is not None:
-            await close()

@@ -7,6 +7,7 @@ Loads the stages once, runs the script on a simulated phone, writes `call.wav` a
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import time
 import tomllib
@@ -17,8 +18,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from payphone.call.lines import render_line
 from payphone.call.options import CallOptions, first_persona
 from payphone.config import Settings
+from payphone.models import resolve_voice
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
 from payphone.sim.recording import build_report, write_call_wav, write_report
@@ -36,7 +39,7 @@ CALLER_VOICE = VoiceSpec(length_scale=0.9)
 
 async def speak_as_caller(synthesizer: PiperSynthesizer, text: str) -> Pcm:
     """A caller's line spoken by Piper, as the mic would hear it (16 kHz mono)."""
-    pcm = await synthesizer.render(text, CALLER_VOICE)
+    pcm = await render_line(synthesizer, text, CALLER_VOICE)
     return to_mic_rate(pcm, synthesizer.sample_rate)
 
 
@@ -110,9 +113,11 @@ async def render_demo_lines(settings: Settings, out_dir: Path) -> Path:
     from payphone.speech.tts import PiperSynthesizer
 
     script, missing = await asyncio.to_thread(_copy_demo_script, out_dir)
-    voice = PiperSynthesizer(settings, telephone_filter=False)
+    voice = PiperSynthesizer(
+        settings.tts, functools.partial(resolve_voice, settings), telephone_filter=False
+    )
     for name, text in missing.items():
-        pcm = await voice.render(str(text), CALLER_VOICE)
+        pcm = await render_line(voice, str(text), CALLER_VOICE)
         await asyncio.to_thread(
             _write_mono, out_dir / f"{name}.wav", np.asarray(pcm, dtype=np.int16), voice.sample_rate
         )

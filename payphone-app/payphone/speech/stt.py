@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from payphone.config import Settings, SttSettings
+from payphone.config import SttSettings
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
 from payphone.speech.base import Transcriber, Transcript
@@ -139,7 +139,6 @@ class WhisperTranscriber(Transcriber):
         full_after_s: float = 25.0,
         silence_s: float = 5.0,
         log_prob_threshold: float = -1.0,
-        load: bool = True,
     ) -> None:
         self.settings = settings or SttSettings()
         self.model_dir = Path(model_dir)
@@ -152,26 +151,12 @@ class WhisperTranscriber(Transcriber):
         self._tokenizer: Any = None
         self._prompt: list[int] = []
         self._suppress: list[int] = []
-        if load:
-            self.load()
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> WhisperTranscriber:
-        """Resolve the configured model (`stt.model`) and load it."""
-        from payphone.models import resolve_whisper
-
-        return cls(resolve_whisper(settings), settings.stt, **kwargs)
+        self.load()
 
     # -- loading -----------------------------------------------------------------------------
 
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
-
     def load(self) -> None:
         """Load the model (seconds; do it at start-up) and warm it with a dummy clip."""
-        if self._model is not None:
-            return
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
@@ -261,8 +246,6 @@ class WhisperTranscriber(Transcriber):
 
     def decode(self, pcm: Pcm, window: Window) -> Decoded:
         """Run Whisper once, without the noise rules (also used by the benchmark)."""
-        if self._model is None:
-            raise RuntimeError("WhisperTranscriber.load() has not been called")
         audio = pcm_to_float(pcm)
         with self._lock:
             if window == "full":

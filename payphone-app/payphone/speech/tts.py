@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
+import functools
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +24,14 @@ import onnxruntime
 import soxr
 from piper import PiperConfig, PiperVoice, SynthesisConfig
 
-from payphone.config import Settings
+from payphone.bridge import ThreadStream
+from payphone.config import TtsSettings
 from payphone.log import get_logger, ms
-from payphone.models import resolve_voice
 from payphone.pcm import Pcm
 from payphone.speech.base import Synthesizer, VoiceSpec
 from payphone.speech.effects import Audio, EffectChain, Leveler, build_chain, pitch_ratio
 
 log = get_logger("payphone.speech.tts")
-
-_END = object()
 
 
 def voice_config(onnx: Path) -> dict[str, Any]:
@@ -119,96 +117,60 @@ _SYNTH_THREAD = concurrent.futures.ThreadPoolExecutor(
 class PiperSynthesizer(Synthesizer):
     """Piper voices for every persona, streamed, levelled and coloured for the phone line.
 
+    `resolve_voice` finds a voice's `.onnx` by name (`payphone.models.resolve_voice`).
     `output_rate` is the rate of the PCM handed out (`sample_rate`): the default voice's own rate
     unless given (22 050 Hz for the demo voice). Telephone colour and the loudness target come from
-    `settings.tts` unless overridden.
+    `tts` unless overridden.
     """
 
     def __init__(
         self,
-        settings: Settings,
+        tts: TtsSettings,
+        resolve_voice: Callable[[str], Path],
         output_rate: int | None = None,
         telephone_filter: bool | None = None,
         target_dbfs: float | None = None,
     ) -> None:
-        self._settings = settings
-        self._default_path = resolve_voice(settings)
+        self._tts = tts
+        self._resolve_voice = resolve_voice
+        self._default_path = resolve_voice(tts.voice)
         self.sample_rate = output_rate or voice_rate(self._default_path)
-        self.telephone = (
-            settings.tts.telephone_filter if telephone_filter is None else telephone_filter
-        )
-        self.target_dbfs = settings.tts.target_dbfs if target_dbfs is None else target_dbfs
+        self.telephone = tts.telephone_filter if telephone_filter is None else telephone_filter
+        self.target_dbfs = tts.target_dbfs if target_dbfs is None else target_dbfs
         self._voices = _Voices()
-        self._paths: dict[str, Path] = {settings.tts.voice: self._default_path}
-        self._rendered: dict[tuple[str, VoiceSpec], Pcm] = {}
-        self._busy = 0  # syntheses running on the worker thread
+        self._paths: dict[str, Path] = {tts.voice: self._default_path}
+        self._last: concurrent.futures.Future[None] | None = None  # the last synthesis queued
 
     def voice_path(self, model: str) -> Path:
         """The `.onnx` of a persona's voice (names resolved once, like the settings' voice)."""
         path = self._paths.get(model)
         if path is None:
-            path = self._paths[model] = resolve_voice(self._settings, model)
+            path = self._paths[model] = self._resolve_voice(model)
         return path
 
-    async def load(self, voice: VoiceSpec | None = None, warm: bool = True) -> None:
+    async def load(self, voice: VoiceSpec | None = None) -> None:
         """Load a voice at start-up (and run it once: ONNX Runtime's first run allocates), so the
         first caller does not wait for either."""
-        spec = voice or VoiceSpec(model=self._settings.tts.voice)
+        spec = voice or VoiceSpec(model=self._tts.voice)
         await asyncio.to_thread(self._voices.get, self.voice_path(spec.model))
-        if warm:
-            started = time.monotonic()
-            async for _ in self.synthesize("Hello.", spec):
-                pass
-            log.info("voice_warmed", warm_ms=ms(time.monotonic() - started))
+        started = time.monotonic()
+        async for _ in self.synthesize("Hello.", spec):
+            pass
+        log.info("voice_warmed", warm_ms=ms(time.monotonic() - started))
 
     @property
     def busy(self) -> bool:
         """Whether Piper is working on a text right now (in the synthesis thread)."""
-        return self._busy > 0
+        return self._last is not None and not self._last.done()
 
     def synthesize(self, text: str, voice: VoiceSpec) -> AsyncIterator[Pcm]:
         """PCM chunks (about one per sentence) at `sample_rate`, as Piper produces them."""
-        return self._stream(text, voice)
-
-    async def _stream(self, text: str, voice: VoiceSpec) -> AsyncIterator[Pcm]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        stop = threading.Event()
         path = self.voice_path(voice.model)
-
-        def hand_over(item: object) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed after a cancel: drop it
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def work() -> None:
-            self._busy += 1
-            try:
-                for pcm in self._pieces(path, text, voice, stop):
-                    if stop.is_set():
-                        return
-                    hand_over(pcm)
-            except BaseException as exc:  # reported to the consumer, which re-raises it
-                hand_over(exc)
-            finally:
-                self._busy -= 1
-                hand_over(_END)
-
-        worker = loop.run_in_executor(_SYNTH_THREAD, work)
-        try:
-            while True:
-                item = await queue.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, np.ndarray)
-                yield item
-        finally:
-            stop.set()
-            task = asyncio.current_task()
-            if not worker.done() and not (task is not None and task.cancelling()):
-                # closed early, not cancelled: wait for the sentence in flight
-                await asyncio.shield(worker)
+        stream = ThreadStream(
+            functools.partial(self._pieces, path, text, voice), executor=_SYNTH_THREAD
+        )
+        self._last = stream.finished
+        return stream
 
     def _pieces(
         self, path: Path, text: str, voice: VoiceSpec, stop: threading.Event
@@ -234,14 +196,3 @@ class PiperSynthesizer(Synthesizer):
         tail = render.finish()
         if len(tail):
             yield tail
-
-    async def render(self, text: str, voice: VoiceSpec) -> Pcm:
-        """A whole line as one clip, rendered once and cached (greetings, fillers, goodbyes)."""
-        key = (text, voice)
-        cached = self._rendered.get(key)
-        if cached is None:
-            pieces = [pcm async for pcm in self.synthesize(text, voice)]
-            cached = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
-            cached.setflags(write=False)
-            self._rendered[key] = cached
-        return cached

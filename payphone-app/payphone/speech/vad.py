@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -197,7 +197,6 @@ class VadEndpointer:
         echo_warmup_ms: int = 300,
         echo_floor_db: float = -50.0,
         energy_margin_db: float = 6.0,
-        on_speech_start: Callable[[float], None] | None = None,
     ) -> None:
         s = settings or VadSettings()
         self.aggressiveness = s.aggressiveness if aggressiveness is None else aggressiveness
@@ -229,7 +228,6 @@ class VadEndpointer:
         self.tail_frames = min(self.hangover_frames, math.ceil(tail_ms / self.frame_ms))
         self.min_frames = math.ceil(self.min_utterance_ms / self.frame_ms)
         self.max_frames = max(1, int(self.max_utterance_s * 1000 / self.frame_ms))
-        self.on_speech_start = on_speech_start
 
         self._vad = webrtcvad.Vad(self.aggressiveness)
         self._echo = _EchoTracker(
@@ -361,8 +359,6 @@ class VadEndpointer:
                 last_voiced_index=frame.index,
             )
             self._ring.clear()
-            if self.on_speech_start is not None:
-                self.on_speech_start(self._time(first_voiced.index))
             return
         limit = self.preroll_frames + self.start_window
         while len(self._ring) > limit:
