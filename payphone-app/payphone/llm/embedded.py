@@ -1,12 +1,13 @@
 """The persona GGUF in-process (one-Pi mode, laptops, the demo) with llama-cpp-python.
 
 The model is loaded once and used by one generation at a time. Generation runs in a worker
-thread (llama.cpp holds the CPU for whole tokens) and hands pieces to the event loop through an
-asyncio queue. Cancelling the stream sets a stop flag: the worker checks it between tokens, and
-llama.cpp's abort callback checks it between the graph nodes of a prompt evaluation, so a hang-up
-50 ms into a long prompt stops the evaluation within milliseconds instead of holding the model
-for seconds. Whatever the worker produces late is dropped. The next generation waits for the
-previous worker on a thread lock, so the model is never used by two threads at once.
+thread (llama.cpp holds the CPU for whole tokens) and hands pieces to the event loop through the
+one thread bridge (`payphone.bridge.ThreadStream`). Cancelling the stream sets a stop flag: the
+worker checks it between tokens, and llama.cpp's abort callback checks it between the graph
+nodes of a prompt evaluation, so a hang-up 50 ms into a long prompt stops the evaluation within
+milliseconds instead of holding the model for seconds. Whatever the worker produces late is
+dropped. The next generation waits for the previous worker on a thread lock, so the model is
+never used by two threads at once.
 
 Prompt caching: `Llama.generate` keeps the KV cache of the last prompt and re-evaluates only the
 tokens after the longest common prefix. `warm_up` evaluates the system prompt once, so the first
@@ -16,15 +17,17 @@ reply pays only for the caller's words (`last_stats.prompt_tokens` shows how man
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import concurrent.futures
+import functools
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from payphone.bridge import ThreadStream
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.log import get_logger, ms
 
@@ -42,14 +45,6 @@ class GenerationStats:
     generated_tokens: int
     ttft_ms: float | None
     total_ms: float
-
-
-class _End:
-    """Marks the end of a worker's output in the queue."""
-
-
-_END = _End()
-Item = str | BaseException | _End
 
 
 def _free_sampler(llm: Any) -> None:
@@ -78,14 +73,10 @@ class EmbeddedBackend(ChatBackend):
         self._llm: Any = None
         self._load_lock = threading.Lock()  # a thread lock: usable from any event loop
         self._model_lock = threading.Lock()  # one generation at a time, across threads
-        self._worker: threading.Thread | None = None
+        self._worker: concurrent.futures.Future[None] | None = None  # the last worker's end
         self._stop: threading.Event | None = None  # the running generation's stop flag
         self._abort_callback: Any = None  # kept alive while llama.cpp holds it
         self.last_stats: GenerationStats | None = None
-
-    @property
-    def loaded(self) -> bool:
-        return self._llm is not None
 
     async def load(self) -> None:
         """Load the GGUF once (in a thread; ~0.1 s for the demo model, seconds for a persona)."""
@@ -135,17 +126,9 @@ class EmbeddedBackend(ChatBackend):
             raise RuntimeError("load() the model first")
         return len(self._llm.tokenize(text.encode(), add_bos=False, special=True))
 
-    @property
-    def context_tokens(self) -> int:
-        """Tokens held in the KV cache now (the prefix a next prompt can reuse)."""
-        return 0 if self._llm is None else int(self._llm.n_tokens)
-
     async def stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[str]:
         """Yield reply pieces as the worker thread produces them; cancel stops the worker."""
         await self.load()
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Item] = asyncio.Queue()
-        stop = threading.Event()
         kwargs: dict[str, Any] = {
             "messages": [dict(m) for m in messages],
             "max_tokens": options.num_predict,
@@ -153,17 +136,17 @@ class EmbeddedBackend(ChatBackend):
             "stop": list(options.stop),
             "stream": True,
         }
-        self._start_worker(kwargs, stop, self._emitter(loop, queue, stop))
+        reply = ThreadStream(functools.partial(self._generate, kwargs), name="llm-embedded")
+        self._worker = reply.finished
         try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, _End):
-                    return
-                if isinstance(item, BaseException):
-                    raise LlmError(GENERATION_FAILED, f"{type(item).__name__}: {item}") from item
-                yield item
+            async for piece in reply:
+                yield piece
+        except Exception as exc:
+            raise LlmError(GENERATION_FAILED, f"{type(exc).__name__}: {exc}") from exc
         finally:
-            stop.set()  # the worker stops after the token it is on; its late output is dropped
+            # the worker stops after the token it is on (or mid-prompt, by the abort callback);
+            # its late output is dropped and nobody waits for it here
+            reply.stop.set()
 
     async def warm_up(self, system_prompt: str) -> None:
         """Evaluate the system prompt (plus the assistant header) so it stays in the KV cache."""
@@ -180,31 +163,8 @@ class EmbeddedBackend(ChatBackend):
             prime_ms=ms(time.perf_counter() - started),
         )
 
-    @staticmethod
-    def _emitter(
-        loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Item], stop: threading.Event
-    ) -> Callable[[Item], None]:
-        def emit(item: Item) -> None:
-            if stop.is_set() and not isinstance(item, _End):
-                return  # cancelled: drop late pieces
-            # a closed loop raises RuntimeError: nobody is listening any more
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        return emit
-
-    def _start_worker(
-        self, kwargs: dict[str, Any], stop: threading.Event, emit: Callable[[Item], None]
-    ) -> None:
-        worker = threading.Thread(
-            target=self._generate, args=(kwargs, stop, emit), name="llm-embedded", daemon=True
-        )
-        self._worker = worker
-        worker.start()
-
-    def _generate(
-        self, kwargs: dict[str, Any], stop: threading.Event, emit: Callable[[Item], None]
-    ) -> None:
+    def _generate(self, kwargs: dict[str, Any], stop: threading.Event) -> Iterator[str]:
+        """Runs in the worker thread, holding the model: llama.cpp's pieces as it writes them."""
         import llama_cpp
 
         with self._model_lock:
@@ -223,9 +183,8 @@ class EmbeddedBackend(ChatBackend):
                             break
                         text = chunk["choices"][0]["delta"].get("content")
                         if text:
-                            if first is None:
-                                first = time.perf_counter()
-                            emit(text)
+                            first = first or time.perf_counter()
+                            yield text
                 finally:
                     chunks.close()
                     _free_sampler(llm)
@@ -236,19 +195,20 @@ class EmbeddedBackend(ChatBackend):
                     ttft_ms=None if first is None else ms(first - started),
                     total_ms=ms(time.perf_counter() - started),
                 )
-            except Exception as exc:  # an aborted evaluation lands here too; emit drops it
-                emit(exc)
             finally:
                 self._stop = None
-                emit(_END)
 
     async def wait_idle(self, timeout_s: float = 30.0) -> bool:
         """Wait for the last worker thread to finish; False if it is still running."""
         worker = self._worker
         if worker is None:
             return True
-        await asyncio.to_thread(worker.join, timeout_s)
-        return not worker.is_alive()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(asyncio.wrap_future(worker))
+        except TimeoutError:
+            return False
+        return True
 
     async def aclose(self) -> None:
         """Stop using the model: wait for the worker, then free llama.cpp's memory."""
