@@ -197,7 +197,7 @@ class TextChunker:
     def _find_cut(self, text: str, final: bool) -> int | None:
         config = self.config
         clause_words = config.first_clause_words if self._emitted == 0 else config.clause_words
-        forced = _nth_token_end(text, config.max_words)
+        forced = nth_token_end(text, config.max_words)
         for match in _CANDIDATE.finditer(text):
             if forced is not None and match.start() >= forced:
                 break
@@ -230,8 +230,9 @@ class TextChunker:
         return None
 
 
-def _nth_token_end(text: str, count: int) -> int | None:
-    for index, token in enumerate(_TOKEN.finditer(text), start=1):
+def nth_token_end(text: str, count: int, start: int = 0) -> int | None:
+    """Where the `count`-th word from `start` ends (None: there are fewer words)."""
+    for index, token in enumerate(_TOKEN.finditer(text, start), start=1):
         if index == count:
             return token.end()
     return None

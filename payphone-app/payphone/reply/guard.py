@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from payphone.config import LlmSettings
 from payphone.log import get_logger
-from payphone.reply.chunker import find_sentence_end
+from payphone.reply.chunker import find_sentence_end, nth_token_end
 from payphone.reply.markup import MarkupStripper
 from payphone.streams import closing
 
@@ -209,7 +209,7 @@ class OutputGuard:
         full = self._released + self._tail
         spoken = len(self._released)
         end = find_sentence_end(full, final, start=self._cap_start)
-        grace_end = _nth_token_end(full, self.config.grace_words + 1, self._cap_start)
+        grace_end = nth_token_end(full, self.config.grace_words + 1, self._cap_start)
         if end is not None and (grace_end is None or end <= grace_end):
             cut = not final or bool(full[end:].strip())
             return self._stop(full[spoken : max(end, spoken)], "", cut)
@@ -239,13 +239,6 @@ class OutputGuard:
 
 def _count(text: str) -> int:
     return len(_TOKEN.findall(text))
-
-
-def _nth_token_end(text: str, count: int, start: int) -> int | None:
-    for index, token in enumerate(_TOKEN.finditer(text, start), start=1):
-        if index == count:
-            return token.end()
-    return None
 
 
 async def guard_stream(
