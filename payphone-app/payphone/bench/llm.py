@@ -5,7 +5,10 @@ Figures, never pass/fail:
   that speaks Ollama's protocol, backed by the same embedded model): time to first token and
   tokens per second, after warm-up, with the demo model;
 - for each failure type, the time from the fault to the `LlmError` (the moment the call loop
-  starts the fallback the caller hears), with the configured limits (`llm.*_timeout_s`).
+  starts the fallback the caller hears), with the configured limits (`llm.*_timeout_s`);
+- an abandoned prompt: a caller hangs up 50 ms into a long prompt's evaluation; how long the
+  model stays busy after that, and the next caller's first token (issue: one call's leftovers
+  must not delay the next call).
 
 The protocol server lives in `tests/support/`; the bench needs a source checkout for the ollama
 half and says so when it is missing.
@@ -102,6 +105,35 @@ async def _bench_embedded(
     return result
 
 
+async def _abandoned_prompt(model: EmbeddedBackend, trials: int) -> dict[str, Any]:
+    """Hang up 50 ms into ~1,800 prompt tokens; then time the model's release and a new reply."""
+    long_question = "Tell me about the ocean and the weather. " * 200
+    busy, next_first = [], []
+    for _ in range(trials):
+        stream = model.stream(_messages(long_question), ChatOptions(num_predict=2))
+        first = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        hung_up = time.perf_counter()
+        await asyncio.gather(first, return_exceptions=True)
+        await stream.aclose()  # type: ignore[attr-defined]
+        await model.wait_idle()
+        busy.append((time.perf_counter() - hung_up) * 1000)
+        reply = await _timed_reply(model, QUESTIONS[0], ChatOptions(num_predict=4))
+        next_first.append(reply.get("ttft_ms", float("nan")))
+    figures = {
+        "model_busy_after_hangup_ms_p50": round(statistics.median(busy), 1),
+        "model_busy_after_hangup_ms_max": round(max(busy), 1),
+        "next_first_token_ms_p50": round(statistics.median(next_first), 1),
+    }
+    print(
+        f"abandoned prompt: model busy {figures['model_busy_after_hangup_ms_p50']} ms after the "
+        f"hang-up (max {figures['model_busy_after_hangup_ms_max']}); next caller's first token "
+        f"{figures['next_first_token_ms_p50']} ms"
+    )
+    return figures
+
+
 async def _bench_ollama(
     settings: Settings, model: EmbeddedBackend, options: ChatOptions, trials: int
 ) -> dict[str, Any]:
@@ -190,6 +222,7 @@ async def _run(settings: Settings, trials: int) -> dict[str, Any]:
         "model": llm.gguf,
         "load_ms": round((time.perf_counter() - load_started) * 1000, 1),
         "embedded": await _bench_embedded(model, options, trials),
+        "abandoned_prompt": await _abandoned_prompt(model, trials),
     }
     try:
         result["ollama"] = await _bench_ollama(settings, model, options, trials)
