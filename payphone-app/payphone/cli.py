@@ -272,7 +272,7 @@ def personas_command(ctx: typer.Context) -> None:
         raise typer.Exit(EXIT_FAIL)
 
 
-BENCHES = ("hangup", "stt", "vad", "tts", "llm", "latency", "soak")
+BENCHES = ("hangup", "stt", "vad", "tts", "llm", "latency", "turns", "soak")
 
 
 @app.command("bench")

@@ -81,6 +81,21 @@ class VadSettings(Group):
     barge_in: bool = False
 
 
+class TurnSettings(Group):
+    """When the caller has finished: a short pause asks the end-of-turn model; a long one always
+    ends the turn. With no model (`model = ""`, or it fails to load) the silence rule
+    `vad.hangover_ms` decides alone."""
+
+    model: str = Field(
+        default="smart-turn-v3.2",
+        description="path or name of the Smart Turn ONNX; empty = silence rule only",
+    )
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    pause_ms: Annotated[int, Field(ge=60, le=1000)] = 180
+    max_silence_ms: Annotated[int, Field(ge=300, le=5000)] = 1200
+    threads: Annotated[int, Field(ge=1, le=8)] = 1
+
+
 class SttSettings(Group):
     model: Annotated[str, Field(min_length=1)] = "tiny.en"
     compute_type: Literal["int8", "int8_float32", "float32"] = "int8"
@@ -180,6 +195,7 @@ class Settings(BaseSettings):
     hook: HookSettings = Field(default_factory=HookSettings)
     keypad: KeypadSettings = Field(default_factory=KeypadSettings)
     vad: VadSettings = Field(default_factory=VadSettings)
+    turn: TurnSettings = Field(default_factory=TurnSettings)
     stt: SttSettings = Field(default_factory=SttSettings)
     tts: TtsSettings = Field(default_factory=TtsSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)

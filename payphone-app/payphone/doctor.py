@@ -325,23 +325,27 @@ def _other(state: str) -> str:
 
 
 def check_models(settings: Settings, voices: list[str]) -> list[Check]:
-    """Every model resolves to a file, and loads (Whisper, each Piper voice, the GGUF header)."""
-    from payphone.models import resolve_all
+    """Every model resolves to a file, and loads (Whisper, each Piper voice, the GGUF header,
+    the end-of-turn model). A broken end-of-turn model is a warning: the phone then ends turns
+    by the silence rule alone."""
+    from payphone.models import TURN, resolve_all
 
     checks: list[Check] = []
+    loaders = {"Whisper model": _load_whisper, "Piper voice": _load_voice, TURN.kind: _load_turn}
     for res in resolve_all(settings, voices=voices, download=False):
         name = f"model {res.setting.key}"
+        bad = warn if res.setting == TURN else fail
         if res.path is None:
-            checks.append(fail(name, res.error or "not found", "see the message for the fix"))
+            checks.append(bad(name, res.error or "not found", "see the message for the fix"))
             continue
         kind = res.setting.kind
-        loader = {"Whisper model": _load_whisper, "Piper voice": _load_voice}.get(kind, _load_gguf)
+        loader = loaders.get(kind, _load_gguf)
         started = time.monotonic()
         try:
             what = loader(settings, res.path)
         except Exception as exc:
             checks.append(
-                fail(
+                bad(
                     name,
                     f"{res.value!r} at {res.path} does not load: {type(exc).__name__}: {exc}",
                     f"the file is damaged or not a {kind}: delete it and run "
@@ -353,6 +357,8 @@ def check_models(settings: Settings, voices: list[str]) -> list[Check]:
         checks.append(ok(name, f"{res.value!r} -> {res.path} ({what}, {took:g} ms)"))
     if settings.llm.backend == "ollama":
         checks.append(ok("model llm.gguf", "not needed: llm.backend = ollama (Pi #2 has it)"))
+    if not settings.turn.model:
+        checks.append(ok("model turn.model", "not used: turn.model is empty (silence rule only)"))
     return checks
 
 
@@ -382,6 +388,19 @@ def _load_voice(settings: Settings, path: Path) -> str:
 
     voice = load_voice(path)
     return f"loads, {voice.config.sample_rate} Hz"
+
+
+def _load_turn(settings: Settings, path: Path) -> str:
+    import numpy as np
+
+    from payphone.speech.turn_model import SAMPLE_RATE, SmartTurn
+
+    model = SmartTurn(path, settings.turn.threads)
+    quiet = np.zeros(SAMPLE_RATE, np.int16)
+    model.predict(quiet)  # the first run also prepares the session
+    started = time.monotonic()
+    model.predict(quiet)
+    return f"loads, a prediction takes {ms(time.monotonic() - started):g} ms"
 
 
 def _load_gguf(settings: Settings, path: Path) -> str:

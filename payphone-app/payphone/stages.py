@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 
 from payphone.call.assembly import PhoneStages
-from payphone.call.listen import VadListener
+from payphone.call.listen import TurnModel, VadListener
 from payphone.call.turn import Speakable
-from payphone.config import Settings, VadSettings
+from payphone.config import Settings, TurnSettings, VadSettings
 from payphone.llm.base import ChatOptions
 from payphone.llm.breaker import BreakerStatus, CircuitBreaker
 from payphone.llm.factory import build_backend, chat_options
@@ -27,6 +27,7 @@ from payphone.reply.guard import GuardConfig
 from payphone.reply.speakable import make_speakable
 from payphone.speech.stt import WhisperTranscriber
 from payphone.speech.tts import PiperSynthesizer
+from payphone.speech.turn_model import load_turn_model
 
 log = get_logger("stages")
 
@@ -41,14 +42,16 @@ class Stages:
     speakable: Speakable
     options: ChatOptions
     llm_status: BreakerStatus
+    turn_model: TurnModel | None = None  # None: the silence rule decides when a turn ends
 
-    def for_phone(self, vad: VadSettings) -> PhoneStages:
-        """What a phone's calls share, with webrtcvad cutting the caller's utterances."""
+    def for_phone(self, vad: VadSettings, turn: TurnSettings) -> PhoneStages:
+        """What a phone's calls share: webrtcvad and the end-of-turn model cut the caller's
+        utterances."""
         return PhoneStages(
             self.transcriber,
             self.backend,
             self.synthesizer,
-            lambda: VadListener(vad),
+            lambda: VadListener(vad, turn, self.turn_model),
             self.speakable,
             self.options,
         )
@@ -92,4 +95,13 @@ async def load_stages(settings: Settings, first_persona: Persona, voices: list[P
         GuardConfig.from_settings(settings.llm),
         ChunkerConfig(first_clause_words=settings.tts.first_chunk_words),
     )
-    return Stages(transcriber, synthesizer, backend, speakable, chat_options(settings.llm), status)
+    turn_model = await asyncio.to_thread(load_turn_model, settings)
+    return Stages(
+        transcriber,
+        synthesizer,
+        backend,
+        speakable,
+        chat_options(settings.llm),
+        status,
+        turn_model,
+    )

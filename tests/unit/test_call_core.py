@@ -136,10 +136,10 @@ class RecordingTranscriber(ScriptedTranscriber):
         return await super().transcribe(pcm)
 
 
-async def test_with_barge_in_speech_while_thinking_joins_the_turn() -> None:
+async def test_speech_while_thinking_joins_the_turn_it_belongs_to() -> None:
     transcriber = RecordingTranscriber(["I was wondering if you could help"], delay_s=0.4)
     stages = PhoneStages(transcriber, ScriptedBackend(), ToneSynthesizer(), EnergyEndpointer)
-    rig = build_rig(stages, CallOptions(FAST, barge_in=True), sink_speed=4.0)
+    rig = build_rig(stages, CallOptions(FAST), sink_speed=4.0)  # no barge-in needed
     task = await running(rig)
     rig.lift()
     await rig.wait_state(CallState.LISTENING)

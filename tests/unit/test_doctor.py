@@ -267,6 +267,31 @@ def test_missing_and_damaged_models_fail(tmp_path: Path, monkeypatch: pytest.Mon
     assert "not a GGUF file" in checks["model llm.gguf"].detail
 
 
+@pytest.mark.models
+def test_the_turn_model_loads_and_a_broken_one_only_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def turn_check(**env: str) -> Check:
+        settings = settings_with(monkeypatch, LLM__BACKEND="ollama", **env)
+        return {c.name: c for c in check_models(settings, [])}["model turn.model"]
+
+    check = turn_check()
+    assert check.status == "ok"
+    assert "'smart-turn-v3.2' -> " in check.detail
+    assert "a prediction takes" in check.detail
+    broken = tmp_path / "turn.onnx"
+    broken.write_bytes(b"\x08\x07 not an onnx model")
+    check = turn_check(TURN__MODEL=str(broken))
+    assert check.status == "warn"  # the phone still works: the silence rule ends turns
+    assert "does not load" in check.detail
+    check = turn_check(TURN__MODEL=str(tmp_path / "gone.onnx"))
+    assert check.status == "warn"
+    assert "gone.onnx" in check.detail
+    check = turn_check(TURN__MODEL="")
+    assert check.status == "ok"
+    assert "silence rule only" in check.detail
+
+
 async def test_ollama_without_the_persona_model_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     async with OllamaProtocolServer(models=["llama3.2:1b"]) as server:
         settings = settings_with(monkeypatch, LLM__BACKEND="ollama", LLM__OLLAMA_HOST=server.url)

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import functools
 import http.server
+import re
 import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from payphone import models
 from payphone.config import load_settings
 from payphone.download import DownloadError
 from payphone.models import (
+    DEMO_PACKAGES,
     ModelNotFound,
     demo_package_path,
     resolve_all,
     resolve_gguf,
+    resolve_turn_model,
     resolve_voice,
     resolve_whisper,
 )
+from tests.helpers import REPO
 
 
 def test_demo_packages_resolve_to_real_model_files() -> None:
@@ -136,3 +142,75 @@ def test_resolve_all_collects_every_problem(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_demo_package_lookup_does_not_need_the_package() -> None:
     assert demo_package_path("no_such_package_here", "x") is None
+
+
+# -- the end-of-turn model --------------------------------------------------------------------
+
+
+def test_the_turn_model_is_found_in_pipecat_without_importing_it() -> None:
+    path = resolve_turn_model(load_settings())
+    assert path is not None
+    assert path.name == "smart-turn-v3.2-cpu.onnx"
+    assert path.stat().st_size > 1_000_000
+    assert "pipecat" not in sys.modules  # its dependencies are not installed
+
+
+def test_an_empty_turn_model_means_none_and_no_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYPHONE_TURN__MODEL", "")
+    settings = load_settings()
+    assert resolve_turn_model(settings) is None
+    assert "turn.model" not in {r.setting.key for r in resolve_all(settings, voices=[])}
+
+
+def test_the_turn_model_shows_in_resolve_all() -> None:
+    (turn,) = [r for r in resolve_all(load_settings(), voices=[]) if r.setting.key == "turn.model"]
+    assert turn.value == "smart-turn-v3.2"
+    assert turn.path is not None
+
+
+def test_a_turn_model_path_is_taken_as_is(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    mine = tmp_path / "mine.onnx"
+    mine.write_bytes(b"not checked here")
+    monkeypatch.setenv("PAYPHONE_TURN__MODEL", str(mine))
+    assert resolve_turn_model(load_settings()) == mine
+    monkeypatch.setenv("PAYPHONE_TURN__MODEL", str(tmp_path / "gone.onnx"))
+    with pytest.raises(ModelNotFound, match=r"turn\.model \(PAYPHONE_TURN__MODEL\).*gone\.onnx"):
+        resolve_turn_model(load_settings())
+
+
+def test_download_the_turn_model_from_the_hub(
+    hub: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, root = hub
+    source = resolve_turn_model(load_settings())
+    assert source is not None
+    repo = root / "pipecat-ai" / "smart-turn-v3" / "resolve" / "main"
+    repo.mkdir(parents=True)
+    shutil.copy(source, repo / "smart-turn-v3.2-cpu.onnx")
+    # production: pipecat-ai not installed
+    monkeypatch.setattr(models, "demo_package_path", lambda package, inner: None)
+    monkeypatch.setenv("PAYPHONE_MODELS__HUB_URL", url)
+    settings = load_settings()
+    with pytest.raises(ModelNotFound, match="pipecat-ai"):
+        resolve_turn_model(settings)  # downloads are off unless asked for
+    got = resolve_turn_model(settings, download=True)
+    assert got == settings.models.dir / "turn" / "smart-turn-v3.2.onnx"
+    assert got.read_bytes() == source.read_bytes()
+    assert resolve_turn_model(settings) == got  # found in the cache next time
+
+
+def test_an_unknown_turn_model_name_is_not_downloaded(
+    hub: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = hub
+    monkeypatch.setenv("PAYPHONE_MODELS__HUB_URL", url)
+    monkeypatch.setenv("PAYPHONE_TURN__MODEL", "smart-turn-v9")
+    with pytest.raises(ModelNotFound, match=r"unknown name; known: smart-turn-v3\.2"):
+        resolve_turn_model(load_settings(), download=True)
+
+
+def test_bootstrap_installs_the_demo_packages_the_messages_name() -> None:
+    script = (REPO / "scripts" / "bootstrap.sh").read_text(encoding="utf-8")
+    found = re.search(r"^demo_models=\((.*)\)$", script, re.M)
+    assert found is not None
+    assert found.group(1).split() == DEMO_PACKAGES.split()

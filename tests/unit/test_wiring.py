@@ -49,7 +49,7 @@ class ScriptedStages:
         default_factory=lambda: BreakerStatus(BreakerState.CLOSED, 0, None, "", None, 0)
     )
 
-    def for_phone(self, vad: object) -> PhoneStages:
+    def for_phone(self, vad: object, turn: object) -> PhoneStages:
         return PhoneStages(
             ScriptedTranscriber(deque()), ScriptedBackend(), self.synthesizer, EnergyEndpointer
         )

@@ -131,7 +131,7 @@ async def _run(settings: Settings, calls: int, seed: int) -> dict[str, float]:
     backend = FaultyBackend(stages.backend, rng)
     call_settings = CallSettings(dial_tone_s=1.0, idle_prompt_s=3.0, idle_goodbye_s=2.0)
     rig = build_rig(
-        replace(stages.for_phone(settings.vad), backend=backend),
+        replace(stages.for_phone(settings.vad, settings.turn), backend=backend),
         replace(CallOptions.from_settings(settings), call=call_settings),
         personas=book,
         sink_speed=4.0,

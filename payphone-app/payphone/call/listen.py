@@ -1,14 +1,33 @@
-"""The production endpointer for the call loop: webrtcvad utterances as call events."""
+"""The production endpointer for the call loop: when has the caller finished?
+
+webrtcvad is the frame gate. A fixed silence timer alone is the wrong tool both ways: 600 ms
+cuts callers who pause to think, and it makes every answer wait 600 ms. So with an end-of-turn
+model (Smart Turn v3, `turn.model`) a short pause (`turn.pause_ms`) asks the model, in a worker
+thread, whether the utterance so far sounds finished; if it does, and the caller has not spoken
+again meanwhile, the turn ends at once. Otherwise the turn ends after `turn.max_silence_ms` of
+silence, whatever the model said. Without a model the silence rule (`vad.hangover_ms`) decides.
+
+The model's answer is picked up on the next mic frame (≤ one frame later), so `feed` stays
+synchronous and cheap on the event loop.
+"""
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Protocol
 
 from payphone.call.events import Heard, SpeechStarted
-from payphone.config import VadSettings
+from payphone.config import TurnSettings, VadSettings
+from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
-from payphone.speech.vad import VadEndpointer
+from payphone.speech.vad import Utterance, VadEndpointer
+
+log = get_logger("listen")
+
+# one end-of-turn check at a time, beside the loop (the model holds the CPU for 10-60 ms)
+TURN_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turn-model")
 
 
 class Endpointer(Protocol):
@@ -17,11 +36,40 @@ class Endpointer(Protocol):
     def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | Heard]: ...
 
 
+class TurnModel(Protocol):
+    """The probability that the audio so far ends a finished turn (blocking CPU work)."""
+
+    def predict(self, pcm: Pcm) -> float: ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    probability: float
+    model_ms: float
+
+
+@dataclass
+class _Check:
+    mark: int  # the utterance's last voiced frame when the check was asked
+    pause_ms: int
+    verdict: Future[Verdict]
+    logged: bool = False
+
+
 class VadListener:
     """Feeds mic frames to the VAD, gated while the earpiece plays; emits start and utterances."""
 
-    def __init__(self, settings: VadSettings) -> None:
-        self._vad = VadEndpointer(settings)
+    def __init__(
+        self,
+        settings: VadSettings,
+        turn: TurnSettings | None = None,
+        model: TurnModel | None = None,
+    ) -> None:
+        self._turn = turn or TurnSettings()
+        self._model = model
+        hangover = self._turn.max_silence_ms if model is not None else settings.hangover_ms
+        self._vad = VadEndpointer(settings, hangover_ms=hangover)
+        self._check: _Check | None = None
         self._was_speaking = False
 
     def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | Heard]:
@@ -30,6 +78,49 @@ class VadListener:
         utterances = self._vad.feed(pcm)
         if self._vad.in_speech and not self._was_speaking:
             events.append(SpeechStarted(time.monotonic()))
+        utterances.extend(self._end_of_turn())
         self._was_speaking = self._vad.in_speech
         events.extend(Heard(u.pcm, u.end_monotonic) for u in utterances)
         return events
+
+    def _end_of_turn(self) -> list[Utterance]:
+        """Ask the model at a pause; end the turn when it says finished and nothing changed."""
+        mark, pause = self._vad.speech_mark, self._vad.pause_ms
+        if self._model is None or mark is None or pause == 0:
+            self._check = None  # idle, or the caller speaks: an earlier verdict is stale
+            return []
+        check = self._check
+        if check is None or check.mark != mark:
+            if pause >= self._turn.pause_ms:
+                audio = self._vad.speech_so_far()  # a copy, taken on the loop
+                self._check = _Check(mark, pause, TURN_THREAD.submit(_ask, self._model, audio))
+            return []
+        if not check.verdict.done():
+            return []
+        try:
+            verdict = check.verdict.result()
+        except Exception as exc:  # a broken model: the silence rule (max_silence_ms) decides
+            log.warning("turn_model_failed", error=repr(exc))
+            self._model = None
+            return []
+        finished = verdict.probability >= self._turn.threshold
+        if not check.logged:
+            check.logged = True
+            log.info(
+                "turn_check",
+                finished=finished,
+                probability=round(verdict.probability, 3),
+                pause_ms=check.pause_ms,
+                model_ms=verdict.model_ms,
+            )
+        if not finished:
+            return []  # wait for more words, or for max_silence_ms
+        utterance = self._vad.end_now()
+        return [utterance] if utterance is not None else []
+
+
+def _ask(model: TurnModel, audio: Pcm) -> Verdict:
+    """In the turn-model thread: the verdict on the utterance as it was at the pause."""
+    started = time.perf_counter()
+    probability = model.predict(audio)
+    return Verdict(probability, ms(time.perf_counter() - started))

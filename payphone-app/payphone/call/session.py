@@ -68,9 +68,10 @@ ACTIVITIES: dict[str, tuple[CallState, bool]] = {
     "idle_prompt": (CallState.ANNOUNCEMENT, True),
     "goodbye": (CallState.GOODBYE, False),  # goodbye, then the howler until on-hook
 }
-# where what the caller says starts a turn (THINKING and SPEAKING only with barge-in)
-HEARS_SPEECH = frozenset({CallState.LISTENING})
-BARGE_IN_STATES = frozenset({CallState.THINKING, CallState.SPEAKING})
+# where what the caller says starts a turn: while the persona is still thinking (nothing said
+# yet) the caller's next words join the turn they belong to; over its voice only with barge-in
+HEARS_SPEECH = frozenset({CallState.LISTENING, CallState.THINKING})
+BARGE_IN_STATES = frozenset({CallState.SPEAKING})
 # where the call takes no more input: only hanging up ends it
 FINAL = frozenset({CallState.GOODBYE, CallState.HOWLER, CallState.ENDED})
 # where the earpiece plays nothing the mic could take for the caller (tones are not speech)
@@ -277,12 +278,16 @@ class Call:
         hears = HEARS_SPEECH | (BARGE_IN_STATES if self.options.barge_in else frozenset())
         if self.state not in hears:
             reason = "persona speaking" if self.state in BARGE_IN_STATES else self.state.value
-            self.log.event("speech_ignored", reason=reason)
+            seconds = round(len(heard.pcm) / 16000, 2)
+            self.log.event("speech_ignored", reason=reason, seconds=seconds)
+            log.info("speech_ignored", reason=reason, seconds=seconds)
             return
         previous = self._turn
-        if self.state is CallState.THINKING and previous is not None:
+        joined = self.state is CallState.THINKING and previous is not None
+        if joined and previous is not None:
             # the caller went on before hearing any answer: one turn, all of what they said
             heard = Heard(np.concatenate([previous.heard.pcm, heard.pcm]), heard.speech_end)
+        self.log.event("turn_started", joined=joined, seconds=round(len(heard.pcm) / 16000, 2))
         self._disarm(Timer.IDLE)
         turn = Turn(self.deps, self.persona, self.conversation, heard)
         self._turn = turn

@@ -100,7 +100,7 @@ async def interactive(settings: Settings, out_dir: object, console: Console) -> 
     )
     stages = await load_stages(settings, first_persona(book, settings.call), list(book))
     rig = build_rig(
-        stages.for_phone(settings.vad),
+        stages.for_phone(settings.vad, settings.turn),
         CallOptions.from_settings(settings),
         personas=book,
         live_mic=mic,

@@ -60,7 +60,7 @@ async def simulate(
     try:
         result = await run_script(
             steps,
-            stages.for_phone(settings.vad),
+            stages.for_phone(settings.vad, settings.turn),
             CallOptions.from_settings(settings),
             personas=book,
             fast=fast,

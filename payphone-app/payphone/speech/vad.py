@@ -286,6 +286,30 @@ class VadEndpointer:
         self._update_pending()
         return out
 
+    @property
+    def pause_ms(self) -> int:
+        """How long the caller has been silent inside an utterance (0 while speaking or idle)."""
+        return 0 if self._speech is None else self._speech.unvoiced_run * self.frame_ms
+
+    @property
+    def speech_mark(self) -> int | None:
+        """The last voiced frame of the utterance in progress: it changes when the caller speaks
+        again, so a decision taken on an earlier pause can be recognised as stale."""
+        return None if self._speech is None else self._speech.last_voiced_index
+
+    def speech_so_far(self) -> Pcm:
+        """The audio of the utterance in progress, pre-roll and the pause so far included."""
+        if self._speech is None or not self._speech.frames:
+            return np.zeros(0, dtype=np.int16)
+        return np.concatenate([f.pcm for f in self._speech.frames])
+
+    def end_now(self) -> Utterance | None:
+        """The caller has finished (the end-of-turn model says so): close the utterance now,
+        as the hangover would have, without waiting for it."""
+        if self._speech is None:
+            return None
+        return self._finish(cut=False)
+
     def flush(self) -> list[Utterance]:
         """End of stream (hang-up, file end): finish an utterance in progress, if long enough."""
         out: list[Utterance] = []

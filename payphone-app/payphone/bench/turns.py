@@ -1,0 +1,226 @@
+"""`payphone bench turns`: how soon after the caller stops the persona answers, as heard.
+
+The real call loop on the rig (mock pins, memory audio) with the real stages (Whisper, the
+persona model, Piper), in real time. The caller's lines are spoken by Piper at three speeds; some
+hold a 0.4-1.0 s pause mid-sentence ("I was wondering ... if you could help me"). The mic gets
+each 30 ms frame when its last sample has been spoken, as a sound card delivers it.
+
+The clock starts at the caller's last voiced sample in the input audio and stops at the first
+earpiece sample of the reply (a filler is counted apart). Once the reply is heard, `#` cuts it
+off and the next line follows. Both pipelines run in the same session on the same lines: the
+end-of-turn model (`turn.*`) and the fixed silence rule (`vad.hangover_ms`).
+
+A paused line is *cut off* when the reply starts before the caller's last word; *split* when a
+turn started at the pause and the rest of the line had to join it (nothing is lost, but the
+first start was wasted work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from payphone.call.events import CallState
+from payphone.call.lines import render_line
+from payphone.call.options import CallOptions
+from payphone.config import Settings
+from payphone.pcm import Pcm
+from payphone.personas.loader import load_personas
+from payphone.sim.rig import Rig, build_rig
+from payphone.sim.runner import MIC_RATE, to_mic_rate
+from payphone.speech.base import VoiceSpec
+from payphone.stages import Stages, load_stages
+
+LINES = (
+    "Hello, who am I speaking with?",
+    "Can you connect me to the bakery on Main Street?",
+    "What is the weather going to be like tomorrow?",
+    "I need the number for the train station, please.",
+    "Tell me something nice about this town.",
+    "Is anybody there? I can barely hear you.",
+    "What time does the library close tonight?",
+    "My car broke down and I need a tow truck.",
+)
+PAUSED = (
+    ("I was wondering", "if you could help me find a phone number."),
+    ("My name is", "Margaret and I am calling about my order."),
+    ("So the thing is", "my cat got stuck up a tree again."),
+    ("Could you tell me", "how to get to the museum from here?"),
+    ("I would like to", "speak to the manager of the hotel."),
+)
+SPEEDS = (0.85, 1.0, 1.15)  # Piper length scales: faster and slower callers
+PAUSES_S = (0.4, 0.7, 1.0)
+FRAME_S = 0.03
+VOICED = 300  # |sample| above this is the caller's voice (Piper's silence is exact zeros)
+REPLY_WAIT_S = 20.0
+CALL_EVERY = 8  # a fresh call every few turns: the history stays short, as in a real call
+
+
+@dataclass(frozen=True)
+class Line:
+    pcm: Pcm
+    last_voiced_s: float  # from the start of `pcm`
+    paused: bool
+
+
+@dataclass
+class TurnFigure:
+    voice_to_voice_ms: float | None
+    paused: bool
+    cut_off: bool
+    split: bool
+    filler: bool
+
+
+async def _lines(stages: Stages) -> list[Line]:
+    said: list[Line] = []
+    for index, text in enumerate(LINES * len(SPEEDS)):
+        speed = SPEEDS[index // len(LINES)]
+        said.append(_line(await _say(stages, text, speed), paused=False))
+    for index, (head, tail) in enumerate(PAUSED * 2):
+        pause = np.zeros(round(MIC_RATE * PAUSES_S[index % len(PAUSES_S)]), dtype=np.int16)
+        parts = [await _say(stages, head, 1.0), pause, await _say(stages, tail, 1.0)]
+        said.append(_line(np.concatenate(parts), paused=True))
+    return said
+
+
+async def _say(stages: Stages, text: str, speed: float) -> Pcm:
+    """The caller's words in Piper's voice at a speed, as the mic hears them (16 kHz)."""
+    pcm = await render_line(stages.synthesizer, text, VoiceSpec(length_scale=speed))
+    return _trim(to_mic_rate(pcm, stages.synthesizer.sample_rate))
+
+
+def _trim(pcm: Pcm) -> Pcm:
+    voiced = np.nonzero(np.abs(pcm) > VOICED)[0]
+    return pcm[voiced[0] : voiced[-1] + 1] if len(voiced) else pcm
+
+
+def _line(pcm: Pcm, paused: bool) -> Line:
+    voiced = np.nonzero(np.abs(pcm) > VOICED)[0]
+    return Line(pcm, (int(voiced[-1]) + 1) / MIC_RATE, paused)
+
+
+async def _speak(rig: Rig, pcm: Pcm) -> float:
+    """Into the mic in real time, each frame once it has been spoken; returns the start time."""
+    frame = round(MIC_RATE * FRAME_S)
+    started = time.monotonic()
+    for index, offset in enumerate(range(0, len(pcm), frame)):
+        await asyncio.sleep(max(0.0, started + (index + 1) * FRAME_S - time.monotonic()))
+        rig.mic.push(pcm[offset : offset + frame])
+    return started
+
+
+async def _new_call(rig: Rig) -> None:
+    if rig.phone.call is not None:
+        rig.replace()
+        while rig.phone.call is not None:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING, timeout=30)  # after the greeting
+
+
+async def _turn(rig: Rig, line: Line) -> TurnFigure:
+    call = rig.phone.call
+    assert call is not None
+    events_before, turns_before = len(call.log.events), len(call.log.turns)
+    spoken_at = await _speak(rig, line.pcm)
+    last_voiced = spoken_at + line.last_voiced_s
+    try:
+        await rig.wait_state(CallState.SPEAKING, timeout=REPLY_WAIT_S)
+    except TimeoutError:
+        return TurnFigure(None, line.paused, False, False, False)
+    rig.keypad.press("#")
+    await rig.wait_state(CallState.LISTENING, timeout=10)
+    await asyncio.sleep(0.3)
+    answered = [r for r in call.log.turns[turns_before:] if "first_audio" in r.latency_ms]
+    if not answered:
+        return TurnFigure(None, line.paused, False, False, False)
+    record = answered[-1]  # a turn the caller went on from was cancelled before it spoke
+    reply_at = record.speech_end + (record.latency_ms.get("first_audio") or 0.0) / 1000
+    first = next((b.at for b in rig.sink.heard if b.at >= reply_at - 0.001), reply_at)
+    started = [e for e in call.log.events[events_before:] if e["event"] == "turn_started"]
+    return TurnFigure(
+        voice_to_voice_ms=round((first - last_voiced) * 1000, 1),
+        paused=line.paused,
+        cut_off=first < last_voiced,
+        split=len(started) > 1,
+        filler=record.filler,
+    )
+
+
+async def _pipeline(stages: Stages, settings: Settings, lines: list[Line]) -> list[TurnFigure]:
+    quick = settings.call.model_copy(update={"dial_tone_s": 0.3, "idle_prompt_s": 60})
+    options = dataclasses.replace(CallOptions.from_settings(settings), call=quick)
+    rig = build_rig(stages.for_phone(settings.vad, settings.turn), options)
+    task = await rig.start()
+    figures = []
+    try:
+        for index, line in enumerate(lines):
+            if index % CALL_EVERY == 0:
+                await _new_call(rig)
+            figures.append(await _turn(rig, line))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await rig.sink.aclose()
+        rig.hook.close()
+    return figures
+
+
+def _summary(name: str, figures: list[TurnFigure]) -> dict[str, Any]:
+    heard = sorted(f.voice_to_voice_ms for f in figures if f.voice_to_voice_ms is not None)
+    paused = [f for f in figures if f.paused]
+    result: dict[str, Any] = {
+        "turns": len(figures),
+        "answered": len(heard),
+        "p50_ms": round(statistics.median(heard), 1) if heard else None,
+        "p90_ms": round(heard[min(len(heard) - 1, int(0.9 * len(heard)))], 1) if heard else None,
+        "paused_turns": len(paused),
+        "paused_cut_off": sum(f.cut_off for f in paused),
+        "paused_split": sum(f.split for f in paused),
+        "fillers": sum(f.filler for f in figures),
+    }
+    print(
+        f"{name:13s} voice-to-voice p50 {result['p50_ms']} ms, p90 {result['p90_ms']} ms over "
+        f"{len(heard)}/{len(figures)} turns; paused turns cut off {result['paused_cut_off']}/"
+        f"{len(paused)}, split {result['paused_split']}/{len(paused)}; fillers {result['fillers']}",
+        flush=True,
+    )
+    return result
+
+
+async def _run(settings: Settings, trials: int) -> dict[str, Any]:
+    book = load_personas(settings.personas.user_dir)
+    stages = await load_stages(settings, book.operator, list(book))
+    try:
+        lines = (await _lines(stages))[: max(trials, 1)]
+        model = "none" if stages.turn_model is None else settings.turn.model
+        print(f"{len(lines)} caller lines; end-of-turn model: {model}", flush=True)
+        result: dict[str, Any] = {"lines": len(lines), "turn_model": model}
+        if stages.turn_model is not None:
+            result["turn_model_pipeline"] = _summary(
+                "turn model", await _pipeline(stages, settings, lines)
+            )
+        silence_only = dataclasses.replace(stages, turn_model=None)
+        result["silence_rule"] = _summary(
+            "silence rule", await _pipeline(silence_only, settings, lines)
+        )
+    finally:
+        await stages.aclose()
+    with_model, without = result.get("turn_model_pipeline"), result["silence_rule"]
+    if with_model and with_model["p50_ms"] and without["p50_ms"]:
+        result["p50_ratio"] = round(with_model["p50_ms"] / without["p50_ms"], 2)
+        print(f"ratio (turn model / silence rule), p50: {result['p50_ratio']}")
+    return result
+
+
+def main(settings: Settings, trials: int = len(LINES) * len(SPEEDS) + 2 * len(PAUSED)) -> Any:
+    """Run both pipelines over `trials` caller lines (34 by default)."""
+    return asyncio.run(_run(settings, trials))

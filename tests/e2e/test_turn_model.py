@@ -1,0 +1,119 @@
+"""Smart Turn v3 hears whether Piper's sentence is finished; without a usable model, None."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import structlog
+
+from payphone.config import Settings, load_settings
+from payphone.models import resolve_voice
+from payphone.pcm import Pcm
+from payphone.speech.turn_model import WINDOW_SAMPLES, SmartTurn, load_turn_model
+from tests.speech_fixtures import piper, silence
+
+pytestmark = pytest.mark.models
+
+PAUSE_S = 0.2  # the model is asked after a short pause (turn.pause_ms)
+
+# (finished, the same sentence cut off): in Piper's demo voice the finished ones score about
+# 0.95-0.99 and the cut ones about 0.01-0.08, at 1.0 and 1.3 times the speed
+PAIRS = (
+    (
+        "I would like to order a large pizza with mushrooms.",
+        "I would like to order a large pizza with mushrooms and",
+    ),
+    ("Could you call me back in ten minutes?", "Could you call me back in"),
+    ("My name is John and I live in Boston.", "My name is John and"),
+)
+# not every finished sentence sounds finished in Piper's voice: "I was wondering if you could
+# help me." scores about 0.03, like its cut-off "I was wondering if you could" (about 0.01)
+
+
+@pytest.fixture(scope="module")
+def app_settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="module")
+def model(app_settings: Settings) -> SmartTurn:
+    loaded = load_turn_model(app_settings)
+    assert loaded is not None, "the demo Smart Turn model (pipecat-ai) is installed"
+    return loaded
+
+
+def utterance(settings: Settings, text: str) -> Pcm:
+    """What the phone hands the model: a little lead-in, the words, the short pause."""
+    return np.concatenate([silence(0.3), piper(settings, text), silence(PAUSE_S)])
+
+
+@pytest.mark.parametrize(("finished", "cut"), PAIRS, ids=["pizza-and", "back-in", "john-and"])
+def test_a_finished_sentence_scores_high_and_a_cut_one_lower(
+    model: SmartTurn, app_settings: Settings, finished: str, cut: str
+) -> None:
+    complete = model.predict(utterance(app_settings, finished))
+    incomplete = model.predict(utterance(app_settings, cut))
+    assert complete > 0.5, f"{finished!r}: {complete:.3f}"
+    assert incomplete < 0.5, f"{cut!r}: {incomplete:.3f}"
+    assert complete - incomplete > 0.3
+
+
+def test_only_the_last_eight_seconds_count(model: SmartTurn, app_settings: Settings) -> None:
+    speech = utterance(app_settings, "Could you call me back in ten minutes?")
+    # a shorter utterance is padded with silence at the start to 8 s
+    padded = np.concatenate([silence(1.0), speech])
+    np.testing.assert_array_equal(model.features(padded), model.features(speech))
+    # a longer one loses its beginning
+    long = np.concatenate([utterance(app_settings, "Hello there."), silence(8.0), speech])
+    assert len(long) > WINDOW_SAMPLES
+    assert model.predict(long) == model.predict(long[-WINDOW_SAMPLES:])
+    assert model.features(speech).shape == (80, 800)
+
+
+def _warnings(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == "turn_model_unavailable"]
+
+
+def test_an_empty_setting_means_no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYPHONE_TURN__MODEL", "")
+    with structlog.testing.capture_logs() as logs:
+        assert load_turn_model(load_settings()) is None
+    (warning,) = _warnings(logs)
+    assert warning["log_level"] == "warning"
+    assert "turn.model is empty" in warning["reason"]
+
+
+def test_a_missing_file_means_no_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PAYPHONE_TURN__MODEL", str(tmp_path / "gone.onnx"))
+    with structlog.testing.capture_logs() as logs:
+        assert load_turn_model(load_settings()) is None
+    (warning,) = _warnings(logs)
+    assert "turn.model (PAYPHONE_TURN__MODEL)" in warning["reason"]
+    assert "gone.onnx" in warning["reason"]
+
+
+def test_an_unknown_name_means_no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYPHONE_TURN__MODEL", "smart-turn-v9")
+    with structlog.testing.capture_logs() as logs:
+        assert load_turn_model(load_settings()) is None
+    (warning,) = _warnings(logs)
+    assert "models --download" in warning["reason"]
+
+
+@pytest.mark.parametrize("content", ["garbage", "piper voice"])
+def test_a_file_that_is_no_turn_model_means_no_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, app_settings: Settings, content: str
+) -> None:
+    broken = tmp_path / "broken.onnx"
+    if content == "garbage":
+        broken.write_bytes(np.random.default_rng(0).bytes(4096))
+    else:  # a real ONNX model, but not this one
+        broken.write_bytes(resolve_voice(app_settings).read_bytes())
+    monkeypatch.setenv("PAYPHONE_TURN__MODEL", str(broken))
+    with structlog.testing.capture_logs() as logs:
+        assert load_turn_model(load_settings()) is None
+    (warning,) = _warnings(logs)
+    assert "does not load" in warning["reason"]

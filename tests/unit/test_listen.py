@@ -1,0 +1,127 @@
+"""When the caller has finished: webrtcvad gates the frames, a pause asks the end-of-turn model.
+
+The VAD and Piper's speech are real; the model here is scripted (the real Smart Turn has its own
+tests) so each verdict is known: these tests are about what the listener does with a verdict.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from payphone.call.events import Heard
+from payphone.call.listen import TURN_THREAD, VadListener
+from payphone.config import Settings, TurnSettings, load_settings
+from payphone.pcm import Pcm
+from tests.speech_fixtures import SAMPLE_RATE, piper, silence
+
+FRAME = 480  # 30 ms
+TURN = TurnSettings(pause_ms=180, max_silence_ms=1200, threshold=0.5)
+
+
+class ScriptedTurnModel:
+    """Says the same probability every time; can be held until released, or fail."""
+
+    def __init__(self, probability: float, fail: bool = False) -> None:
+        self.probability = probability
+        self.fail = fail
+        self.asked: list[int] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def predict(self, pcm: Pcm) -> float:
+        self.asked.append(len(pcm))
+        self.release.wait(5)
+        if self.fail:
+            raise RuntimeError("model exploded")
+        return self.probability
+
+
+@pytest.fixture(scope="module")
+def app_settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="module")
+def speech(app_settings: Settings) -> Pcm:
+    return piper(app_settings, "What time does the library open tomorrow morning?")
+
+
+def last_voiced(pcm: Pcm) -> int:
+    return int(np.nonzero(np.abs(pcm) > 500)[0][-1])
+
+
+def feed(listener: VadListener, pcm: Pcm, settle: bool = True) -> list[tuple[int, Heard]]:
+    """Frame by frame; with `settle`, each frame waits for the model as real time would."""
+    heard: list[tuple[int, Heard]] = []
+    for start in range(0, len(pcm) - FRAME + 1, FRAME):
+        for event in listener.feed(pcm[start : start + FRAME], playing=False):
+            if isinstance(event, Heard):
+                heard.append((start + FRAME, event))
+        if settle:
+            TURN_THREAD.submit(lambda: None).result()  # the model answered within the frame
+    return heard
+
+
+def silence_ms_at(end_sample: int, speech_end: int) -> float:
+    return (end_sample - speech_end) * 1000 / SAMPLE_RATE
+
+
+def test_a_finished_sentence_ends_at_the_short_pause(app_settings: Settings, speech: Pcm) -> None:
+    model = ScriptedTurnModel(0.9)
+    clip = np.concatenate([silence(0.5), speech, silence(2.0)])
+    [(at, heard)] = feed(VadListener(app_settings.vad, TURN, model), clip)
+    waited = silence_ms_at(at, last_voiced(clip))
+    assert waited < 400  # pause_ms + a frame or two, not the 600 ms silence rule
+    assert len(model.asked) == 1
+    assert len(heard.pcm) >= len(speech) * 0.9
+
+
+def test_an_unfinished_sentence_waits_for_the_longest_silence(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    model = ScriptedTurnModel(0.1)
+    clip = np.concatenate([silence(0.5), speech, silence(2.0)])
+    [(at, _)] = feed(VadListener(app_settings.vad, TURN, model), clip)
+    assert silence_ms_at(at, last_voiced(clip)) >= TURN.max_silence_ms
+
+
+def test_a_verdict_on_a_pause_the_caller_spoke_through_is_ignored(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    model = ScriptedTurnModel(0.9)
+    model.release.clear()  # the model is slow: the caller goes on before it answers
+    listener = VadListener(app_settings.vad, TURN, model)
+    first = feed(listener, np.concatenate([silence(0.5), speech, silence(0.3)]), settle=False)
+    for _ in range(200):  # the check is under way in the model's thread
+        if model.asked:
+            break
+        time.sleep(0.01)
+    assert first == [] and len(model.asked) == 1
+    rest = np.concatenate([speech[: FRAME * 20], silence(0.0)])
+    during = feed(listener, rest[: FRAME * 4], settle=False)  # speaking again
+    model.release.set()
+    TURN_THREAD.submit(lambda: None).result()
+    after = feed(listener, np.concatenate([rest[FRAME * 4 :], silence(2.0)]))
+    assert during == []
+    [(_, heard)] = after  # one utterance: both parts, ended by a later pause
+    assert len(heard.pcm) > len(speech)
+
+
+def test_a_failing_model_leaves_the_silence_limit_in_charge(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    model = ScriptedTurnModel(0.9, fail=True)
+    clip = np.concatenate([silence(0.5), speech, silence(2.0)])
+    [(at, _)] = feed(VadListener(app_settings.vad, TURN, model), clip)
+    assert silence_ms_at(at, last_voiced(clip)) >= TURN.max_silence_ms
+
+
+def test_without_a_model_the_silence_rule_decides(app_settings: Settings, speech: Pcm) -> None:
+    clip = np.concatenate([silence(0.5), speech, silence(2.0)])
+    [(at, _)] = feed(VadListener(app_settings.vad, TURN, None), clip)
+    waited = silence_ms_at(at, last_voiced(clip))
+    assert app_settings.vad.hangover_ms <= waited < TURN.max_silence_ms
