@@ -11,19 +11,20 @@ import numpy as np
 import pytest
 
 from payphone.call.assembly import PhoneStages
-from payphone.call.events import CallState
+from payphone.call.events import CallState, Heard, SpeechDropped, SpeechStarted
 from payphone.call.options import CallOptions
 from payphone.llm.base import ChatOptions, LlmError, Message
 from payphone.llm.breaker import CIRCUIT_OPEN, BreakerState, CircuitBreaker
 from payphone.llm.deadlines import Deadlines
 from payphone.llm.history import choose_system_prompt
 from payphone.pcm import Pcm
-from payphone.sim.rig import build_rig
+from payphone.sim.rig import Rig, build_rig
 from payphone.sim.stand_ins import (
     EnergyEndpointer,
     ScriptedBackend,
     ScriptedTranscriber,
     ToneSynthesizer,
+    speech_burst,
 )
 from payphone.speech.base import Transcript
 from tests.unit.test_call_loop import FAST, make_rig, running, speak, switch_off
@@ -210,3 +211,73 @@ async def test_a_background_start_closes_the_breaker_once_the_host_answers() -> 
     assert backend.warmed == ["You are the Operator."]
     assert [p async for p in breaker.stream([], ChatOptions(num_predict=2))]
     await breaker.aclose()
+
+
+PATIENT = FAST.model_copy(update={"idle_prompt_s": 30})  # no "are you still there?" mid-test
+
+
+async def speak_paced(rig: Rig, seconds: float) -> None:
+    """A loud burst into the mic at the pace a caller speaks it (30 ms frames)."""
+    burst = speech_burst(seconds)
+    for start in range(0, len(burst), 480):
+        rig.mic.push(burst[start : start + 480])
+        await asyncio.sleep(0.03)
+
+
+async def test_a_caller_going_on_holds_the_answer_until_they_finish() -> None:
+    said = ["I was wondering", "I was wondering if you could help"]
+    transcriber = RecordingTranscriber(said, delay_s=0.05)
+    backend = ScriptedBackend(token_delay_s=0.005)
+    stages = PhoneStages(transcriber, backend, ToneSynthesizer(), EnergyEndpointer)
+    rig = build_rig(stages, CallOptions(PATIENT), sink_speed=4.0)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak_paced(rig, 0.4)  # "I was wondering"
+    await rig.wait_state(CallState.THINKING)  # a pause: the turn starts
+    await speak_paced(rig, 1.5)  # "... if you could help": longer than the answer takes
+    await rig.wait_state(CallState.SPEAKING, timeout=5)
+    await rig.wait_state(CallState.LISTENING, timeout=5)
+    call = rig.calls[0]
+    events = [e["event"] for e in call.log.events]
+    assert "turn_held" in events and "speech_ignored" not in events
+    assert len([t for t in call.log.turns if t.reply]) == 1
+    assert transcriber.lengths[-1] >= 1.8 * 16000  # both parts went to the one answer
+    await switch_off(rig, task)
+
+
+async def test_a_cough_after_a_pause_still_gets_the_answer() -> None:
+    transcriber = RecordingTranscriber(["what time is it", "what time is it"], delay_s=0.3)
+    stages = PhoneStages(transcriber, ScriptedBackend(), ToneSynthesizer(), EnergyEndpointer)
+    rig = build_rig(stages, CallOptions(PATIENT), sink_speed=4.0)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig, 0.4)
+    await rig.wait_state(CallState.THINKING)
+    call = rig.calls[0]
+    call.post(SpeechStarted(time.monotonic()))  # the VAD heard something start...
+    await rig.wait_state(CallState.LISTENING)
+    call.post(SpeechDropped(time.monotonic()))  # ...and it was only a cough
+    await rig.wait_state(CallState.SPEAKING, timeout=5)
+    assert [e["event"] for e in call.log.events].count("turn_resumed") == 1
+    await switch_off(rig, task)
+
+
+@pytest.mark.parametrize(("said", "waits"), [("My name is", True), ("What time is it?", False)])
+async def test_an_early_end_waits_when_the_words_trail_off(said: str, waits: bool) -> None:
+    transcriber = ScriptedTranscriber(deque([said]), delay_s=0.01)
+    backend = ScriptedBackend()
+    stages = PhoneStages(transcriber, backend, ToneSynthesizer(), EnergyEndpointer)
+    rig = build_rig(stages, CallOptions(PATIENT), sink_speed=4.0)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)  # greeted after the dial tone
+    posted = time.monotonic()
+    rig.calls[0].post(Heard(speech_burst(0.5), posted, early_s=0.6))  # the turn model's early end
+    async with asyncio.timeout(3):
+        while not backend.requests:
+            await asyncio.sleep(0.005)
+    waited = time.monotonic() - posted
+    assert (waited >= 0.6) is waits
+    await switch_off(rig, task)

@@ -22,11 +22,24 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True)
+class SpeechDropped:
+    """Speech started but made no utterance (a cough, a blip, a knock on the handset)."""
+
+    at: float
+
+
+@dataclass(frozen=True)
 class Heard:
-    """One utterance the endpointer cut: 16 kHz PCM and when the caller stopped speaking."""
+    """One utterance the endpointer cut: 16 kHz PCM and when the caller stopped speaking.
+
+    `early_s`: the end-of-turn model ended it this long before the silence limit would have
+    (0: the silence limit ended it); the turn may still wait that long if the words say the
+    caller is not done ("my name is", "and").
+    """
 
     pcm: Pcm = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int16))
     speech_end: float = 0.0
+    early_s: float = 0.0
 
 
 class Timer(enum.Enum):
@@ -48,7 +61,7 @@ class ActivityDone:
     token: int
 
 
-CallEvent = KeyPress | SpeechStarted | Heard | TimerFired | ActivityDone
+CallEvent = KeyPress | SpeechStarted | SpeechDropped | Heard | TimerFired | ActivityDone
 
 
 class CallState(enum.Enum):

@@ -18,11 +18,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from payphone.call.events import Heard, SpeechStarted
+from payphone.call.events import Heard, SpeechDropped, SpeechStarted
 from payphone.config import TurnSettings, VadSettings
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
-from payphone.speech.vad import Utterance, VadEndpointer
+from payphone.speech.vad import VadEndpointer
 
 log = get_logger("listen")
 
@@ -33,7 +33,7 @@ TURN_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turn-model")
 class Endpointer(Protocol):
     """Cuts mic frames into utterances; `playing`: our own voice is in the earpiece."""
 
-    def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | Heard]: ...
+    def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | SpeechDropped | Heard]: ...
 
 
 class TurnModel(Protocol):
@@ -72,18 +72,20 @@ class VadListener:
         self._check: _Check | None = None
         self._was_speaking = False
 
-    def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | Heard]:
+    def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | SpeechDropped | Heard]:
         self._vad.gate(playing)
-        events: list[SpeechStarted | Heard] = []
-        utterances = self._vad.feed(pcm)
+        events: list[SpeechStarted | SpeechDropped | Heard] = []
+        ended = self._vad.feed(pcm)
         if self._vad.in_speech and not self._was_speaking:
             events.append(SpeechStarted(time.monotonic()))
-        utterances.extend(self._end_of_turn())
+        heard = [Heard(u.pcm, u.end_monotonic) for u in ended] + self._end_of_turn()
+        if self._was_speaking and not self._vad.in_speech and not heard:
+            events.append(SpeechDropped(time.monotonic()))  # a blip, or gated by our voice
         self._was_speaking = self._vad.in_speech
-        events.extend(Heard(u.pcm, u.end_monotonic) for u in utterances)
+        events.extend(heard)
         return events
 
-    def _end_of_turn(self) -> list[Utterance]:
+    def _end_of_turn(self) -> list[Heard]:
         """Ask the model at a pause; end the turn when it says finished and nothing changed."""
         mark, pause = self._vad.speech_mark, self._vad.pause_ms
         if self._model is None or mark is None or pause == 0:
@@ -116,7 +118,10 @@ class VadListener:
         if not finished:
             return []  # wait for more words, or for max_silence_ms
         utterance = self._vad.end_now()
-        return [utterance] if utterance is not None else []
+        if utterance is None:
+            return []
+        early_s = max(0.0, (self._turn.max_silence_ms - check.pause_ms) / 1000)
+        return [Heard(utterance.pcm, utterance.end_monotonic, early_s)]
 
 
 def _ask(model: TurnModel, audio: Pcm) -> Verdict:

@@ -31,6 +31,7 @@ from payphone.call.events import (
     CallState,
     Heard,
     KeyPress,
+    SpeechDropped,
     SpeechStarted,
     Timer,
     TimerFired,
@@ -130,6 +131,7 @@ class Call:
         self._greeted = False
         self._idle_stage = 0
         self._turn: Turn | None = None
+        self._held: Heard | None = None  # what the caller said before going on (see turn_held)
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -223,6 +225,8 @@ class Call:
                 await self._on_key(key)
             case SpeechStarted():
                 await self._on_speech_started()
+            case SpeechDropped():
+                self._on_speech_dropped()
             case Heard():
                 self._on_heard(event)
 
@@ -259,7 +263,13 @@ class Call:
 
     async def _on_speech_started(self) -> None:
         self._idle_stage = 0
-        if self.state is CallState.DIAL_TONE:
+        if self.state is CallState.THINKING and self._turn is not None:
+            # the caller goes on before any answer: hold what they said, join what follows
+            self._held = self._turn.heard
+            self.log.event("turn_held")
+            await self._stop_activity()
+            self._listen()
+        elif self.state is CallState.DIAL_TONE:
             # the caller says "hello?" over the dial tone: silence, and greet when they stop
             await self._stop_activity()
             self._set_state(CallState.LISTENING)
@@ -267,6 +277,13 @@ class Call:
         elif self.state is CallState.LISTENING:
             # push the idle deadline back; a blip the VAD then drops must not stop the timer
             self._arm(Timer.IDLE, self.settings.idle_prompt_s)
+
+    def _on_speech_dropped(self) -> None:
+        """The caller's "going on" was a cough or a knock: answer what they had said."""
+        held, self._held = self._held, None
+        if held is not None and self.state is CallState.LISTENING:
+            self.log.event("turn_resumed")
+            self._start_turn(held)
 
     def _on_heard(self, heard: Heard) -> None:
         self._idle_stage = 0
@@ -282,12 +299,19 @@ class Call:
             self.log.event("speech_ignored", reason=reason, seconds=seconds)
             log.info("speech_ignored", reason=reason, seconds=seconds)
             return
-        previous = self._turn
-        joined = self.state is CallState.THINKING and previous is not None
-        if joined and previous is not None:
+        earlier, self._held = self._held, None
+        if self.state is CallState.THINKING and self._turn is not None:
+            earlier = self._turn.heard  # both parts came before the hold could
+        if earlier is not None:
             # the caller went on before hearing any answer: one turn, all of what they said
-            heard = Heard(np.concatenate([previous.heard.pcm, heard.pcm]), heard.speech_end)
-        self.log.event("turn_started", joined=joined, seconds=round(len(heard.pcm) / 16000, 2))
+            pcm = np.concatenate([earlier.pcm, heard.pcm])
+            heard = Heard(pcm, heard.speech_end, heard.early_s)
+        self.log.event(
+            "turn_started", joined=earlier is not None, seconds=round(len(heard.pcm) / 16000, 2)
+        )
+        self._start_turn(heard)
+
+    def _start_turn(self, heard: Heard) -> None:
         self._disarm(Timer.IDLE)
         turn = Turn(self.deps, self.persona, self.conversation, heard)
         self._turn = turn

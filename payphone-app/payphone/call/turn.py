@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from payphone.call.endings import sounds_unfinished
 from payphone.call.events import Heard
 from payphone.call.lines import LineBook
 from payphone.call.player import play_and_wait
@@ -136,6 +137,7 @@ class Turn:
                 log.info("no_speech", **{"stt_ms": rec.latency_ms["transcript_ready"]})
                 return None
             rec.heard = transcript.text.strip()
+            await self._unless_unfinished(rec.heard)
             self.conversation.add_user(rec.heard)
             await self._reply_with_fallbacks()
         except asyncio.CancelledError:
@@ -157,6 +159,13 @@ class Turn:
             **{f"{k}_ms": v for k, v in rec.latency_ms.items()},
         )
         return rec
+
+    async def _unless_unfinished(self, text: str) -> None:
+        """The model ended the turn early but the words trail off ("My name is"): give the
+        caller the rest of the silence limit to go on (the call then joins their words)."""
+        if self.heard.early_s > 0 and sounds_unfinished(text):
+            log.info("turn_waits_for_words", heard=text, wait_ms=ms(self.heard.early_s))
+            await asyncio.sleep(self.heard.early_s)
 
     async def _apologize(self, cause: str) -> None:
         """A failed turn: the persona's apology, and nothing of it in the history."""

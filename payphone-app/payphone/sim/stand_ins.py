@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from payphone.call.events import Heard, SpeechStarted
+from payphone.call.events import Heard, SpeechDropped, SpeechStarted
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.pcm import Pcm
 from payphone.speech.base import Synthesizer, Transcriber, Transcript, VoiceSpec
@@ -39,7 +39,7 @@ class EnergyEndpointer:
         self._speech: list[Pcm] = []
         self._quiet = 0
 
-    def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | Heard]:
+    def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | SpeechDropped | Heard]:
         loud = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > self.threshold and not playing
         now = time.monotonic()
         if loud:

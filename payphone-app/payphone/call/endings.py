@@ -1,0 +1,33 @@
+"""Does what the caller said so far sound unfinished? The words' half of the end-of-turn call.
+
+The acoustic model hears intonation, not grammar: "My name is" and "Could you tell me" can
+sound finished. Whisper's transcript shows what it cannot: a trailing comma, dash or ellipsis
+(Whisper writes them where speech trails off), or a last word that rarely ends an English
+sentence (an article, a possessive, a preposition, a conjunction, "is", a filler). A wrong
+"unfinished" costs only the wait up to the silence limit; a wrong "finished" cuts the caller off.
+"""
+
+from __future__ import annotations
+
+import re
+
+TRAILING = ("...", "…", ",", "-", "—", ";", ":")
+DETERMINERS = ("a", "an", "the", "my", "your", "his", "her", "our", "their", "this", "these")
+CONJUNCTIONS = ("and", "but", "or", "nor", "so", "because", "if", "when", "while", "than")
+PREPOSITIONS = ("to", "of", "in", "on", "at", "by", "for", "with", "from", "into", "about", "as")
+OTHERS = ("is", "are", "was", "were", "like", "um", "uh", "er", "erm", "ah")
+CANNOT_END = frozenset(DETERMINERS + CONJUNCTIONS + PREPOSITIONS + OTHERS)
+_WORD = re.compile(r"[A-Za-z']+")
+
+
+def sounds_unfinished(text: str) -> bool:
+    """True when the transcript trails off (punctuation) or stops on a word that cannot end it."""
+    stripped = text.strip()
+    if not stripped:
+        return False
+    if stripped.endswith(TRAILING):
+        return True
+    if stripped.endswith(("?", "!")):
+        return False
+    words = _WORD.findall(stripped.lower())  # "My name is." still stops on "is"
+    return bool(words) and words[-1] in CANNOT_END
