@@ -93,6 +93,7 @@ class TurnSettings(Group):
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
     pause_ms: Annotated[int, Field(ge=60, le=1000)] = 180
     max_silence_ms: Annotated[int, Field(ge=300, le=5000)] = 1200
+    speculate_ms: Annotated[int, Field(ge=100, le=5000)] = 500
     threads: Annotated[int, Field(ge=1, le=8)] = 1
 
 

@@ -264,8 +264,15 @@ async def test_a_cough_after_a_pause_still_gets_the_answer() -> None:
     await switch_off(rig, task)
 
 
-@pytest.mark.parametrize(("said", "waits"), [("My name is", True), ("What time is it?", False)])
-async def test_an_early_end_waits_when_the_words_trail_off(said: str, waits: bool) -> None:
+@pytest.mark.parametrize(
+    ("said", "tentative", "waits"),
+    [("My name is", False, True), ("What time is it?", False, False), ("What time?", True, True)],
+)
+async def test_an_early_end_works_at_once_but_speaks_at_the_limit_when_unsure(
+    said: str, tentative: bool, waits: bool
+) -> None:
+    """The model cut the turn 0.6 s before the silence limit; the words trail off, or the model
+    itself was unsure: the answer is ready early but not heard before the limit."""
     transcriber = ScriptedTranscriber(deque([said]), delay_s=0.01)
     backend = ScriptedBackend()
     stages = PhoneStages(transcriber, backend, ToneSynthesizer(), EnergyEndpointer)
@@ -274,10 +281,14 @@ async def test_an_early_end_waits_when_the_words_trail_off(said: str, waits: boo
     rig.lift()
     await rig.wait_state(CallState.LISTENING)  # greeted after the dial tone
     posted = time.monotonic()
-    rig.calls[0].post(Heard(speech_burst(0.5), posted, early_s=0.6))  # the turn model's early end
+    heard = Heard(speech_burst(0.5), posted, limit_at=posted + 0.6, tentative=tentative)
+    rig.calls[0].post(heard)
     async with asyncio.timeout(3):
         while not backend.requests:
             await asyncio.sleep(0.005)
-    waited = time.monotonic() - posted
-    assert (waited >= 0.6) is waits
+    asked_after = time.monotonic() - posted
+    await rig.wait_state(CallState.SPEAKING, timeout=5)
+    spoke_after = time.monotonic() - posted
+    assert asked_after < 0.3  # the model was asked at once either way
+    assert (spoke_after >= 0.6) is waits
     await switch_off(rig, task)

@@ -19,7 +19,7 @@ from payphone.pcm import Pcm
 from tests.speech_fixtures import SAMPLE_RATE, piper, silence
 
 FRAME = 480  # 30 ms
-TURN = TurnSettings(pause_ms=180, max_silence_ms=1200, threshold=0.5)
+TURN = TurnSettings(pause_ms=180, speculate_ms=500, max_silence_ms=1200, threshold=0.5)
 
 
 class ScriptedTurnModel:
@@ -76,17 +76,23 @@ def test_a_finished_sentence_ends_at_the_short_pause(app_settings: Settings, spe
     [(at, heard)] = feed(VadListener(app_settings.vad, TURN, model), clip)
     waited = silence_ms_at(at, last_voiced(clip))
     assert waited < 400  # pause_ms + a frame or two, not the 600 ms silence rule
+    assert not heard.tentative
     assert len(model.asked) == 1
     assert len(heard.pcm) >= len(speech) * 0.9
 
 
-def test_an_unfinished_sentence_waits_for_the_longest_silence(
+def test_an_unfinished_sounding_sentence_starts_silently_and_speaks_at_the_limit(
     app_settings: Settings, speech: Pcm
 ) -> None:
     model = ScriptedTurnModel(0.1)
     clip = np.concatenate([silence(0.5), speech, silence(2.0)])
-    [(at, _)] = feed(VadListener(app_settings.vad, TURN, model), clip)
-    assert silence_ms_at(at, last_voiced(clip)) >= TURN.max_silence_ms
+    before = time.monotonic()
+    [(at, heard)] = feed(VadListener(app_settings.vad, TURN, model), clip)
+    waited = silence_ms_at(at, last_voiced(clip))
+    assert TURN.speculate_ms <= waited < TURN.max_silence_ms  # the work starts early...
+    assert heard.tentative
+    left = TURN.max_silence_ms - TURN.speculate_ms
+    assert heard.limit_at - before >= left / 1000 * 0.9  # ...to be heard at the limit
 
 
 def test_a_verdict_on_a_pause_the_caller_spoke_through_is_ignored(

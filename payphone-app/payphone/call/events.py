@@ -32,14 +32,17 @@ class SpeechDropped:
 class Heard:
     """One utterance the endpointer cut: 16 kHz PCM and when the caller stopped speaking.
 
-    `early_s`: the end-of-turn model ended it this long before the silence limit would have
-    (0: the silence limit ended it); the turn may still wait that long if the words say the
-    caller is not done ("my name is", "and").
+    `limit_at`: when the silence limit would have ended it (0: it did). An utterance the
+    end-of-turn model cut before that may still be unfinished: `tentative` when the model said
+    "not finished" (the turn starts anyway, silently, after `turn.speculate_ms`), or when the
+    words trail off ("my name is", "and,"). Such a turn works at once but makes no sound before
+    `limit_at`; if the caller goes on meanwhile, their words join it.
     """
 
     pcm: Pcm = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int16))
     speech_end: float = 0.0
-    early_s: float = 0.0
+    limit_at: float = 0.0
+    tentative: bool = False
 
 
 class Timer(enum.Enum):

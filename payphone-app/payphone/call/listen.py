@@ -5,7 +5,9 @@ cuts callers who pause to think, and it makes every answer wait 600 ms. So with 
 model (Smart Turn v3, `turn.model`) a short pause (`turn.pause_ms`) asks the model, in a worker
 thread, whether the utterance so far sounds finished; if it does, and the caller has not spoken
 again meanwhile, the turn ends at once. Otherwise the turn ends after `turn.max_silence_ms` of
-silence, whatever the model said. Without a model the silence rule (`vad.hangover_ms`) decides.
+silence, whatever the model said: after `turn.speculate_ms` of silence the turn starts anyway,
+silently (transcript, model, first sentence), and speaks only at that limit unless the caller goes
+on. Without a model the silence rule (`vad.hangover_ms`) decides.
 
 The model's answer is picked up on the next mic frame (≤ one frame later), so `feed` stays
 synchronous and cheap on the event loop.
@@ -115,13 +117,19 @@ class VadListener:
                 pause_ms=check.pause_ms,
                 model_ms=verdict.model_ms,
             )
-        if not finished:
-            return []  # wait for more words, or for max_silence_ms
+        if finished:
+            return self._cut(pause, tentative=False)
+        if pause >= self._turn.speculate_ms:
+            return self._cut(pause, tentative=True)  # start the work; speak at the limit
+        return []  # wait for more words
+
+    def _cut(self, pause_ms: int, tentative: bool) -> list[Heard]:
+        """End the utterance now; say when the silence limit would have ended it."""
         utterance = self._vad.end_now()
         if utterance is None:
             return []
-        early_s = max(0.0, (self._turn.max_silence_ms - check.pause_ms) / 1000)
-        return [Heard(utterance.pcm, utterance.end_monotonic, early_s)]
+        left_s = max(0.0, (self._turn.max_silence_ms - pause_ms) / 1000)
+        return [Heard(utterance.pcm, utterance.end_monotonic, time.monotonic() + left_s, tentative)]
 
 
 def _ask(model: TurnModel, audio: Pcm) -> Verdict:

@@ -16,6 +16,7 @@ stopping) it takes no more input: only hanging up ends it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -305,7 +306,7 @@ class Call:
         if earlier is not None:
             # the caller went on before hearing any answer: one turn, all of what they said
             pcm = np.concatenate([earlier.pcm, heard.pcm])
-            heard = Heard(pcm, heard.speech_end, heard.early_s)
+            heard = dataclasses.replace(heard, pcm=pcm)
         self.log.event(
             "turn_started", joined=earlier is not None, seconds=round(len(heard.pcm) / 16000, 2)
         )

@@ -126,6 +126,7 @@ class Turn:
         self._spoken: list[str] = []
         self._audible = asyncio.Event()
         self._settled = asyncio.Event()  # the answer is audible, or there will be none
+        self._not_before = 0.0  # no sound before this (monotonic): see _speak_not_before
         self.on_audible: Callable[[], None] | None = None
 
     async def run(self) -> TurnRecord | None:
@@ -137,7 +138,7 @@ class Turn:
                 log.info("no_speech", **{"stt_ms": rec.latency_ms["transcript_ready"]})
                 return None
             rec.heard = transcript.text.strip()
-            await self._unless_unfinished(rec.heard)
+            self._speak_not_before(rec.heard)
             self.conversation.add_user(rec.heard)
             await self._reply_with_fallbacks()
         except asyncio.CancelledError:
@@ -160,12 +161,17 @@ class Turn:
         )
         return rec
 
-    async def _unless_unfinished(self, text: str) -> None:
-        """The model ended the turn early but the words trail off ("My name is"): give the
-        caller the rest of the silence limit to go on (the call then joins their words)."""
-        if self.heard.early_s > 0 and sounds_unfinished(text):
-            log.info("turn_waits_for_words", heard=text, wait_ms=ms(self.heard.early_s))
-            await asyncio.sleep(self.heard.early_s)
+    def _speak_not_before(self, text: str) -> None:
+        """Cut before the silence limit but maybe unfinished (the turn model was unsure, or
+        the words trail off: "My name is"): work now, speak at the limit. If the caller goes on
+        meanwhile, the call cancels this turn and their words join it."""
+        unsure = self.heard.tentative or sounds_unfinished(text)
+        if unsure and self.heard.limit_at > time.monotonic():
+            self._not_before = self.heard.limit_at
+            wait_ms = ms(self._not_before - time.monotonic())
+            log.info(
+                "turn_speaks_later", heard=text, tentative=self.heard.tentative, wait_ms=wait_ms
+            )
 
     async def _apologize(self, cause: str) -> None:
         """A failed turn: the persona's apology, and nothing of it in the history."""
@@ -249,6 +255,7 @@ class Turn:
         while (item := await pcm.get()) is not None:
             label, audio = item
             if not self._audible.is_set():
+                await asyncio.sleep(max(0.0, self._not_before - time.monotonic()))
                 self._audible.set()
                 self._settled.set()
                 if self.record.filler:
@@ -268,7 +275,10 @@ class Turn:
         """
         if not self.persona.fillers:
             return
-        due = self.heard.speech_end + self.deps.filler_after_s - time.monotonic()
+        due = (
+            max(self.heard.speech_end + self.deps.filler_after_s, self._not_before)
+            - time.monotonic()
+        )
         try:
             async with asyncio.timeout(max(due, 0.0)):
                 await self._settled.wait()
