@@ -24,6 +24,7 @@ from payphone.config import Settings
 from payphone.models import resolve_voice
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
+from payphone.sim.gaps import reply_gaps
 from payphone.sim.recording import build_report, write_call_wav, write_report
 from payphone.sim.runner import run_script, to_mic_rate
 from payphone.sim.script import load_script
@@ -71,6 +72,7 @@ async def simulate(
     seconds = write_call_wav(
         out_dir / "call.wav", result.rig.sink.heard, result.tape, result.rig.sink.sample_rate
     )
+    report["reply_gaps_s"] = await asyncio.to_thread(reply_gaps, out_dir / "call.wav")
     write_report(out_dir / "report.json", report)
     print_summary(report, console)
     console.print(
@@ -97,6 +99,10 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     console.print(table)
     calls = len({e["call_id"] for e in report["events"]})
     console.print(f"{calls} call(s), {len(report['turns'])} turn(s)")
+    gaps = report.get("reply_gaps_s")
+    if gaps:
+        heard = ", ".join(f"{gap:.2f}" for gap in gaps)
+        console.print(f"caller's last sound -> next earpiece sound, from call.wav: {heard} s")
 
 
 def _copy_demo_script(out_dir: Path) -> tuple[Path, dict[str, Any]]:

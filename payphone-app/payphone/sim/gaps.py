@@ -1,0 +1,61 @@
+"""How long the caller waited, read off the recording itself: caller's last sound -> reply.
+
+The simulator's `call.wav` holds the earpiece (left) and the caller (right) on one clock. A
+reply gap is measured from the end of the caller's speech to the next sound in the earpiece,
+when the earpiece was silent all the while (so dial tone, ringback after a key, or a persona
+already talking do not count). Caller sounds shorter than `MIN_SPEECH_S` (key tones) are not
+speech. No internal event is used: this is what a listener to the recording hears.
+"""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+WINDOW_S = 0.01
+ACTIVE_DBFS = -45.0
+MIN_SPEECH_S = 0.5  # a caller's sentence, not a key tone
+JOIN_S = 1.2  # caller sounds closer than this are one stretch of speech (pauses to think)
+MAX_GAP_S = 8.0
+
+
+def _active(channel: npt.NDArray[np.int16], rate: int) -> npt.NDArray[np.bool_]:
+    """Per 10 ms window: louder than ACTIVE_DBFS."""
+    size = max(1, int(rate * WINDOW_S))
+    usable = len(channel) // size * size
+    frames = channel[:usable].astype(np.float64).reshape(-1, size) / 32768.0
+    rms = np.sqrt(np.mean(frames**2, axis=1)) + 1e-12
+    return np.asarray(20 * np.log10(rms) > ACTIVE_DBFS)
+
+
+def _stretches(active: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
+    """(first, last+1) window indexes of active runs, runs closer than JOIN_S merged."""
+    runs: list[tuple[int, int]] = []
+    join = int(JOIN_S / WINDOW_S)
+    for index in np.flatnonzero(active):
+        if runs and index - runs[-1][1] <= join:
+            runs[-1] = (runs[-1][0], int(index) + 1)
+        else:
+            runs.append((int(index), int(index) + 1))
+    return runs
+
+
+def reply_gaps(path: Path) -> list[float]:
+    """Seconds from each stretch of caller speech to the earpiece's next sound."""
+    with wave.open(str(path), "rb") as wav:
+        rate, channels = wav.getframerate(), wav.getnchannels()
+        stereo = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+    stereo = stereo.reshape(-1, channels)
+    ear, caller = _active(stereo[:, 0], rate), _active(stereo[:, 1], rate)
+    gaps: list[float] = []
+    for first, end in _stretches(caller):
+        if (end - first) * WINDOW_S < MIN_SPEECH_S:
+            continue
+        following = np.flatnonzero(ear[end:])
+        if not len(following) or following[0] * WINDOW_S > MAX_GAP_S or ear[end - 1]:
+            continue
+        gaps.append(round(float(following[0]) * WINDOW_S, 2))
+    return gaps

@@ -1,0 +1,45 @@
+"""Reply gaps read off a stereo recording: caller's last sound -> the earpiece's next sound."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from payphone.sim.gaps import reply_gaps
+
+RATE = 16000
+
+
+def tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+
+
+def recording(
+    tmp_path: Path, ear: list[tuple[float, float]], caller: list[tuple[float, float]]
+) -> Path:
+    stereo = np.zeros((RATE * 12, 2), dtype=np.int16)
+    for channel, spans in ((0, ear), (1, caller)):
+        for start, seconds in spans:
+            begin = int(start * RATE)
+            stereo[begin : begin + int(seconds * RATE), channel] = tone(seconds)
+    path = tmp_path / "call.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes(stereo.tobytes())
+    return path
+
+
+def test_gaps_from_the_callers_last_sound_to_the_reply(tmp_path: Path) -> None:
+    path = recording(
+        tmp_path,
+        ear=[(0.0, 0.5), (3.2, 1.0), (8.0, 1.0), (10.0, 0.5)],
+        caller=[(1.0, 0.8), (2.2, 0.5), (5.0, 0.1), (7.0, 1.0), (9.5, 1.0)],
+    )
+    # 1.0-1.8 and 2.2-2.7 are one sentence with a pause: the reply at 3.2 is 0.5 s after it;
+    # the key tone at 5.0 is not speech; the caller talking over the earpiece at 9.5 is no gap
+    assert reply_gaps(path) == [0.5, 0.0]
