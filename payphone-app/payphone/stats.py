@@ -28,7 +28,7 @@ STAGE_LABELS = {
     "transcript_ready": "speech end -> transcript",
     "first_token": "speech end -> first token",
     "first_chunk": "speech end -> first chunk",
-    "first_audio": "speech end -> first audio",
+    "first_audio": "voice to voice (first audio)",
     "reply_done": "speech end -> reply done",
     "hangup": "on-hook -> silence",
 }

@@ -134,7 +134,7 @@ def test_today_s_calls_turns_personas_latencies_fallbacks_and_errors(log_file: P
     assert "calls: 2 (2 ended)   turns: 5   no speech heard: 1" in text
     assert "personas: operator 2 call(s) / 2 turn(s), grandma_mae 1 call(s) / 3 turn(s)" in text
     assert "latency (ms)                      n      p50      p95      max" in text
-    assert "  speech end -> first audio       5    800.0   1780.0   2000.0" in text
+    assert "  voice to voice (first audio)    5    800.0   1780.0   2000.0" in text
     assert "fallbacks: 2 (stall_first_token 1, error:RuntimeError 1)" in text
     assert "  turn_failed x1: RuntimeError('onnx session died')" in text
     assert "  persona_file_problem x1: pirate.toml: key" in text
