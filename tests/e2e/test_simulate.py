@@ -32,7 +32,8 @@ async def say(path: Path, text: str) -> None:
 
 
 def check_schema(report: dict[str, object]) -> None:
-    assert set(report) == {"turns", "events"}
+    assert set(report) == {"turns", "events", "reply_gaps_s"}
+    assert all(0 <= gap < 8 for gap in report["reply_gaps_s"])  # type: ignore[attr-defined]
     for turn in report["turns"]:  # type: ignore[attr-defined]
         assert set(turn) == {"persona", "heard", "reply", "fallback", "interrupted", "latency_ms"}
         assert isinstance(turn["fallback"], bool) and isinstance(turn["interrupted"], bool)
