@@ -51,7 +51,7 @@ class Stages:
             self.transcriber,
             self.backend,
             self.synthesizer,
-            lambda: VadListener(vad, turn, self.turn_model),
+            lambda: VadListener(vad, turn, self.turn_model, self.transcriber),
             self.speakable,
             self.options,
         )

@@ -6,6 +6,7 @@ tests) so each verdict is known: these tests are about what the listener does wi
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -16,6 +17,7 @@ from payphone.call.events import Heard
 from payphone.call.listen import TURN_THREAD, VadListener
 from payphone.config import Settings, TurnSettings, load_settings
 from payphone.pcm import Pcm
+from payphone.speech.base import Transcript
 from tests.speech_fixtures import SAMPLE_RATE, piper, silence
 
 FRAME = 480  # 30 ms
@@ -131,3 +133,44 @@ def test_without_a_model_the_silence_rule_decides(app_settings: Settings, speech
     [(at, _)] = feed(VadListener(app_settings.vad, TURN, None), clip)
     waited = silence_ms_at(at, last_voiced(clip))
     assert app_settings.vad.hangover_ms <= waited < TURN.max_silence_ms
+
+
+class CountingTranscriber:
+    """Whisper's contract, scripted: remembers the audio it was given."""
+
+    def __init__(self) -> None:
+        self.given: list[int] = []
+
+    async def transcribe(self, pcm: Pcm) -> Transcript:
+        self.given.append(len(pcm))
+        return Transcript(text="What time does the library open?", duration_s=len(pcm) / 16000)
+
+
+async def test_whisper_starts_at_the_pause_and_the_turn_gets_its_transcript(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    whisper = CountingTranscriber()
+    listener = VadListener(app_settings.vad, TURN, ScriptedTurnModel(0.9), whisper)
+    clip = np.concatenate([silence(0.5), speech, silence(1.0)])
+    [(_, heard)] = feed(listener, clip)
+    assert heard.transcript is not None
+    transcript = await heard.transcript
+    assert transcript.text.startswith("What time")
+    assert whisper.given == [whisper.given[0]]  # once, at the pause, on the audio so far
+    assert abs(whisper.given[0] - len(heard.pcm)) < 0.25 * SAMPLE_RATE
+
+
+async def test_the_eager_transcript_is_dropped_when_the_caller_goes_on(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    whisper = CountingTranscriber()
+    model = ScriptedTurnModel(0.1)  # "not finished"
+    listener = VadListener(app_settings.vad, TURN, model, whisper)
+    feed(listener, np.concatenate([silence(0.5), speech, silence(0.3)]))
+    check = listener._check
+    assert check is not None and check.transcript is not None
+    eager = check.transcript
+    [(_, heard)] = feed(listener, np.concatenate([speech, silence(2.0)]))  # the caller goes on
+    await asyncio.sleep(0)
+    assert eager.cancelled() and heard.transcript is not eager
+    assert len(heard.pcm) > 1.5 * len(speech)  # one utterance, both parts

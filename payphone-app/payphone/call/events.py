@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from payphone.pcm import Pcm
+from payphone.speech.base import Transcript
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class Heard:
     speech_end: float = 0.0
     limit_at: float = 0.0
     tentative: bool = False
+    # Whisper already at work on this audio since the pause (eager): the turn awaits it
+    transcript: asyncio.Future[Transcript] | None = field(default=None, repr=False, compare=False)
 
 
 class Timer(enum.Enum):

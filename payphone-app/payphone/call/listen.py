@@ -15,6 +15,7 @@ synchronous and cheap on the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from payphone.call.events import Heard, SpeechDropped, SpeechStarted
 from payphone.config import TurnSettings, VadSettings
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
+from payphone.speech.base import Transcript
 from payphone.speech.vad import VadEndpointer
 
 log = get_logger("listen")
@@ -36,6 +38,10 @@ class Endpointer(Protocol):
     """Cuts mic frames into utterances; `playing`: our own voice is in the earpiece."""
 
     def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | SpeechDropped | Heard]: ...
+
+
+class EagerTranscriber(Protocol):
+    async def transcribe(self, pcm: Pcm) -> Transcript: ...
 
 
 class TurnModel(Protocol):
@@ -55,7 +61,13 @@ class _Check:
     mark: int  # the utterance's last voiced frame when the check was asked
     pause_ms: int
     verdict: Future[Verdict]
+    transcript: asyncio.Future[Transcript] | None = None  # Whisper on the same audio, eagerly
     logged: bool = False
+
+    def drop(self) -> None:
+        """The caller spoke again: the eager transcript is of no use any more."""
+        if self.transcript is not None:
+            self.transcript.cancel()
 
 
 class VadListener:
@@ -66,9 +78,11 @@ class VadListener:
         settings: VadSettings,
         turn: TurnSettings | None = None,
         model: TurnModel | None = None,
+        transcriber: EagerTranscriber | None = None,
     ) -> None:
         self._turn = turn or TurnSettings()
         self._model = model
+        self._transcriber = transcriber
         hangover = self._turn.max_silence_ms if model is not None else settings.hangover_ms
         self._vad = VadEndpointer(settings, hangover_ms=hangover)
         self._check: _Check | None = None
@@ -91,13 +105,13 @@ class VadListener:
         """Ask the model at a pause; end the turn when it says finished and nothing changed."""
         mark, pause = self._vad.speech_mark, self._vad.pause_ms
         if self._model is None or mark is None or pause == 0:
-            self._check = None  # idle, or the caller speaks: an earlier verdict is stale
+            self._forget()  # idle, or the caller speaks: an earlier verdict is stale
             return []
         check = self._check
         if check is None or check.mark != mark:
+            self._forget()
             if pause >= self._turn.pause_ms:
-                audio = self._vad.speech_so_far()  # a copy, taken on the loop
-                self._check = _Check(mark, pause, TURN_THREAD.submit(_ask, self._model, audio))
+                self._check = self._ask(mark, pause, self._model)
             return []
         if not check.verdict.done():
             return []
@@ -123,16 +137,41 @@ class VadListener:
             return self._cut(pause, tentative=True)  # start the work; speak at the limit
         return []  # wait for more words
 
+    def _ask(self, mark: int, pause: int, model: TurnModel) -> _Check:
+        """At a pause: the turn model's verdict, and Whisper on the same audio (eager work the
+        turn uses when this pause ends it)."""
+        audio = self._vad.speech_so_far()  # a copy, taken on the loop
+        check = _Check(mark, pause, TURN_THREAD.submit(_verdict, model, audio))
+        if self._transcriber is not None:
+            check.transcript = asyncio.ensure_future(self._transcriber.transcribe(audio))
+            check.transcript.add_done_callback(_quiet)
+        return check
+
+    def _forget(self) -> None:
+        if self._check is not None:
+            self._check.drop()
+            self._check = None
+
     def _cut(self, pause_ms: int, tentative: bool) -> list[Heard]:
         """End the utterance now; say when the silence limit would have ended it."""
+        check, self._check = self._check, None
         utterance = self._vad.end_now()
-        if utterance is None:
+        if utterance is None or check is None:
             return []
         left_s = max(0.0, (self._turn.max_silence_ms - pause_ms) / 1000)
-        return [Heard(utterance.pcm, utterance.end_monotonic, time.monotonic() + left_s, tentative)]
+        limit_at = time.monotonic() + left_s
+        return [
+            Heard(utterance.pcm, utterance.end_monotonic, limit_at, tentative, check.transcript)
+        ]
 
 
-def _ask(model: TurnModel, audio: Pcm) -> Verdict:
+def _quiet(future: asyncio.Future[Transcript]) -> None:
+    """An eager transcript nobody awaits: its failure is the turn's to report, if it is used."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _verdict(model: TurnModel, audio: Pcm) -> Verdict:
     """In the turn-model thread: the verdict on the utterance as it was at the pause."""
     started = time.perf_counter()
     probability = model.predict(audio)

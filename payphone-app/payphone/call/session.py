@@ -306,7 +306,7 @@ class Call:
         if earlier is not None:
             # the caller went on before hearing any answer: one turn, all of what they said
             pcm = np.concatenate([earlier.pcm, heard.pcm])
-            heard = dataclasses.replace(heard, pcm=pcm)
+            heard = dataclasses.replace(heard, pcm=pcm, transcript=None)
         self.log.event(
             "turn_started", joined=earlier is not None, seconds=round(len(heard.pcm) / 16000, 2)
         )

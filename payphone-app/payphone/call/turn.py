@@ -132,7 +132,8 @@ class Turn:
     async def run(self) -> TurnRecord | None:
         rec = self.record
         try:
-            transcript = await self.deps.transcriber.transcribe(self.heard.pcm)
+            eager = self.heard.transcript  # Whisper started at the pause that ended the turn
+            transcript = await (eager or self.deps.transcriber.transcribe(self.heard.pcm))
             rec.mark("transcript_ready")
             if not transcript.is_speech:
                 log.info("no_speech", **{"stt_ms": rec.latency_ms["transcript_ready"]})
