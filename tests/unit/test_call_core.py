@@ -30,6 +30,14 @@ from payphone.speech.base import Transcript
 from tests.unit.test_call_loop import FAST, make_rig, running, speak, switch_off
 
 
+async def on_the_line(rig: Rig) -> asyncio.Task[None]:
+    """Switch the phone on, lift the handset, and wait for the greeting to end."""
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    return task
+
+
 async def collect(stream: AsyncIterator[str], into: list[str]) -> None:
     async for piece in stream:
         into.append(piece)
@@ -44,9 +52,7 @@ async def test_a_reply_with_nothing_speakable_is_a_failed_turn_with_the_apology(
     settings = FAST.model_copy(update={"filler_after_s": 0.3})
     backend = ScriptedBackend(reply="*smiles*", token_delay_s=0.01)
     rig, _, _, synth = make_rig(["hello"], backend=backend, settings=settings)
-    task = await running(rig)
-    rig.lift()
-    await rig.wait_state(CallState.LISTENING)
+    task = await on_the_line(rig)
     await speak(rig)
     await rig.wait_state(CallState.THINKING)
     await rig.wait_state(CallState.LISTENING, timeout=5)
@@ -81,9 +87,7 @@ async def test_the_service_goodbye_plays_alone_and_ends_when_it_is_done() -> Non
 
 async def test_a_persona_switch_cut_at_once_still_changes_prompt_and_history() -> None:
     rig, *_ = make_rig()
-    task = await running(rig)
-    rig.lift()
-    await rig.wait_state(CallState.LISTENING)
+    task = await on_the_line(rig)
     rig.keypad.press("2")
     rig.keypad.press("#")  # in the same loop tick: cancels the ringback before it ran
     await asyncio.sleep(0.3)
@@ -112,9 +116,7 @@ async def test_a_key_during_the_max_call_goodbye_keeps_the_call_length_cap() -> 
 async def test_only_the_last_of_quick_persona_switches_is_warmed_up() -> None:
     backend = ScriptedBackend(token_delay_s=0.3)  # each warm-up takes 0.3 s
     rig, *_ = make_rig(backend=backend)
-    task = await running(rig)
-    rig.lift()
-    await rig.wait_state(CallState.LISTENING)
+    task = await on_the_line(rig)
     for key in "1230":
         rig.keypad.press(key)
         await asyncio.sleep(0.02)
@@ -141,9 +143,7 @@ async def test_speech_while_thinking_joins_the_turn_it_belongs_to() -> None:
     transcriber = RecordingTranscriber(["I was wondering if you could help"], delay_s=0.4)
     stages = PhoneStages(transcriber, ScriptedBackend(), ToneSynthesizer(), EnergyEndpointer)
     rig = build_rig(stages, CallOptions(FAST), sink_speed=4.0)  # no barge-in needed
-    task = await running(rig)
-    rig.lift()
-    await rig.wait_state(CallState.LISTENING)
+    task = await on_the_line(rig)
     await speak(rig, 0.4)
     await rig.wait_state(CallState.THINKING)
     await asyncio.sleep(0.05)
@@ -230,9 +230,7 @@ async def test_a_caller_going_on_holds_the_answer_until_they_finish() -> None:
     backend = ScriptedBackend(token_delay_s=0.005)
     stages = PhoneStages(transcriber, backend, ToneSynthesizer(), EnergyEndpointer)
     rig = build_rig(stages, CallOptions(PATIENT), sink_speed=4.0)
-    task = await running(rig)
-    rig.lift()
-    await rig.wait_state(CallState.LISTENING)
+    task = await on_the_line(rig)
     await speak_paced(rig, 0.4)  # "I was wondering"
     await rig.wait_state(CallState.THINKING)  # a pause: the turn starts
     await speak_paced(rig, 1.5)  # "... if you could help": longer than the answer takes
@@ -250,9 +248,7 @@ async def test_a_cough_after_a_pause_still_gets_the_answer() -> None:
     transcriber = RecordingTranscriber(["what time is it", "what time is it"], delay_s=0.3)
     stages = PhoneStages(transcriber, ScriptedBackend(), ToneSynthesizer(), EnergyEndpointer)
     rig = build_rig(stages, CallOptions(PATIENT), sink_speed=4.0)
-    task = await running(rig)
-    rig.lift()
-    await rig.wait_state(CallState.LISTENING)
+    task = await on_the_line(rig)
     await speak(rig, 0.4)
     await rig.wait_state(CallState.THINKING)
     call = rig.calls[0]
@@ -277,9 +273,7 @@ async def test_an_early_end_works_at_once_but_speaks_at_the_limit_when_unsure(
     backend = ScriptedBackend()
     stages = PhoneStages(transcriber, backend, ToneSynthesizer(), EnergyEndpointer)
     rig = build_rig(stages, CallOptions(PATIENT), sink_speed=4.0)
-    task = await running(rig)
-    rig.lift()
-    await rig.wait_state(CallState.LISTENING)  # greeted after the dial tone
+    task = await on_the_line(rig)  # greeted after the dial tone
     posted = time.monotonic()
     heard = Heard(speech_burst(0.5), posted, limit_at=posted + 0.6, tentative=tentative)
     rig.calls[0].post(heard)
