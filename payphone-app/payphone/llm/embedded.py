@@ -47,6 +47,25 @@ class GenerationStats:
     total_ms: float
 
 
+_LLAMA_LOG: Any = None  # the ctypes callback, kept alive while llama.cpp holds it
+
+
+def _route_llama_logs(llama_cpp: Any) -> None:
+    """llama.cpp's own messages into the structured log instead of raw lines on stderr (an
+    aborted prompt evaluation reports itself there: expected, not an error of the phone's)."""
+    global _LLAMA_LOG
+    if _LLAMA_LOG is not None:
+        return
+
+    def route(level: int, text: bytes, _data: Any) -> None:
+        line = text.decode("utf-8", errors="replace").strip()
+        if line:
+            log.debug("llama_cpp_log", level=level, text=line)
+
+    _LLAMA_LOG = llama_cpp.llama_log_callback(route)
+    llama_cpp.llama_log_set(_LLAMA_LOG, None)
+
+
 def _free_sampler(llm: Any) -> None:
     """Free the sampler llama-cpp-python made for the generation that just ended.
 
@@ -101,6 +120,7 @@ class EmbeddedBackend(ChatBackend):
                 n_threads_batch=self.n_threads,
                 verbose=False,
             )
+            _route_llama_logs(llama_cpp)
             self._abort_callback = llama_cpp.ggml_abort_callback(self._should_abort)
             llama_cpp.llama_set_abort_callback(self._llm._ctx.ctx, self._abort_callback, None)
             log.info(
