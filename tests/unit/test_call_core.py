@@ -262,7 +262,12 @@ async def test_a_cough_after_a_pause_still_gets_the_answer() -> None:
 
 @pytest.mark.parametrize(
     ("said", "tentative", "waits"),
-    [("My name is", False, True), ("What time is it?", False, False), ("What time?", True, True)],
+    [
+        ("My name is", False, True),
+        ("What time is it?", False, False),
+        ("I need a taxi.", True, True),
+        ("What time is it?", True, False),  # unsure, but Whisper heard a question
+    ],
 )
 async def test_an_early_end_works_at_once_but_speaks_at_the_limit_when_unsure(
     said: str, tentative: bool, waits: bool

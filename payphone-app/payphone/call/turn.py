@@ -163,10 +163,12 @@ class Turn:
         return rec
 
     def _speak_not_before(self, text: str) -> None:
-        """Cut before the silence limit but maybe unfinished (the turn model was unsure, or
-        the words trail off: "My name is"): work now, speak at the limit. If the caller goes on
-        meanwhile, the call cancels this turn and their words join it."""
-        unsure = self.heard.tentative or sounds_unfinished(text)
+        """Cut before the silence limit but maybe unfinished (the turn model was unsure and the
+        words are no question, or the words trail off: "My name is"): work now, speak at the
+        limit. If the caller goes on meanwhile, the call cancels this turn and their words join
+        it."""
+        asked = text.rstrip().endswith("?")  # Whisper heard a question: that one is finished
+        unsure = sounds_unfinished(text) or (self.heard.tentative and not asked)
         if unsure and self.heard.limit_at > time.monotonic():
             self._not_before = self.heard.limit_at
             wait_ms = ms(self._not_before - time.monotonic())
