@@ -291,3 +291,22 @@ async def test_an_early_end_works_at_once_but_speaks_at_the_limit_when_unsure(
     assert asked_after < 0.3  # the model was asked at once either way
     assert (spoke_after >= 0.6) is waits
     await switch_off(rig, task)
+
+
+async def test_a_held_turn_is_not_joined_across_a_persona_switch() -> None:
+    transcriber = RecordingTranscriber(["hello", "what time is it"], delay_s=0.3)
+    stages = PhoneStages(transcriber, ScriptedBackend(), ToneSynthesizer(), EnergyEndpointer)
+    rig = build_rig(stages, CallOptions(PATIENT), sink_speed=4.0)
+    task = await on_the_line(rig)
+    await speak(rig, 0.4)
+    await rig.wait_state(CallState.THINKING)
+    call = rig.calls[0]
+    call.post(SpeechStarted(time.monotonic()))  # the caller goes on...
+    await rig.wait_state(CallState.LISTENING)
+    rig.keypad.press("1")  # ...but presses a persona key instead
+    await rig.wait_state(CallState.RINGBACK)
+    await rig.wait_state(CallState.LISTENING, timeout=5)  # after the new greeting
+    await speak(rig, 0.4)
+    await rig.wait_state(CallState.SPEAKING, timeout=5)
+    assert transcriber.lengths[-1] < 0.6 * 16000  # only the new words, not the held ones
+    await switch_off(rig, task)

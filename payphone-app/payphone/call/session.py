@@ -456,6 +456,8 @@ class Call:
         self.interrupt()
         if previous is not None and previous.done():
             previous = None
+        if name != "turn":
+            self._held = None  # a key, a prompt or a goodbye came between: no join across it
         self._disarm(Timer.IDLE)
         self._activity_token = token = next(self._tokens)
         self._activity_name = name
