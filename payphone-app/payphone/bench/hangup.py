@@ -96,6 +96,15 @@ async def _trial_key(rig: Rig) -> float:
     return latency
 
 
+async def _trial_speculative(rig: Rig) -> tuple[float, float]:
+    """The answer is ready but held back (the turn model was unsure): hang up while it waits."""
+    await _listening_call(rig)
+    rig.mic.push(speech_burst(0.4))
+    await rig.wait_state(CallState.THINKING, timeout=10)
+    await asyncio.sleep(0.7)  # transcript, model and first chunk done; nothing audible yet
+    return await _hang_up_and_measure(rig)
+
+
 async def _trial_device_gone(rig: Rig) -> tuple[float, float]:
     """The earpiece's sound card is unplugged: dial tone into a sink with no device."""
     rig.lift()
@@ -104,7 +113,13 @@ async def _trial_device_gone(rig: Rig) -> tuple[float, float]:
     return await _hang_up_and_measure(rig)
 
 
-def _rig(settings: Settings, transcribe_s: float, reply: str, device_gone: bool = False) -> Rig:
+def _rig(
+    settings: Settings,
+    transcribe_s: float,
+    reply: str,
+    device_gone: bool = False,
+    unsure_s: float = 0,
+) -> Rig:
     transcriber = ScriptedTranscriber(deque(["hello"] * 10_000), delay_s=transcribe_s)
     backend = ScriptedBackend(reply=reply, token_delay_s=0.02)
     synthesizer = ToneSynthesizer()
@@ -115,7 +130,7 @@ def _rig(settings: Settings, transcribe_s: float, reply: str, device_gone: bool 
         gone = AudioSettings(output_device=GONE_DEVICE, retry_max_s=1.0)
         earpiece = PyAudioSink(gone, synthesizer.sample_rate)
     return build_rig(
-        PhoneStages(transcriber, backend, synthesizer, EnergyEndpointer),
+        PhoneStages(transcriber, backend, synthesizer, lambda: EnergyEndpointer(unsure_s=unsure_s)),
         CallOptions(SETTINGS),
         debounce_ms=settings.hook.debounce_ms,
         earpiece=earpiece,
@@ -136,11 +151,13 @@ async def _run(settings: Settings, trials: int) -> dict[str, float]:
         ("speaking", 0.05, "Sure thing. " * 100, _trial_speaking),
         ("stt", 0.5, long_reply, _trial_stt),
         ("llm", 0.05, long_reply, _trial_llm),
+        ("speculative", 0.05, "Sure thing. " * 100, _trial_speculative),
         ("no_device", 0.05, long_reply, _trial_device_gone),
     ]
     result: dict[str, float] = {"trials": trials, "debounce_ms": settings.hook.debounce_ms}
     for name, stt_s, reply, trial in scenarios:
-        rig = _rig(settings, stt_s, reply, device_gone=name == "no_device")
+        unsure_s = 5.0 if name == "speculative" else 0.0
+        rig = _rig(settings, stt_s, reply, device_gone=name == "no_device", unsure_s=unsure_s)
         task = await rig.start()
         lags: list[float] = []
         lag_task = asyncio.create_task(_loop_lag(lags))
@@ -156,7 +173,7 @@ async def _run(settings: Settings, trials: int) -> dict[str, float]:
         await rig.sink.aclose()
         rig.hook.close()
         print(
-            f"hang-up while {name:9s}: silent p50 {percentile(silent, 50):6.1f} ms "
+            f"hang-up while {name:11s}: silent p50 {percentile(silent, 50):6.1f} ms "
             f"p99 {percentile(silent, 99):6.1f} ms | tasks ended "
             f"p50 {percentile(ended, 50):6.1f} ms p99 {percentile(ended, 99):6.1f} ms "
             f"| loop lag max {max(lags):6.1f} ms"

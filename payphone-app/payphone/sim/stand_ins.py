@@ -30,12 +30,23 @@ def speech_burst(seconds: float, rate: int = 16000) -> Pcm:
 
 
 class EnergyEndpointer:
-    """Frames louder than a threshold are speech; `hangover_frames` quiet frames end it."""
+    """Frames louder than a threshold are speech; `hangover_frames` quiet frames end it.
 
-    def __init__(self, threshold: float = 1000.0, hangover_frames: int = 5, frame_s: float = 0.03):
+    `unsure_s` > 0: every utterance is cut as the turn model cuts an unsure one (tentative, to
+    be heard only that much later), so the loop's speculative path can be driven and timed.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 1000.0,
+        hangover_frames: int = 5,
+        frame_s: float = 0.03,
+        unsure_s: float = 0.0,
+    ):
         self.threshold = threshold
         self.hangover = hangover_frames
         self.frame_s = frame_s
+        self.unsure_s = unsure_s
         self._speech: list[Pcm] = []
         self._quiet = 0
 
@@ -52,7 +63,9 @@ class EnergyEndpointer:
         self._quiet += 1
         if self._quiet < self.hangover:
             return []
-        heard = Heard(np.concatenate(self._speech), now - self.hangover * self.frame_s)
+        end = now - self.hangover * self.frame_s
+        limit_at = now + self.unsure_s if self.unsure_s else 0.0
+        heard = Heard(np.concatenate(self._speech), end, limit_at, tentative=self.unsure_s > 0)
         self._speech, self._quiet = [], 0
         return [heard]
 
