@@ -13,6 +13,7 @@ import pytest
 from payphone.call.assembly import PhoneStages
 from payphone.call.events import CallState, Heard, SpeechDropped, SpeechStarted
 from payphone.call.options import CallOptions
+from payphone.config import CallSettings
 from payphone.llm.base import ChatOptions, LlmError, Message
 from payphone.llm.breaker import CIRCUIT_OPEN, BreakerState, CircuitBreaker
 from payphone.llm.deadlines import Deadlines
@@ -41,6 +42,40 @@ async def on_the_line(rig: Rig) -> asyncio.Task[None]:
 async def collect(stream: AsyncIterator[str], into: list[str]) -> None:
     async for piece in stream:
         into.append(piece)
+
+
+PATIENT = FAST.model_copy(update={"idle_prompt_s": 30})  # no "are you still there?" mid-test
+
+
+def scripted_rig(
+    transcriber: ScriptedTranscriber,
+    backend: ScriptedBackend | None = None,
+    settings: CallSettings = PATIENT,
+) -> Rig:
+    """The rig with scripted speech stages and a real-time (4x) earpiece."""
+    stages = PhoneStages(
+        transcriber, backend or ScriptedBackend(), ToneSynthesizer(), EnergyEndpointer
+    )
+    return build_rig(stages, CallOptions(settings), sink_speed=4.0)
+
+
+async def held_turn(transcriber: RecordingTranscriber) -> tuple[Rig, asyncio.Task[None]]:
+    """A call whose first turn is thinking when the caller starts again: the turn is held."""
+    rig = scripted_rig(transcriber)
+    task = await on_the_line(rig)
+    await speak(rig, 0.4)
+    await rig.wait_state(CallState.THINKING)
+    rig.calls[0].post(SpeechStarted(time.monotonic()))  # the VAD heard the caller start again
+    await rig.wait_state(CallState.LISTENING)
+    return rig, task
+
+
+async def speak_paced(rig: Rig, seconds: float) -> None:
+    """A loud burst into the mic at the pace a caller speaks it (30 ms frames)."""
+    burst = speech_burst(seconds)
+    for start in range(0, len(burst), 480):
+        rig.mic.push(burst[start : start + 480])
+        await asyncio.sleep(0.03)
 
 
 def dominant_hz(pcm: Pcm, rate: int = 22050) -> float:
@@ -141,8 +176,7 @@ class RecordingTranscriber(ScriptedTranscriber):
 
 async def test_speech_while_thinking_joins_the_turn_it_belongs_to() -> None:
     transcriber = RecordingTranscriber(["I was wondering if you could help"], delay_s=0.4)
-    stages = PhoneStages(transcriber, ScriptedBackend(), ToneSynthesizer(), EnergyEndpointer)
-    rig = build_rig(stages, CallOptions(FAST), sink_speed=4.0)  # no barge-in needed
+    rig = scripted_rig(transcriber, settings=FAST)  # no barge-in needed
     task = await on_the_line(rig)
     await speak(rig, 0.4)
     await rig.wait_state(CallState.THINKING)
@@ -213,23 +247,11 @@ async def test_a_background_start_closes_the_breaker_once_the_host_answers() -> 
     await breaker.aclose()
 
 
-PATIENT = FAST.model_copy(update={"idle_prompt_s": 30})  # no "are you still there?" mid-test
-
-
-async def speak_paced(rig: Rig, seconds: float) -> None:
-    """A loud burst into the mic at the pace a caller speaks it (30 ms frames)."""
-    burst = speech_burst(seconds)
-    for start in range(0, len(burst), 480):
-        rig.mic.push(burst[start : start + 480])
-        await asyncio.sleep(0.03)
-
-
 async def test_a_caller_going_on_holds_the_answer_until_they_finish() -> None:
     said = ["I was wondering", "I was wondering if you could help"]
     transcriber = RecordingTranscriber(said, delay_s=0.05)
     backend = ScriptedBackend(token_delay_s=0.005)
-    stages = PhoneStages(transcriber, backend, ToneSynthesizer(), EnergyEndpointer)
-    rig = build_rig(stages, CallOptions(PATIENT), sink_speed=4.0)
+    rig = scripted_rig(transcriber, backend)
     task = await on_the_line(rig)
     await speak_paced(rig, 0.4)  # "I was wondering"
     await rig.wait_state(CallState.THINKING)  # a pause: the turn starts
@@ -246,15 +268,9 @@ async def test_a_caller_going_on_holds_the_answer_until_they_finish() -> None:
 
 async def test_a_cough_after_a_pause_still_gets_the_answer() -> None:
     transcriber = RecordingTranscriber(["what time is it", "what time is it"], delay_s=0.3)
-    stages = PhoneStages(transcriber, ScriptedBackend(), ToneSynthesizer(), EnergyEndpointer)
-    rig = build_rig(stages, CallOptions(PATIENT), sink_speed=4.0)
-    task = await on_the_line(rig)
-    await speak(rig, 0.4)
-    await rig.wait_state(CallState.THINKING)
+    rig, task = await held_turn(transcriber)
     call = rig.calls[0]
-    call.post(SpeechStarted(time.monotonic()))  # the VAD heard something start...
-    await rig.wait_state(CallState.LISTENING)
-    call.post(SpeechDropped(time.monotonic()))  # ...and it was only a cough
+    call.post(SpeechDropped(time.monotonic()))  # what started was only a cough
     await rig.wait_state(CallState.SPEAKING, timeout=5)
     assert [e["event"] for e in call.log.events].count("turn_resumed") == 1
     await switch_off(rig, task)
@@ -276,8 +292,7 @@ async def test_an_early_end_works_at_once_but_speaks_at_the_limit_when_unsure(
     itself was unsure: the answer is ready early but not heard before the limit."""
     transcriber = ScriptedTranscriber(deque([said]), delay_s=0.01)
     backend = ScriptedBackend()
-    stages = PhoneStages(transcriber, backend, ToneSynthesizer(), EnergyEndpointer)
-    rig = build_rig(stages, CallOptions(PATIENT), sink_speed=4.0)
+    rig = scripted_rig(transcriber, backend)
     task = await on_the_line(rig)  # greeted after the dial tone
     posted = time.monotonic()
     heard = Heard(speech_burst(0.5), posted, limit_at=posted + 0.6, tentative=tentative)
@@ -295,14 +310,7 @@ async def test_an_early_end_works_at_once_but_speaks_at_the_limit_when_unsure(
 
 async def test_a_held_turn_is_not_joined_across_a_persona_switch() -> None:
     transcriber = RecordingTranscriber(["hello", "what time is it"], delay_s=0.3)
-    stages = PhoneStages(transcriber, ScriptedBackend(), ToneSynthesizer(), EnergyEndpointer)
-    rig = build_rig(stages, CallOptions(PATIENT), sink_speed=4.0)
-    task = await on_the_line(rig)
-    await speak(rig, 0.4)
-    await rig.wait_state(CallState.THINKING)
-    call = rig.calls[0]
-    call.post(SpeechStarted(time.monotonic()))  # the caller goes on...
-    await rig.wait_state(CallState.LISTENING)
+    rig, task = await held_turn(transcriber)  # the caller goes on...
     rig.keypad.press("1")  # ...but presses a persona key instead
     await rig.wait_state(CallState.RINGBACK)
     await rig.wait_state(CallState.LISTENING, timeout=5)  # after the new greeting
