@@ -17,7 +17,7 @@ from payphone.call.events import Heard
 from payphone.call.listen import TURN_THREAD, VadListener
 from payphone.config import Settings, TurnSettings, load_settings
 from payphone.pcm import Pcm
-from payphone.speech.base import Transcript
+from payphone.speech.base import Transcriber, Transcript
 from tests.speech_fixtures import SAMPLE_RATE, piper, silence
 
 FRAME = 480  # 30 ms
@@ -135,7 +135,7 @@ def test_without_a_model_the_silence_rule_decides(app_settings: Settings, speech
     assert app_settings.vad.hangover_ms <= waited < TURN.max_silence_ms
 
 
-class CountingTranscriber:
+class CountingTranscriber(Transcriber):
     """Whisper's contract, scripted: remembers the audio it was given."""
 
     def __init__(self) -> None:

@@ -20,6 +20,11 @@ CANNOT_END = frozenset(DETERMINERS + CONJUNCTIONS + PREPOSITIONS + OTHERS)
 _WORD = re.compile(r"[A-Za-z']+")
 
 
+def asks(text: str) -> bool:
+    """Whisper heard a question: that, at least, is a finished sentence."""
+    return text.rstrip().endswith("?")
+
+
 def sounds_unfinished(text: str) -> bool:
     """True when the transcript trails off (punctuation) or stops on a word that cannot end it."""
     stripped = text.strip()
@@ -27,7 +32,7 @@ def sounds_unfinished(text: str) -> bool:
         return False
     if stripped.endswith(TRAILING):
         return True
-    if stripped.endswith(("?", "!")):
+    if asks(stripped) or stripped.endswith("!"):
         return False
     words = _WORD.findall(stripped.lower())  # "My name is." still stops on "is"
     return bool(words) and words[-1] in CANNOT_END

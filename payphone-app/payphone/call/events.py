@@ -11,6 +11,8 @@ import numpy as np
 from payphone.pcm import Pcm
 from payphone.speech.base import Transcript
 
+HEARD_RATE = 16000  # the endpointer's (and Whisper's) sample rate
+
 
 @dataclass(frozen=True)
 class KeyPress:
@@ -47,6 +49,10 @@ class Heard:
     tentative: bool = False
     # Whisper already at work on this audio since the pause (eager): the turn awaits it
     transcript: asyncio.Future[Transcript] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def seconds(self) -> float:
+        return round(len(self.pcm) / HEARD_RATE, 2)
 
 
 class Timer(enum.Enum):

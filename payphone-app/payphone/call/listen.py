@@ -25,7 +25,7 @@ from payphone.call.events import Heard, SpeechDropped, SpeechStarted
 from payphone.config import TurnSettings, VadSettings
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
-from payphone.speech.base import Transcript
+from payphone.speech.base import Transcriber, Transcript
 from payphone.speech.vad import VadEndpointer
 
 log = get_logger("listen")
@@ -38,10 +38,6 @@ class Endpointer(Protocol):
     """Cuts mic frames into utterances; `playing`: our own voice is in the earpiece."""
 
     def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | SpeechDropped | Heard]: ...
-
-
-class EagerTranscriber(Protocol):
-    async def transcribe(self, pcm: Pcm) -> Transcript: ...
 
 
 class TurnModel(Protocol):
@@ -78,7 +74,7 @@ class VadListener:
         settings: VadSettings,
         turn: TurnSettings | None = None,
         model: TurnModel | None = None,
-        transcriber: EagerTranscriber | None = None,
+        transcriber: Transcriber | None = None,
     ) -> None:
         self._turn = turn or TurnSettings()
         self._model = model

@@ -296,9 +296,8 @@ class Call:
         hears = HEARS_SPEECH | (BARGE_IN_STATES if self.options.barge_in else frozenset())
         if self.state not in hears:
             reason = "persona speaking" if self.state in BARGE_IN_STATES else self.state.value
-            seconds = round(len(heard.pcm) / 16000, 2)
-            self.log.event("speech_ignored", reason=reason, seconds=seconds)
-            log.info("speech_ignored", reason=reason, seconds=seconds)
+            self.log.event("speech_ignored", reason=reason, seconds=heard.seconds)
+            log.info("speech_ignored", reason=reason, seconds=heard.seconds)
             return
         earlier, self._held = self._held, None
         if self.state is CallState.THINKING and self._turn is not None:
@@ -307,9 +306,7 @@ class Call:
             # the caller went on before hearing any answer: one turn, all of what they said
             pcm = np.concatenate([earlier.pcm, heard.pcm])
             heard = dataclasses.replace(heard, pcm=pcm, transcript=None)
-        self.log.event(
-            "turn_started", joined=earlier is not None, seconds=round(len(heard.pcm) / 16000, 2)
-        )
+        self.log.event("turn_started", joined=earlier is not None, seconds=heard.seconds)
         self._start_turn(heard)
 
     def _start_turn(self, heard: Heard) -> None:

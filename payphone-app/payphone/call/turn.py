@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from payphone.call.endings import sounds_unfinished
+from payphone.call.endings import asks, sounds_unfinished
 from payphone.call.events import Heard
 from payphone.call.lines import LineBook
 from payphone.call.player import play_and_wait
@@ -167,8 +167,7 @@ class Turn:
         words are no question, or the words trail off: "My name is"): work now, speak at the
         limit. If the caller goes on meanwhile, the call cancels this turn and their words join
         it."""
-        asked = text.rstrip().endswith("?")  # Whisper heard a question: that one is finished
-        unsure = sounds_unfinished(text) or (self.heard.tentative and not asked)
+        unsure = sounds_unfinished(text) or (self.heard.tentative and not asks(text))
         if unsure and self.heard.limit_at > time.monotonic():
             self._not_before = self.heard.limit_at
             wait_ms = ms(self._not_before - time.monotonic())
