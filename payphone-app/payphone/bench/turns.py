@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from payphone.bench.hangup import percentile
 from payphone.call.events import CallState
 from payphone.call.lines import render_line
 from payphone.call.options import CallOptions
@@ -181,7 +182,7 @@ def _summary(name: str, figures: list[TurnFigure]) -> dict[str, Any]:
         "turns": len(figures),
         "answered": len(heard),
         "p50_ms": round(statistics.median(heard), 1) if heard else None,
-        "p90_ms": round(heard[min(len(heard) - 1, int(0.9 * len(heard)))], 1) if heard else None,
+        "p90_ms": percentile(heard, 90) if heard else None,
         "paused_turns": len(paused),
         "paused_cut_off": sum(f.cut_off for f in paused),
         "paused_split": sum(f.split for f in paused),
