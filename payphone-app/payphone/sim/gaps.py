@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from payphone.pcm import Pcm
+from payphone.speech.vad import frame_dbfs
+
 WINDOW_S = 0.01
 ACTIVE_DBFS = -45.0
 MIN_SPEECH_S = 0.5  # a caller's sentence, not a key tone
@@ -22,13 +25,11 @@ JOIN_S = 1.2  # caller sounds closer than this are one stretch of speech (pauses
 MAX_GAP_S = 8.0
 
 
-def _active(channel: npt.NDArray[np.int16], rate: int) -> npt.NDArray[np.bool_]:
-    """Per 10 ms window: louder than ACTIVE_DBFS."""
+def _active(channel: Pcm, rate: int) -> npt.NDArray[np.bool_]:
+    """Per 10 ms window: louder than ACTIVE_DBFS (the VAD's own level measure)."""
     size = max(1, int(rate * WINDOW_S))
-    usable = len(channel) // size * size
-    frames = channel[:usable].astype(np.float64).reshape(-1, size) / 32768.0
-    rms = np.sqrt(np.mean(frames**2, axis=1)) + 1e-12
-    return np.asarray(20 * np.log10(rms) > ACTIVE_DBFS)
+    windows = channel[: len(channel) // size * size].reshape(-1, size)
+    return np.array([frame_dbfs(window) > ACTIVE_DBFS for window in windows], dtype=bool)
 
 
 def _stretches(active: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
