@@ -18,7 +18,7 @@ from rich.console import Console
 
 from payphone.call.assembly import PhoneStages
 from payphone.call.options import CallOptions
-from payphone.config import Settings
+from payphone.config import Settings, TurnSettings, VadSettings
 from payphone.hardware.memory_audio import MemorySink, MemorySource
 from payphone.llm.breaker import BreakerState, BreakerStatus
 from payphone.personas.loader import Persona
@@ -32,12 +32,14 @@ from payphone.sim.stand_ins import (
 SETTINGS = Settings.model_validate(
     {
         "llm": {"prompt_style": "tag", "history_tokens": 333},
-        "vad": {"barge_in": True},
+        "vad": {"barge_in": True, "hangover_ms": 700},
+        "turn": {"pause_ms": 240, "speculate_ms": 600, "max_silence_ms": 1500, "threshold": 0.7},
         "call": {"dial_tone_s": 0.2, "max_call_s": 99, "default_persona_key": "2"},
         "keypad": {"source": "none"},
     }
 )
 EXPECTED = CallOptions.from_settings(SETTINGS).as_report()
+LISTENER_SETTINGS: list[tuple[VadSettings, TurnSettings]] = []
 
 
 @dataclass
@@ -49,7 +51,8 @@ class ScriptedStages:
         default_factory=lambda: BreakerStatus(BreakerState.CLOSED, 0, None, "", None, 0)
     )
 
-    def for_phone(self, vad: object, turn: object) -> PhoneStages:
+    def for_phone(self, vad: VadSettings, turn: TurnSettings) -> PhoneStages:
+        LISTENER_SETTINGS.append((vad, turn))  # what each call's endpointer is built with
         return PhoneStages(
             ScriptedTranscriber(deque()), ScriptedBackend(), self.synthesizer, EnergyEndpointer
         )
@@ -60,10 +63,13 @@ class ScriptedStages:
 
 async def scripted_load(settings: Settings, first: Persona, voices: list[Persona]) -> Any:
     assert first.id == "grandma_mae"  # the first persona is chosen from the settings too
+    LISTENER_SETTINGS.clear()  # only this mode's phone counts
     return ScriptedStages()
 
 
 def off_hook(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The call's report of its options; the end-of-turn settings went to its listener."""
+    assert LISTENER_SETTINGS[-1] == (SETTINGS.vad, SETTINGS.turn)
     return next(e for e in events if e["event"] == "off_hook")
 
 
