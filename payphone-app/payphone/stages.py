@@ -76,8 +76,8 @@ async def load_stages(settings: Settings, first_persona: Persona, voices: list[P
     )
     stt_loaded = time.monotonic()
     synthesizer = PiperSynthesizer(settings.tts, functools.partial(resolve_voice, settings))
-    for persona in voices:
-        await synthesizer.load(persona.voice_spec)
+    chunker = ChunkerConfig(first_clause_words=settings.tts.first_chunk_words)
+    await synthesizer.load([persona.voice_spec for persona in voices], chunker.max_words)
     tts_loaded = time.monotonic()
     gguf = resolve_gguf(settings) if settings.llm.backend == "embedded" else None
     backend = build_backend(settings.llm, gguf)
@@ -91,10 +91,7 @@ async def load_stages(settings: Settings, first_persona: Persona, voices: list[P
         llm_state=str(status.state),
         llm_cause=status.last_cause,
     )
-    speakable = make_speakable(
-        GuardConfig.from_settings(settings.llm),
-        ChunkerConfig(first_clause_words=settings.tts.first_chunk_words),
-    )
+    speakable = make_speakable(GuardConfig.from_settings(settings.llm), chunker)
     turn_model = await asyncio.to_thread(load_turn_model, settings)
     return Stages(
         transcriber,

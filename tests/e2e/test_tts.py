@@ -10,6 +10,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+import structlog
 from scipy import signal
 
 from payphone.call.lines import render_line
@@ -18,7 +19,7 @@ from payphone.models import resolve_voice
 from payphone.pcm import Pcm
 from payphone.speech.base import VoiceSpec
 from payphone.speech.effects import EFFECTS, build_chain, dbfs
-from payphone.speech.tts import PiperSynthesizer, load_voice
+from payphone.speech.tts import PiperSynthesizer, load_voice, slowest, warm_up_text
 
 pytestmark = pytest.mark.models
 
@@ -118,11 +119,33 @@ def test_a_sentence_is_speech_at_the_output_rate(
     assert np.abs(pcm).max() <= 32767 * 10 ** (-1 / 20) + 2  # the limiter's -1 dBFS ceiling
 
 
-def test_voices_allocate_without_an_onnx_arena(settings: Settings) -> None:
-    """The arena would keep every sentence length's high-water mark (see `load_voice`)."""
+def test_voices_run_on_the_onnx_arena(settings: Settings) -> None:
+    """The arena keeps Piper fast; its high-water mark is pushed at start-up (`load`)."""
     voice = load_voice(resolve_voice(settings))
-    assert voice.session.get_session_options().enable_cpu_mem_arena is False
+    assert voice.session.get_session_options().enable_cpu_mem_arena is True
     assert voice.config.sample_rate == 22050
+
+
+def test_load_warms_each_model_on_the_longest_chunk_at_its_slowest_voice(
+    settings: Settings,
+) -> None:
+    """Grandma Mae's slow, pitched voice makes the most audio per word: the warm-up must use it,
+    with as many words as the chunker's longest chunk, or a long reply grows the arena later."""
+    phone = PiperSynthesizer(settings.tts, partial(resolve_voice, settings))
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(phone.load([OPERATOR, GRANDMA, ROBOT, NOIR], longest_words=12))
+    warmed = [e for e in logs if e["event"] == "voice_warmed"]
+    assert [e["voice"] for e in warmed] == ["en_US-joe-medium"]  # one model, warmed once
+    assert warmed[0]["length_scale"] == pytest.approx(1.25 * 2 ** (3 / 12), abs=0.01)
+    assert warmed[0]["audio_s"] > 12 * 0.6  # twelve long words, slowly: seconds of audio
+
+
+def test_the_warm_up_text_has_the_longest_chunks_word_count() -> None:
+    assert len(warm_up_text(40).split()) == 40
+    assert slowest([OPERATOR, GRANDMA, VoiceSpec(model="other", length_scale=0.8)]) == {
+        "en_US-joe-medium": pytest.approx(1.25 * 2 ** (3 / 12)),
+        "other": pytest.approx(0.8),
+    }
 
 
 def test_output_rate_is_converted(settings: Settings) -> None:

@@ -15,7 +15,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,11 @@ from payphone.speech.effects import Audio, EffectChain, Leveler, build_chain, pi
 
 log = get_logger("payphone.speech.tts")
 
+WARM_UP_WORDS = (
+    "extraordinarily complicated telecommunications unquestionably international "
+    "responsibility particularly unbelievable conversation metropolitan intercontinental"
+)
+
 
 def voice_config(onnx: Path) -> dict[str, Any]:
     """A voice's `.onnx.json`, which lies beside the model."""
@@ -46,18 +51,32 @@ def voice_rate(onnx: Path) -> int:
 
 
 def load_voice(onnx: Path) -> PiperVoice:
-    """A Piper voice whose ONNX session allocates from malloc instead of its own arena.
+    """A Piper voice on ONNX Runtime's CPU arena (the default allocator).
 
-    The arena keeps its high-water mark for good and fragments as sentence lengths vary: in
-    `bench soak` RSS kept rising with it; without it (and with `payphone.memory`'s fixed mmap
-    threshold) freed tensors go back to the kernel.
+    The arena is what keeps Piper fast (first audio 166 ms with it, 286 ms without: every run
+    otherwise asks malloc for its tensors again). It keeps its high-water mark for good, so
+    `PiperSynthesizer.load` pushes that mark at start-up with the longest chunk at the slowest
+    voice: later sentences then fit in memory the arena already holds, and RSS stays flat.
     """
-    options = onnxruntime.SessionOptions()
-    options.enable_cpu_mem_arena = False
-    session = onnxruntime.InferenceSession(
-        str(onnx), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     return PiperVoice(session=session, config=PiperConfig.from_dict(voice_config(onnx)))
+
+
+def warm_up_text(words: int) -> str:
+    """A sentence of `words` long words: more phonemes per word than any reply chunk of that
+    many words is likely to hold, so synthesising it sets the arena's high-water mark."""
+    pool = WARM_UP_WORDS.split()
+    return " ".join(pool[i % len(pool)] for i in range(words)) + "."
+
+
+def slowest(voices: Iterable[VoiceSpec]) -> dict[str, float]:
+    """Per voice model, the longest length scale any persona gives it (pitch included): the
+    most audio per word, so the biggest tensors that model will ever need."""
+    scales: dict[str, float] = {}
+    for voice in voices:
+        scale = voice.length_scale * pitch_ratio(voice.pitch_semitones)
+        scales[voice.model] = max(scale, scales.get(voice.model, 0.0))
+    return scales
 
 
 def to_pcm(audio: Audio) -> Pcm:
@@ -148,15 +167,25 @@ class PiperSynthesizer(Synthesizer):
             path = self._paths[model] = self._resolve_voice(model)
         return path
 
-    async def load(self, voice: VoiceSpec | None = None) -> None:
-        """Load a voice at start-up (and run it once: ONNX Runtime's first run allocates), so the
-        first caller does not wait for either."""
-        spec = voice or VoiceSpec(model=self._tts.voice)
-        await asyncio.to_thread(self._voices.get, self.voice_path(spec.model))
-        started = time.monotonic()
-        async for _ in self.synthesize("Hello.", spec):
-            pass
-        log.info("voice_warmed", warm_ms=ms(time.monotonic() - started))
+    async def load(self, voices: Iterable[VoiceSpec] = (), longest_words: int = 40) -> None:
+        """Load every voice the personas use at start-up, and run each once on the longest
+        chunk (`longest_words`, the chunker's hard limit) at its slowest speed: ONNX Runtime's
+        first run and its arena's growth both happen here, not in a caller's first reply."""
+        speeds = slowest(list(voices) or [VoiceSpec(model=self._tts.voice)])
+        for model, scale in speeds.items():
+            started = time.monotonic()
+            await asyncio.to_thread(self._voices.get, self.voice_path(model))
+            samples = 0
+            text = warm_up_text(longest_words)
+            async for pcm in self.synthesize(text, VoiceSpec(model, None, scale)):
+                samples += len(pcm)
+            log.info(
+                "voice_warmed",
+                voice=model,
+                length_scale=round(scale, 2),
+                audio_s=round(samples / self.sample_rate, 2),
+                warm_ms=ms(time.monotonic() - started),
+            )
 
     @property
     def busy(self) -> bool:
