@@ -103,6 +103,15 @@ def test_known_hallucinations_are_not_speech() -> None:
 def test_a_decoding_loop_is_cut_back_to_one_pass() -> None:
     assert cut_repetition("Who is this? Who is this? Who is") == "Who is this?"
     assert cut_repetition("yes yes yes") == "yes"
+    assert (
+        cut_repetition("Hello, who am I speaking with? Hello,") == "Hello, who am I speaking with?"
+    )
+    assert cut_repetition("Is it you? Is it") == "Is it you?"
+    # a second sentence that merely starts like the first is the caller's
+    assert cut_repetition("Hello, is anybody there? Hello, can you hear me?") == (
+        "Hello, is anybody there? Hello, can you hear me?"
+    )
+    assert cut_repetition("Thanks. Bye") == "Thanks. Bye"
     assert cut_repetition("Could you call me back? Could you call me") == "Could you call me back?"
     assert cut_repetition("No, I said no.") == "No, I said no."
     assert (

@@ -85,12 +85,17 @@ def is_hallucination(text: str) -> bool:
     return plain in HALLUCINATIONS or plain.startswith(HALLUCINATION_PREFIXES)
 
 
+SENTENCE_ENDS = (".", "?", "!")
+
+
 def cut_repetition(text: str) -> str:
     """Drop the loop a short-window decode can fall into ("Who is this? Who is this? Who").
 
     Whisper, when it misses the end of the audio, starts reading it again from the beginning.
-    Two patterns are cut: the whole text periodic with at least one full repeat ("yes yes yes"
-    -> "yes"), and a restart, where the first three words come again later.
+    Three patterns are cut: the whole text periodic with at least one full repeat ("yes yes yes"
+    -> "yes"), a restart, where the first three words come again later, and a short restart
+    after the last full sentence ("Hello, who is this? Hello,"), which would otherwise read as a
+    caller trailing off and hold the answer back to the silence limit.
     """
     words = text.split()
     keys = [_plain(w) for w in words]
@@ -102,6 +107,9 @@ def cut_repetition(text: str) -> str:
     for start in range(3, n - 2):
         if keys[start : start + 3] == head:
             return " ".join(words[:start])
+    ends = [i for i, word in enumerate(words[:-1]) if word.endswith(SENTENCE_ENDS)]
+    if ends and n - ends[-1] - 1 < 3 and keys[ends[-1] + 1 :] == keys[: n - ends[-1] - 1]:
+        return " ".join(words[: ends[-1] + 1])
     return text
 
 
