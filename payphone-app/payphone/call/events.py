@@ -41,6 +41,9 @@ class Heard:
     "not finished" (the turn starts anyway, silently, after `turn.speculate_ms`), or when the
     words trail off ("my name is", "and,"). Such a turn works at once but makes no sound before
     `limit_at`; if the caller goes on meanwhile, their words join it.
+
+    `context`: the audio of the held turn these words continue, as the listener expects the call
+    to join them; the eager `transcript` is of `context` + `pcm`.
     """
 
     pcm: Pcm = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int16))
@@ -49,6 +52,7 @@ class Heard:
     tentative: bool = False
     # Whisper already at work on this audio since the pause (eager): the turn awaits it
     transcript: asyncio.Future[Transcript] | None = field(default=None, repr=False, compare=False)
+    context: Pcm = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int16))
 
     @property
     def seconds(self) -> float:

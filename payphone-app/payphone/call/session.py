@@ -80,6 +80,21 @@ FINAL = frozenset({CallState.GOODBYE, CallState.HOWLER, CallState.ENDED})
 OPEN_MIC = frozenset({CallState.DIAL_TONE, CallState.DIALING, CallState.LISTENING})
 
 
+def joined(earlier: Heard | None, heard: Heard) -> Heard:
+    """The caller went on before hearing any answer: one turn, all of what they said. The eager
+    transcript stays when it was made on exactly that audio (the listener's `context` is the
+    held turn's), else Whisper hears the whole again."""
+    empty = np.zeros(0, dtype=np.int16)
+    if earlier is None:
+        if len(heard.context) == 0:
+            return heard
+        return dataclasses.replace(heard, context=empty, transcript=None)  # answered meanwhile
+    same = len(heard.context) == len(earlier.pcm)
+    pcm = np.concatenate([earlier.pcm, heard.pcm])
+    transcript = heard.transcript if same else None
+    return dataclasses.replace(heard, pcm=pcm, context=empty, transcript=transcript)
+
+
 @dataclass
 class CallLog:
     """What the call did, for the simulator's report and for tests."""
@@ -302,10 +317,7 @@ class Call:
         earlier, self._held = self._held, None
         if self.state is CallState.THINKING and self._turn is not None:
             earlier = self._turn.heard  # both parts came before the hold could
-        if earlier is not None:
-            # the caller went on before hearing any answer: one turn, all of what they said
-            pcm = np.concatenate([earlier.pcm, heard.pcm])
-            heard = dataclasses.replace(heard, pcm=pcm, transcript=None)
+        heard = joined(earlier, heard)
         self.log.event("turn_started", joined=earlier is not None, seconds=heard.seconds)
         self._start_turn(heard)
 
