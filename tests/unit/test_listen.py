@@ -180,8 +180,8 @@ async def test_the_eager_transcript_is_dropped_when_the_caller_goes_on(
 async def test_words_after_a_silent_start_are_judged_with_the_held_words_before_them(
     app_settings: Settings, speech: Pcm
 ) -> None:
-    """"I was wondering ... if you could help me": the second half alone sounds like a
-    fragment; the verdict and Whisper get both halves, as the call will join them."""
+    """The second half ("... if you could help me") alone sounds like a fragment;
+    the verdict and Whisper get both halves, as the call will join them."""
     whisper = CountingTranscriber()
     model = ScriptedTurnModel(0.1)  # "not finished": each pause starts the turn silently
     listener = VadListener(app_settings.vad, TURN, model, whisper)
