@@ -26,6 +26,14 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True)
+class SpeechSustained:
+    """The caller has now spoken `vad.barge_in_min_ms` of voiced audio in this utterance: more
+    than a backchannel. Over the persona's voice (with barge-in) it stops the earpiece."""
+
+    at: float
+
+
+@dataclass(frozen=True)
 class SpeechDropped:
     """Speech started but made no utterance (a cough, a blip, a knock on the handset)."""
 
@@ -78,7 +86,11 @@ class ActivityDone:
     token: int
 
 
-CallEvent = KeyPress | SpeechStarted | SpeechDropped | Heard | TimerFired | ActivityDone
+# what the mic's endpointer says, frame by frame
+MicEvent = SpeechStarted | SpeechSustained | SpeechDropped | Heard
+CallEvent = (
+    KeyPress | SpeechStarted | SpeechSustained | SpeechDropped | Heard | TimerFired | ActivityDone
+)
 
 
 class CallState(enum.Enum):

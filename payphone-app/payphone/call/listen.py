@@ -29,7 +29,14 @@ from typing import Protocol
 
 import numpy as np
 
-from payphone.call.events import HEARD_RATE, Heard, SpeechDropped, SpeechStarted
+from payphone.call.events import (
+    HEARD_RATE,
+    Heard,
+    MicEvent,
+    SpeechDropped,
+    SpeechStarted,
+    SpeechSustained,
+)
 from payphone.config import TurnSettings, VadSettings
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
@@ -45,7 +52,7 @@ TURN_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turn-model")
 class Endpointer(Protocol):
     """Cuts mic frames into utterances; `playing`: our own voice is in the earpiece."""
 
-    def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | SpeechDropped | Heard]: ...
+    def feed(self, pcm: Pcm, playing: bool) -> list[MicEvent]: ...
 
 
 class TurnModel(Protocol):
@@ -101,13 +108,20 @@ class VadListener:
         self._check: _Check | None = None
         self._was_speaking = False
         self._held: _Held | None = None  # the last silent start, until its limit has passed
+        self._sustain_ms = settings.barge_in_min_ms
+        self._sustained = False  # SpeechSustained sent for the utterance in progress
 
-    def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | SpeechDropped | Heard]:
+    def feed(self, pcm: Pcm, playing: bool) -> list[MicEvent]:
         self._vad.gate(playing)
-        events: list[SpeechStarted | SpeechDropped | Heard] = []
+        events: list[MicEvent] = []
         ended = self._vad.feed(pcm)
         if self._vad.in_speech and not self._was_speaking:
             events.append(SpeechStarted(time.monotonic()))
+        if not self._vad.in_speech:
+            self._sustained = False
+        elif not self._sustained and self._vad.voiced_ms >= self._sustain_ms:
+            self._sustained = True
+            events.append(SpeechSustained(time.monotonic()))
         heard = [Heard(u.pcm, u.end_monotonic) for u in ended] + self._end_of_turn()
         if self._was_speaking and not self._vad.in_speech and not heard:
             events.append(SpeechDropped(time.monotonic()))  # a blip, or gated by our voice

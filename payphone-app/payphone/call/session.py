@@ -34,6 +34,7 @@ from payphone.call.events import (
     KeyPress,
     SpeechDropped,
     SpeechStarted,
+    SpeechSustained,
     Timer,
     TimerFired,
 )
@@ -71,9 +72,11 @@ ACTIVITIES: dict[str, tuple[CallState, bool]] = {
     "goodbye": (CallState.GOODBYE, False),  # goodbye, then the howler until on-hook
 }
 # where what the caller says starts a turn: while the persona is still thinking (nothing said
-# yet) the caller's next words join the turn they belong to; over its voice only with barge-in
+# yet) the caller's next words join the turn they belong to
 HEARS_SPEECH = frozenset({CallState.LISTENING, CallState.THINKING})
-BARGE_IN_STATES = frozenset({CallState.SPEAKING})
+# where the persona's voice stops for the caller's (with barge-in): speech longer than a
+# backchannel (SpeechSustained) stops it and is then heard as in LISTENING
+BARGE_IN_STATES = frozenset({CallState.SPEAKING, CallState.GREETING})
 # where the call takes no more input: only hanging up ends it
 FINAL = frozenset({CallState.GOODBYE, CallState.HOWLER, CallState.ENDED})
 # where the earpiece plays nothing the mic could take for the caller (tones are not speech)
@@ -241,6 +244,8 @@ class Call:
                 await self._on_key(key)
             case SpeechStarted():
                 await self._on_speech_started()
+            case SpeechSustained():
+                await self._on_speech_sustained()
             case SpeechDropped():
                 self._on_speech_dropped()
             case Heard():
@@ -294,6 +299,16 @@ class Call:
             # push the idle deadline back; a blip the VAD then drops must not stop the timer
             self._arm(Timer.IDLE, self.settings.idle_prompt_s)
 
+    async def _on_speech_sustained(self) -> None:
+        """More than a backchannel over the persona's voice (with barge-in): stop it now, as a
+        person would; what the caller says becomes the next turn, and the history keeps the
+        reply as far as it was heard."""
+        if self.options.barge_in and self.state in BARGE_IN_STATES:
+            self.log.event("barge_in", over=self._activity_name)
+            log.info("barge_in", over=self._activity_name)
+            await self._stop_activity()
+            self._listen()
+
     def _on_speech_dropped(self) -> None:
         """The caller's "going on" was a cough or a knock: answer what they had said."""
         held, self._held = self._held, None
@@ -308,9 +323,10 @@ class Call:
             self._disarm(Timer.DIAL_TONE)
             self._start("greeting", self._greet)
             return
-        hears = HEARS_SPEECH | (BARGE_IN_STATES if self.options.barge_in else frozenset())
-        if self.state not in hears:
-            reason = "persona speaking" if self.state in BARGE_IN_STATES else self.state.value
+        if self.state not in HEARS_SPEECH:
+            reason = self.state.value
+            if self.state in BARGE_IN_STATES:  # too short to stop the persona (no barge-in)
+                reason = "backchannel" if self.options.barge_in else "persona speaking"
             self.log.event("speech_ignored", reason=reason, seconds=heard.seconds)
             log.info("speech_ignored", reason=reason, seconds=heard.seconds)
             return
