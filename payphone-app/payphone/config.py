@@ -97,6 +97,9 @@ class TurnSettings(Group):
     pause_ms: Annotated[int, Field(ge=60, le=1000)] = 180
     max_silence_ms: Annotated[int, Field(ge=300, le=5000)] = 1200
     speculate_ms: Annotated[int, Field(ge=100, le=5000)] = 500
+    # the model unsure, but the words a complete statement ("... I can barely hear you."):
+    # answered after this much silence instead of max_silence_ms
+    complete_ms: Annotated[int, Field(ge=100, le=5000)] = 800
     threads: Annotated[int, Field(ge=1, le=8)] = 1
 
 

@@ -284,19 +284,27 @@ async def test_a_cough_after_a_pause_still_gets_the_answer() -> None:
         ("What time is it?", False, False),
         ("I need a taxi.", True, True),
         ("What time is it?", True, False),  # unsure, but Whisper heard a question
+        ("My car broke down and I need a taxi.", True, False),  # a complete statement
     ],
 )
 async def test_an_early_end_works_at_once_but_speaks_at_the_limit_when_unsure(
     said: str, tentative: bool, waits: bool
 ) -> None:
     """The model cut the turn 0.6 s before the silence limit; the words trail off, or the model
-    itself was unsure: the answer is ready early but not heard before the limit."""
+    itself was unsure: the answer is ready early but not heard before the limit (a complete
+    statement may be heard from `complete_at`, here 0.3 s)."""
     transcriber = ScriptedTranscriber(deque([said]), delay_s=0.01)
     backend = ScriptedBackend()
     rig = scripted_rig(transcriber, backend)
     task = await on_the_line(rig)  # greeted after the dial tone
     posted = time.monotonic()
-    heard = Heard(speech_burst(0.5), posted, limit_at=posted + 0.6, tentative=tentative)
+    heard = Heard(
+        speech_burst(0.5),
+        posted,
+        limit_at=posted + 0.6,
+        tentative=tentative,
+        complete_at=posted + 0.3,
+    )
     rig.calls[0].post(heard)
     async with asyncio.timeout(3):
         while not backend.requests:

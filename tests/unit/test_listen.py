@@ -94,6 +94,7 @@ def test_an_unfinished_sounding_sentence_starts_silently_and_speaks_at_the_limit
     waited = silence_ms_at(at, last_voiced(clip))
     assert TURN.speculate_ms <= waited < TURN.max_silence_ms  # the work starts early...
     assert heard.tentative
+    assert heard.complete_at == pytest.approx(heard.speech_end + TURN.complete_ms / 1000)
     left = TURN.max_silence_ms - TURN.speculate_ms
     assert heard.limit_at - before >= left / 1000 * 0.9  # ...to be heard at the limit
 

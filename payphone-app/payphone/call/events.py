@@ -50,6 +50,9 @@ class Heard:
     words trail off ("my name is", "and,"). Such a turn works at once but makes no sound before
     `limit_at`; if the caller goes on meanwhile, their words join it.
 
+    `complete_at`: a tentative turn whose words read as a complete statement is heard from then
+    (`turn.complete_ms` after the caller stopped) instead of at `limit_at`.
+
     `context`: the audio of the held turn these words continue, as the listener expects the call
     to join them; the eager `transcript` is of `context` + `pcm`.
     """
@@ -61,6 +64,7 @@ class Heard:
     # Whisper already at work on this audio since the pause (eager): the turn awaits it
     transcript: asyncio.Future[Transcript] | None = field(default=None, repr=False, compare=False)
     context: Pcm = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int16))
+    complete_at: float = 0.0
 
     @property
     def seconds(self) -> float:

@@ -206,6 +206,7 @@ class VadListener:
             limit_at,
             tentative,
             check.transcript,
+            complete_at=utterance.end_monotonic + self._turn.complete_ms / 1000,
             context=check.context,
         )
         whole = np.concatenate([check.context, utterance.pcm]) if len(check.context) else None
