@@ -161,15 +161,24 @@ install_app() {
   fi
 }
 
-# `toml_set SECTION KEY VALUE`: the TOML text on stdin with `KEY = VALUE` active in [SECTION]
-# (replacing the line for KEY there, commented or not; else added to the section, or a new one)
+# `toml_set SECTION KEY VALUE`: the TOML text on stdin with `KEY = VALUE` active in [SECTION]:
+# the active line for KEY there is replaced, else its commented-out line, else the line is added
+# at the end of the section (or in a new section at the end of the file)
 toml_set() {
   awk -v section="[$1]" -v key="$2" -v value="$3" '
-    function add_if_missing() { if (inside && !done) { print key " = " value; done = 1 } }
-    /^\[/ { add_if_missing(); inside = ($0 == section); if (inside) seen = 1; print; next }
-    inside && !done && $0 ~ ("^#? *" key " *=") { print key " = " value; done = 1; next }
-    { print }
-    END { add_if_missing(); if (!seen) { print ""; print section; print key " = " value } }'
+    /^\[/ { inside = ($0 == section); if (inside) { seen = 1; last = NR } }
+    inside && !/^\[/ && !/^[ \t]*$/ { last = NR }
+    inside && !active && $0 ~ ("^" key " *=") { active = NR }
+    inside && !commented && $0 ~ ("^# *" key " *=") { commented = NR }
+    { line[NR] = $0 }
+    END {
+      target = active ? active : commented
+      for (i = 1; i <= NR; i++) {
+        if (i == target) print key " = " value; else print line[i]
+        if (!target && seen && i == last) print key " = " value
+      }
+      if (!seen) { print ""; print section; print key " = " value }
+    }'
 }
 
 # `toml_has SECTION KEY`: whether the TOML text on stdin sets KEY (uncommented) in [SECTION]
