@@ -384,7 +384,9 @@ input_device = "USB"
 
 [llm]
 backend = "embedded"
+# For the embedded backend: a GGUF path, a demo name, or hf:OWNER/REPO/FILE.gguf.
 # gguf = "SmolLM2-135M-Instruct"
+gguf = "SmolLM2-135M-Instruct"
 """
 
 
@@ -415,6 +417,7 @@ def test_a_new_gguf_updates_the_existing_settings_and_keeps_a_backup(
     assert settings.llm.gguf == PERSONA_GGUF  # the service now loads the new model
     assert settings.audio.input_device == "USB"  # the operator's own settings stay
     assert "# an earlier one-Pi install" in new.read_text()
+    assert '# gguf = "SmolLM2-135M-Instruct"' in new.read_text()  # the active line was changed
 
     installed.write_text(new.read_text())  # a second run with the same model changes nothing
     again = dry_run(env, DEPLOY / "one-pi-install.sh", "--gguf", str(gguf), root=tmp_path)
