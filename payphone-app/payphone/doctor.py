@@ -443,7 +443,7 @@ def check_echo(settings: Settings) -> list[Check]:
     for start in range(0, rate, canceller.block * 3):
         frame = noise[start : start + canceller.block * 3]
         canceller.process(frame, frame)
-    cost = f"{canceller.ms_per_block:.2f} ms per 10 ms block"
+    cost = f"{canceller.ms_per_block:.2f} ms CPU per 10 ms block"
     return [ok("echo", f"WebRTC AEC3 loads at {rate} Hz; {cost}")]
 
 
