@@ -57,10 +57,10 @@ class EchoCanceller:
 
     def __init__(self, processor: Any, sample_rate: int, delay_ms: int = 0) -> None:
         self._processor = processor
+        self._lock = threading.Lock()
         self.sample_rate = sample_rate
         self.block = round(sample_rate * BLOCK_S)
         self.delay_ms = delay_ms
-        self._lock = threading.Lock()
         self._silence = np.zeros(0, np.int16)  # the reference while nothing plays; grown once
         self.blocks = 0  # 10 ms blocks processed since the last reset
         self.busy_s = 0.0  # CPU time spent inside the library since the last reset
@@ -72,7 +72,8 @@ class EchoCanceller:
 
     @delay_ms.setter
     def delay_ms(self, value: int) -> None:
-        self._processor.stream_delay_ms = int(value)
+        with self._lock:  # not while a frame is inside the library
+            self._processor.stream_delay_ms = int(value)
 
     @property
     def ms_per_block(self) -> float:
