@@ -68,6 +68,16 @@ class KeypadSettings(Group):
     scan_interval_ms: Annotated[int, Field(ge=1, le=100)] = 5
 
 
+class EchoSettings(Group):
+    """Echo cancellation: the earpiece's own voice taken out of the mic before VAD and STT
+    (WebRTC AEC3, `payphone.speech.echo_canceller`). Without it barge-in stays off."""
+
+    enabled: bool = True
+    # AEC3 finds the earpiece-to-mic delay itself; a hint (ms) only helps it start there
+    delay_ms: Annotated[int, Field(ge=0, le=500)] = 0
+    noise_suppression: bool = False
+
+
 class VadSettings(Group):
     aggressiveness: Annotated[int, Field(ge=0, le=3)] = 2
     frame_ms: Literal[10, 20, 30] = 30
@@ -201,6 +211,7 @@ class Settings(BaseSettings):
     audio: AudioSettings = Field(default_factory=AudioSettings)
     hook: HookSettings = Field(default_factory=HookSettings)
     keypad: KeypadSettings = Field(default_factory=KeypadSettings)
+    echo: EchoSettings = Field(default_factory=EchoSettings)
     vad: VadSettings = Field(default_factory=VadSettings)
     turn: TurnSettings = Field(default_factory=TurnSettings)
     stt: SttSettings = Field(default_factory=SttSettings)

@@ -97,6 +97,7 @@ def run_checks(config: Path | None) -> Iterator[Check]:
     yield from guarded("audio", lambda: check_audio(settings.audio))
     yield from guarded("gpio", lambda: check_gpio(settings))
     yield from guarded("models", lambda: check_models(settings, voices))
+    yield from guarded("echo", lambda: check_echo(settings))
     yield from guarded("ollama", lambda: asyncio.run(check_ollama(settings.llm)))
 
 
@@ -583,6 +584,32 @@ def _load_gguf(settings: Settings, path: Path) -> str:
     with quiet_stderr():  # llama.cpp writes context warnings straight to fd 2
         Llama(model_path=str(path), vocab_only=True, verbose=False)
     return f"GGUF v{version}, vocabulary loads"
+
+
+# -- echo cancellation ------------------------------------------------------------------------
+
+
+def check_echo(settings: Settings) -> list[Check]:
+    """The echo canceller loads and what a 10 ms block costs here; without it (a warning) the
+    phone still works, with barge-in off."""
+    import numpy as np
+
+    from payphone.speech.echo_canceller import EchoUnavailable, open_echo_canceller
+
+    if not settings.echo.enabled:
+        return [ok("echo", "off: echo.enabled = false (barge-in stays off)")]
+    rate = settings.vad.sample_rate
+    try:
+        canceller = open_echo_canceller(settings.echo, rate)
+    except EchoUnavailable as exc:
+        fix = "reinstall the app (`pip install pywebrtc-audio`); until then barge-in stays off"
+        return [warn("echo", f"no echo cancellation: {exc}", fix)]
+    noise = np.random.default_rng(0).integers(-3000, 3000, rate, dtype=np.int16)  # 1 s
+    for start in range(0, rate, canceller.block * 3):
+        frame = noise[start : start + canceller.block * 3]
+        canceller.process(frame, frame)
+    cost = f"{canceller.ms_per_block:.2f} ms CPU per 10 ms block"
+    return [ok("echo", f"WebRTC AEC3 loads at {rate} Hz; {cost}")]
 
 
 # -- Ollama -----------------------------------------------------------------------------------
