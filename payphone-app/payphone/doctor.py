@@ -88,6 +88,7 @@ def run_checks(config: Path | None) -> Iterator[Check]:
     yield from guarded("audio", lambda: check_audio(settings.audio))
     yield from guarded("gpio", lambda: check_gpio(settings))
     yield from guarded("models", lambda: check_models(settings, voices))
+    yield from guarded("llm.prompt_style", lambda: check_prompt_style(settings))
     yield from guarded("ollama", lambda: asyncio.run(check_ollama(settings.llm)))
 
 
@@ -418,6 +419,19 @@ def _load_gguf(settings: Settings, path: Path) -> str:
     with quiet_stderr():  # llama.cpp writes context warnings straight to fd 2
         Llama(model_path=str(path), vocab_only=True, verbose=False)
     return f"GGUF v{version}, vocabulary loads"
+
+
+def check_prompt_style(settings: Settings) -> list[Check]:
+    """Which system prompt calls send: the setting, or the style the model declares."""
+    from payphone.llm.factory import chosen_prompt_style
+
+    try:
+        with quiet_stderr():  # llama.cpp reads the GGUF's vocabulary
+            chosen = asyncio.run(chosen_prompt_style(settings))
+    except Exception as exc:
+        detail = f"cannot read the model's prompt style: {type(exc).__name__}: {exc}"
+        return [warn("llm.prompt_style", detail, "see the model check above")]
+    return [ok("llm.prompt_style", chosen.explain())]
 
 
 # -- Ollama -----------------------------------------------------------------------------------
