@@ -23,6 +23,7 @@ from payphone.llm.prompt_style import PROMPT_STYLE_KEY
 from training.config import ModelfileStage
 
 CHATML_STOPS = ("<|im_start|>", "<|im_end|>")
+CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 
 
 class ModelfileError(ValueError):
@@ -37,22 +38,20 @@ class ChatTemplate:
     default_system: str | None
 
 
+def gguf_strings(path: Path, *keys: str) -> dict[str, str | None]:
+    """String values from a GGUF's metadata (one read: gguf parses the whole vocabulary)."""
+    import gguf
+
+    fields = gguf.GGUFReader(path).fields
+    return {key: None if key not in fields else str(fields[key].contents()) for key in keys}
+
+
 def read_gguf_template(path: Path) -> str:
     """`tokenizer.chat_template` from a GGUF's metadata."""
-    import gguf
-
-    field = gguf.GGUFReader(path).fields.get("tokenizer.chat_template")
-    if field is None:
-        raise ModelfileError(f"{path}: no tokenizer.chat_template in the GGUF metadata")
-    return str(field.contents())
-
-
-def read_gguf_prompt_style(path: Path) -> str | None:
-    """`payphone.prompt_style` from a GGUF's metadata; None for a model without the contract."""
-    import gguf
-
-    field = gguf.GGUFReader(path).fields.get(PROMPT_STYLE_KEY)
-    return None if field is None else str(field.contents())
+    template = gguf_strings(path, CHAT_TEMPLATE_KEY)[CHAT_TEMPLATE_KEY]
+    if template is None:
+        raise ModelfileError(f"{path}: no {CHAT_TEMPLATE_KEY} in the GGUF metadata")
+    return template
 
 
 def render_jinja(template: str, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
@@ -141,8 +140,11 @@ def write(gguf_path: Path, cfg: ModelfileStage, dest: Path | None = None) -> Pat
     if not gguf_path.is_file():
         raise ModelfileError(f"no GGUF at {gguf_path}: run `python -m training export` first")
     dest = dest or gguf_path.parent / "Modelfile"
-    template = analyse(read_gguf_template(gguf_path))
-    text = render(gguf_path, template, cfg, dest.parent, read_gguf_prompt_style(gguf_path))
+    found = gguf_strings(gguf_path, CHAT_TEMPLATE_KEY, PROMPT_STYLE_KEY)
+    jinja = found[CHAT_TEMPLATE_KEY]
+    if jinja is None:
+        raise ModelfileError(f"{gguf_path}: no {CHAT_TEMPLATE_KEY} in the GGUF metadata")
+    text = render(gguf_path, analyse(jinja), cfg, dest.parent, found[PROMPT_STYLE_KEY])
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, dest)
