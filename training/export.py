@@ -56,6 +56,7 @@ class ExportResult:
     float_gguf: Path | None
     gguf: Path
     fallbacks: list[str]
+    prompt_style: PromptStyle | None = None  # written into the GGUF as payphone.prompt_style
 
 
 # --- llama.cpp's converter ---------------------------------------------------------------------
@@ -316,7 +317,8 @@ def export_folder(
         fallbacks = quantize(work_float, quant_path, cfg.export.quant)
         if cfg.export.keep_float:
             os.replace(work_float, float_path)
-    return ExportResult(float_path if cfg.export.keep_float else None, quant_path, fallbacks)
+    kept = float_path if cfg.export.keep_float else None
+    return ExportResult(kept, quant_path, fallbacks, prompt_style)
 
 
 def run(cfg: TrainingConfig, out: Path) -> ExportResult:
@@ -354,4 +356,5 @@ def describe(result: ExportResult) -> dict[str, Any]:
         "float_gguf": str(result.float_gguf) if result.float_gguf else None,
         "gguf": str(result.gguf),
         "fallbacks": len(result.fallbacks),
+        "prompt_style": result.prompt_style,
     }
