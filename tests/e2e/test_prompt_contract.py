@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from payphone import stages as stages_module
 from payphone.call.options import CallOptions, first_persona
@@ -131,8 +132,12 @@ async def test_simulate_model_sends_what_the_model_was_trained_on(
     settings = with_llm_overrides(State(None), None, None, str(tagged_gguf) if tagged else None)
     persona = first_persona(BOOK, settings.call)
     expected = persona.prompt_tag if wanted == "tag" else persona.prompt
-    stages = await stages_module.load_stages(settings, persona, [persona])
+    with structlog.testing.capture_logs() as logs:
+        stages = await stages_module.load_stages(settings, persona, [persona])
     try:
+        chosen = [e for e in logs if e["event"] == "prompt_style"]
+        assert [e["style"] for e in chosen] == [wanted]  # logged once, with where it came from
+        assert ("llm.prompt_style" if env else "GGUF") in chosen[0]["source"]
         assert light_stages == [expected]
         assert await first_call_prompt(stages, settings) == expected
     finally:
