@@ -28,7 +28,6 @@ from payphone.models import resolve_gguf
 from payphone.personas.loader import load_personas
 from payphone.sim.rig import build_rig
 from payphone.sim.stand_ins import ScriptedTranscriber, ToneSynthesizer
-from payphone.speech.base import VoiceSpec
 from tests.support.ollama_server import OllamaProtocolServer, gguf_model_info
 
 pytestmark = pytest.mark.models
@@ -40,7 +39,7 @@ BOOK = load_personas()
 class Tones(ToneSynthesizer):
     """The tone stand-in, loadable like Piper voices are."""
 
-    async def load(self, voice: VoiceSpec) -> None:
+    async def load(self, *voices: Any) -> None:
         pass
 
 
