@@ -266,7 +266,7 @@ def personas_command(ctx: typer.Context) -> None:
         voice = f"{p.voice.model} x{p.voice.length_scale} {p.voice.effect}"
         table.add_row(p.key, p.number, p.name, voice, p.greeting)
     out.print(table)
-    out.print(f"system prompt: {_prompt_style(state(ctx).settings)}", markup=False)
+    out.print(f"system prompt: {_prompt_style(state(ctx).settings)}", markup=False, soft_wrap=True)
     for problem in book.errors:
         err.print(f"payphone: persona file problem: {problem}")
     if book.errors:
