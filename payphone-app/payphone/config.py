@@ -137,7 +137,8 @@ class LlmSettings(Group):
     ollama_host: AnyHttpUrl = AnyHttpUrl("http://10.10.10.11:11434")
     ollama_model: Annotated[str, Field(min_length=1)] = "payphone-persona"
     keep_alive: str = "-1"
-    prompt_style: Literal["tag", "full"] = "full"
+    # auto: what the model says it was trained on (GGUF `payphone.prompt_style`), else full
+    prompt_style: Literal["auto", "tag", "full"] = "auto"
     connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
     first_token_timeout_s: Annotated[float, Field(gt=0, le=120)] = 8.0
     token_timeout_s: Annotated[float, Field(gt=0, le=60)] = 4.0

@@ -98,6 +98,7 @@ def run_checks(config: Path | None) -> Iterator[Check]:
     yield from guarded("gpio", lambda: check_gpio(settings))
     yield from guarded("models", lambda: check_models(settings, voices))
     yield from guarded("echo", lambda: check_echo(settings))
+    yield from guarded("llm.prompt_style", lambda: check_prompt_style(settings))
     yield from guarded("ollama", lambda: asyncio.run(check_ollama(settings.llm)))
 
 
@@ -610,6 +611,19 @@ def check_echo(settings: Settings) -> list[Check]:
         canceller.process(frame, frame)
     cost = f"{canceller.ms_per_block:.2f} ms CPU per 10 ms block"
     return [ok("echo", f"WebRTC AEC3 loads at {rate} Hz; {cost}")]
+
+
+def check_prompt_style(settings: Settings) -> list[Check]:
+    """Which system prompt calls send: the setting, or the style the model declares."""
+    from payphone.llm.factory import chosen_prompt_style
+
+    try:
+        with quiet_stderr():  # llama.cpp reads the GGUF's vocabulary
+            chosen = asyncio.run(chosen_prompt_style(settings))
+    except Exception as exc:
+        detail = f"cannot read the model's prompt style: {type(exc).__name__}: {exc}"
+        return [warn("llm.prompt_style", detail, "see the model check above")]
+    return [ok("llm.prompt_style", chosen.explain())]
 
 
 # -- Ollama -----------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ from payphone.call.options import CallOptions, first_persona
 from payphone.call.player import play_and_wait, play_frames
 from payphone.call.turn import Turn, TurnDeps, TurnRecord, sit_tones
 from payphone.llm.base import LlmError
-from payphone.llm.history import Conversation, choose_system_prompt
+from payphone.llm.history import Conversation
+from payphone.llm.prompt_style import choose
 from payphone.log import get_logger
 from payphone.pcm import Pcm
 from payphone.personas.loader import OPERATOR_KEY, Persona, PersonaBook
@@ -553,5 +554,6 @@ class Call:
         return tones.ToneStream(plan, rate, frame_samples=rate * TONE_FRAME_MS // 1000)
 
     def _conversation_for(self, persona: Persona) -> Conversation:
-        prompt = choose_system_prompt(self.options.prompt_style, persona.prompt_tag, persona.prompt)
+        chosen = choose(self.options.prompt_style, self.deps.backend.declared_prompt_style)
+        prompt = chosen.system_prompt(persona.prompt_tag, persona.prompt)
         return Conversation(prompt, self.options.history_tokens)
