@@ -25,6 +25,7 @@ from payphone.personas.loader import Persona
 from payphone.reply.chunker import ChunkerConfig
 from payphone.reply.guard import GuardConfig
 from payphone.reply.speakable import make_speakable
+from payphone.speech.echo_canceller import EchoCanceller, load_echo_canceller
 from payphone.speech.stt import WhisperTranscriber
 from payphone.speech.tts import PiperSynthesizer
 from payphone.speech.turn_model import load_turn_model
@@ -43,6 +44,7 @@ class Stages:
     options: ChatOptions
     llm_status: BreakerStatus
     turn_model: TurnModel | None = None  # None: the silence rule decides when a turn ends
+    echo: EchoCanceller | None = None  # None: not wanted (echo.enabled = false) or did not load
 
     def for_phone(self, vad: VadSettings, turn: TurnSettings) -> PhoneStages:
         """What a phone's calls share: webrtcvad and the end-of-turn model cut the caller's
@@ -54,6 +56,8 @@ class Stages:
             lambda: VadListener(vad, turn, self.turn_model, self.transcriber),
             self.speakable,
             self.options,
+            self.echo,
+            None if self.echo is not None else "no echo canceller (see echo_canceller_unavailable)",
         )
 
     async def aclose(self) -> None:
@@ -114,6 +118,7 @@ async def load_stages(settings: Settings, first_persona: Persona, voices: list[P
     )
     speakable = make_speakable(GuardConfig.from_settings(settings.llm), chunker)
     turn_model = await asyncio.to_thread(load_turn_model, settings)
+    echo = load_echo_canceller(settings)
     return Stages(
         transcriber,
         synthesizer,
@@ -122,4 +127,5 @@ async def load_stages(settings: Settings, first_persona: Persona, voices: list[P
         chat_options(settings.llm),
         status,
         turn_model,
+        echo,
     )

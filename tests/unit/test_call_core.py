@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
+import structlog
 
 from payphone.call.assembly import PhoneStages
 from payphone.call.events import CallState, Heard, SpeechDropped, SpeechStarted
@@ -342,3 +343,21 @@ async def test_a_joined_turn_keeps_the_eager_transcript_only_if_it_heard_the_sam
     alone = joined(None, second)  # the held turn was answered meanwhile: this part alone
     assert alone.transcript is None and len(alone.pcm) == len(second.pcm)
     assert joined(None, first) is first
+
+
+async def test_without_an_echo_canceller_the_caller_cannot_talk_over_the_persona() -> None:
+    stages = PhoneStages(
+        ScriptedTranscriber(deque()),
+        ScriptedBackend(),
+        ToneSynthesizer(),
+        EnergyEndpointer,
+        barge_in_blocked="no echo canceller",
+    )
+    with structlog.testing.capture_logs() as logs:
+        rig = build_rig(stages, CallOptions(barge_in=True))
+    assert [e["reason"] for e in logs if e["event"] == "barge_in_off"] == ["no echo canceller"]
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.DIAL_TONE)
+    assert rig.calls[0].options.barge_in is False
+    await switch_off(rig, task)

@@ -23,6 +23,12 @@ class AudioSource(ABC):
     def frames(self) -> AsyncIterator[Pcm]:
         """Frames of exactly `frame_samples` samples, as they arrive."""
 
+    async def frames_with_reference(self) -> AsyncIterator[tuple[Pcm, Pcm | None]]:
+        """Each frame with what the earpiece played over the same span (an echo canceller's
+        reference, same rate and length), or None where this source cannot tell."""
+        async for frame in self.frames():
+            yield frame, None
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release the device."""
 
