@@ -64,6 +64,10 @@ class EchoCanceller:
         self._silence = np.zeros(0, np.int16)  # the reference while nothing plays; grown once
         self.blocks = 0  # 10 ms blocks processed since the last reset
         self.busy_s = 0.0  # CPU time spent inside the library since the last reset
+        # energy (sum of squares) of the mic going in and of what comes out, since the last
+        # reset: over a stretch where only the earpiece spoke, their ratio is the ERLE
+        self.energy_in = 0.0
+        self.energy_out = 0.0
 
     @property
     def delay_ms(self) -> int:
@@ -105,6 +109,8 @@ class EchoCanceller:
             out: Pcm = self._processor.process(near, far)
             self.busy_s += time.thread_time() - started
             self.blocks += n // self.block
+            self.energy_in += _energy(near)
+            self.energy_out += _energy(out)
         return out
 
     def reset(self) -> None:
@@ -113,6 +119,7 @@ class EchoCanceller:
             self._processor.reset()
             self.blocks = 0
             self.busy_s = 0.0
+            self.energy_in = self.energy_out = 0.0
 
     def _silent(self, n: int) -> Pcm:
         if len(self._silence) < n:
@@ -127,6 +134,11 @@ def _as_pcm(frame: Pcm | bytes) -> Pcm:
     if frame.dtype != np.int16:
         raise ValueError(f"PCM must be int16, got {frame.dtype}")
     return frame
+
+
+def _energy(pcm: Pcm) -> float:
+    samples = pcm.astype(np.float64)
+    return float(np.dot(samples, samples))
 
 
 def open_echo_canceller(echo: EchoSettings, sample_rate: int) -> EchoCanceller:
