@@ -80,9 +80,10 @@ _SHORT_FORMS = {
     "tryna": "trying to",
 }
 _NOT = re.compile(r"\b(ca|wo|ai)n't\b|n't\b")
-_CLITICS = ((re.compile(r"'m\b"), " am"), (re.compile(r"'re\b"), " are"))
-_CLITICS += ((re.compile(r"'ve\b"), " have"), (re.compile(r"'ll\b"), " will"))
-_CLITICS += ((re.compile(r"'d\b"), " would"),)
+_CLITICS = [
+    (re.compile(rf"'{short}\b"), f" {full}")
+    for short, full in (("m", "am"), ("re", "are"), ("ve", "have"), ("ll", "will"), ("d", "would"))
+]
 _IS_AFTER = re.compile(
     r"\b(he|she|it|there|that|what|who|someone|somebody|everyone|nobody|here)'s\b"
 )
@@ -144,7 +145,7 @@ IDIOMS = [
     r"\bbeats me\b",
     r"\bshot down\b",
     r"\b(almost|nearly) (got |been |was )?(hit|run over) by\b",
-    r"\bhurt(ing)? (my|his|her|their|your) feelings\b",
+    r"\bhurt(s|ing)? (\w+ ){1,3}feelings\b",
 ]
 
 # a line about a story: violence in it is the story's, not the caller's
@@ -249,7 +250,7 @@ _crisis = [re.compile(p) for p in CRISIS]
 
 
 def recognise(transcript: str) -> HelpKind | None:
-    """"emergency", "crisis", or None for ordinary speech (see the module's rules)."""
+    """ "emergency", "crisis", or None for ordinary speech (see the module's rules)."""
     text = normalise(transcript)
     for idiom in _idioms:
         text = idiom.sub(" ", text)
@@ -288,7 +289,9 @@ def help_for(transcript: str, persona: Persona, numbers: HelpSettings) -> HelpLi
     return None if kind is None else help_line(kind, persona, numbers)
 
 
-async def prerender_help(lines: LineBook, personas: Iterable[Persona], numbers: HelpSettings) -> int:
+async def prerender_help(
+    lines: LineBook, personas: Iterable[Persona], numbers: HelpSettings
+) -> int:
     """Render every persona's help lines at start-up, so a caller in crisis hears one at once
     (a whole line takes Piper seconds on a Pi); returns how many."""
     count = 0

@@ -23,8 +23,8 @@ from payphone.call.endings import asks, reads_complete, sounds_unfinished
 from payphone.call.events import Heard
 from payphone.call.lines import LineBook
 from payphone.call.player import play_and_wait
-from payphone.hardware.base import AudioSink
 from payphone.config import HelpSettings
+from payphone.hardware.base import AudioSink
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError
 from payphone.llm.history import Conversation
 from payphone.log import get_logger, ms

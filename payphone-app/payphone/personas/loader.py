@@ -35,13 +35,14 @@ class VoiceFields(BaseModel):
 
 HELP_PLACEHOLDERS = ("crisis_number", "emergency_number")
 DEFAULT_CRISIS_LINE = (
-    "I'm really glad you told me. You don't have to go through this alone. Please call "
-    "{crisis_number}, any time, day or night, and talk with someone who can help. If you're in "
-    "danger right now, call {emergency_number}. I'm still here with you."
+    "I'm really glad you told me. You don't have to go through this alone. Please call the crisis "
+    "line, any time, day or night, and talk with someone who can help. The number is "
+    "{crisis_number}. If you're in danger right now, the emergency number is {emergency_number}. "
+    "I'm still here with you."
 )
 DEFAULT_EMERGENCY_LINE = (
-    "That sounds like an emergency. Please call {emergency_number} right now, or ask someone "
-    "near you to call. I'm staying right here on the line."
+    "That sounds like an emergency. Please call for help right now, or ask someone near you to "
+    "call. The number is {emergency_number}. I'm staying right here on the line."
 )
 
 
@@ -66,11 +67,11 @@ class HelpLines(BaseModel):
         if names - set(HELP_PLACEHOLDERS):
             unknown = ", ".join(sorted(f"{{{n}}}" for n in names - set(HELP_PLACEHOLDERS)))
             raise ValueError(f"unknown placeholder {unknown}; allowed: {allowed}")
+        if re.search(r"\d", text):
+            raise ValueError(f"no digits: write {allowed}; the numbers come from [help] settings")
         needed = f"{info.field_name}_number"
         if needed not in names:
             raise ValueError(f"must name the number as {{{needed}}}")
-        if re.search(r"\d", text):
-            raise ValueError("no digits: the numbers come from the [help] settings")
         return text
 
 
