@@ -38,6 +38,7 @@ CRISIS_LINES = [
     "I'm thinking of ending my life.",
     "I don't want to live anymore.",
     "I don't wanna live any more.",
+    "I don't want to love anymore.",  # as Whisper tiny.en heard "I don't want to live anymore."
     "I do not want to be alive.",
     "I don't want to wake up tomorrow.",
     "I don't want to be here anymore.",
@@ -94,6 +95,8 @@ EMERGENCY_LINES = [
     "There's a shooting at the mall.",
     "I took too many pills.",
     "I swallowed a bottle of sleeping pills.",
+    "I swallow the bottle of sleeping pills.",  # as Whisper tiny.en heard the line above
+    "He's not breeding.",  # as Whisper tiny.en heard "He's not breathing!"
     "I think I overdosed.",
     "My son drank bleach.",
     "My grandpa is unconscious.",
@@ -155,6 +158,7 @@ ORDINARY_LINES = [
     "What time do you close tonight?",
     "Tell me a long story about your cat, please.",
     "I'm not breathing a word of this to anyone.",
+    "I'm not breathing the word of this to anyone.",  # as Whisper tiny.en heard it
     "Let's kill some time.",
     "What a stroke of luck.",
     "My heart skipped a beat.",

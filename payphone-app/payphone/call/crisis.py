@@ -138,7 +138,7 @@ IDIOMS = [
     r"\bstroke of (luck|genius)\b",
     r"\bsuicide (squad|mission|doors?|run|sprints?|king)\b",
     r"\b(a )?fire (going )?in the (fireplace|fire place|fire pit|hearth|stove|grill)\b",
-    r"\bnot breathing a word\b",
+    r"\bnot (breathing|breeding) (a|the) word\b",
     r"\bcan not breathe (i am |from |with )?laugh\w*",
     r"\bshot me a\b",
     r"\bbeat(s|ing|en)? (me|us) (at|in|to|by)\b",
@@ -158,7 +158,7 @@ FICTION = re.compile(
 EMERGENCY_MEDICAL = [
     r"\b(having|had|has had|is having) (a|an) (heart attack|stroke|seizure|asthma attack)\b",
     r"\bheart attack\b",
-    r"\b(not|stopped|no longer) breathing\b",
+    r"\b(not|stopped|no longer) (breathing|breeding)\b",  # tiny.en hears "breeding" at times
     r"\b(can not|could not|can hardly|struggling to|hard to) breathe\b",
     r"\b(trouble|difficulty) breathing\b",
     r"\b(unconscious|unresponsive|anaphylactic|anaphylaxis)\b",
@@ -168,8 +168,8 @@ EMERGENCY_MEDICAL = [
     r"\bbleeding (a lot|badly|heavily|everywhere|so much|to death|out)\b",
     r"\b(will not|can not|does not) stop bleeding\b|\bcan not stop the bleeding\b",
     r"\boverdos(e|ed|ing)\b",
-    rf"\b(took|taken|swallowed) (too many|a (whole )?bottle of|all (of )?(my|the|his|her)"
-    rf"|a handful of) {_PILLS}\b",
+    rf"\b(took|taken|swallow|swallowed) (too many|(a|the) (whole )?bottle of|all (of )?(my|the|his"
+    rf"|her)|a handful of) {_PILLS}\b",
     r"\b(drank|swallowed|ate|drunk) (some )?(bleach|poison|antifreeze|rat poison)\b",
     r"\b(been|was|got) poisoned\b",
     r"\b(hit|run over) by a (car|truck|bus|train)\b",
@@ -229,6 +229,8 @@ CRISIS = [
     r"\b(do not|no longer) want to wake up(?! (early|late|at|for|so|before|in|on|this|until"
     r"|till|when|with))\b",
     r"\b(do not|no longer) want to be (here|around) (anymore|any more)\b",
+    # tiny.en often hears "live anymore" as "love anymore": distress either way (988 is for both)
+    r"\b(do not|no longer) want to love (anymore|any more)\b",
     r"\b(do not|no longer) want to go on (living|anymore|any more)\b",
     r"\b(can not|could not) go on (anymore|any more|living)\b",
     r"\b(tired|sick) of (living|being alive|life)\b",
