@@ -4,19 +4,22 @@ the persona and settings checks, and a call where the line replaces the model's 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import structlog
 
 from payphone.call.assembly import PhoneStages
-from payphone.call.crisis import help_for, help_line, normalise, recognise, spoken_number
+from payphone.call.crisis import HelpKind, help_for, help_line, normalise, recognise, spoken_number
 from payphone.call.events import CallState
 from payphone.call.options import CallOptions
 from payphone.config import HelpSettings, load_settings
 from payphone.llm.history import INTERRUPTED_MARKER
 from payphone.personas.loader import SHIPPED_DIR, load_personas
+from payphone.reply.chunker import ChunkerConfig
 from payphone.settings_errors import SettingsError
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.stand_ins import (
@@ -214,6 +217,19 @@ def test_every_persona_names_the_numbers_from_the_settings() -> None:
         assert "one one six, one two three" in help_line("crisis", persona, uk).text
         assert "nine nine nine" in help_line("emergency", persona, uk).text
     assert help_for("What a lovely day.", book.operator, HelpSettings()) is None
+
+
+def test_no_help_sentence_is_longer_than_piper_is_warmed_for() -> None:
+    """Piper renders a sentence at a time and its memory arena keeps the longest one for good;
+    start-up warms it with the chunker's longest chunk, so no help sentence may be longer."""
+    longest = ChunkerConfig().max_words
+    for persona in load_personas():
+        for kind in get_args(HelpKind):
+            text = help_line(
+                kind, persona, HelpSettings(crisis_number="116 123", emergency_number="13 11 14")
+            ).text
+            for sentence in re.split(r"(?<=[.!?])\s+", text):
+                assert len(sentence.split()) <= longest, (persona.id, sentence)
 
 
 def write_persona(tmp_path: Path, help_table: str) -> list[str]:
