@@ -173,6 +173,25 @@ class CallSettings(Group):
     default_persona_key: Annotated[str, Field(pattern=r"^[0-9A-D]$")] = "0"
 
 
+# digits, optionally grouped by single spaces or hyphens ("988", "116 123", "13-11-14")
+HelpNumber = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9](?:[ -]?[0-9]){1,14}$",
+        description="2 to 15 digits, optionally grouped by spaces or hyphens",
+    ),
+]
+
+
+class HelpSettings(Group):
+    """Where a caller in crisis is sent. The phone itself (never the model) recognises talk of
+    suicide, self-harm, violence or a medical emergency and names these numbers, spoken digit by
+    digit, in the persona's voice. Always on; set your country's numbers."""
+
+    crisis_number: HelpNumber = "988"  # suicide, self-harm, emotional crisis (US: 988 Lifeline)
+    emergency_number: HelpNumber = "911"  # police, fire, ambulance
+
+
 class PersonaSettings(Group):
     user_dir: Path | None = None
 
@@ -219,6 +238,7 @@ class Settings(BaseSettings):
     tts: TtsSettings = Field(default_factory=TtsSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
     call: CallSettings = Field(default_factory=CallSettings)
+    help: HelpSettings = Field(default_factory=HelpSettings)
     personas: PersonaSettings = Field(default_factory=PersonaSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

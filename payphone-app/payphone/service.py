@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from payphone.call.assembly import PhoneHardware, build_phone
+from payphone.call.crisis import prerender_help
 from payphone.call.lines import LineBook
 from payphone.call.options import CallOptions, first_persona
 from payphone.config import KeypadSettings, Settings
@@ -94,6 +95,7 @@ class Service:
             stages = await load_stages(settings, first, list(self.book))
             lines = LineBook(stages.synthesizer)
             rendered = await lines.prerender(self.book)
+            rendered += await prerender_help(lines, self.book, settings.help)
             sink = PyAudioSink(settings.audio, stages.synthesizer.sample_rate)
             source = PyAudioSource(settings.audio, MIC_RATE, settings.vad.frame_ms)
             hook = GpioHookSwitch(

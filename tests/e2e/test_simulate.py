@@ -35,7 +35,16 @@ def check_schema(report: dict[str, object]) -> None:
     assert set(report) == {"turns", "events", "reply_gaps_s"}
     assert all(0 <= gap < 8 for gap in report["reply_gaps_s"])  # type: ignore[attr-defined]
     for turn in report["turns"]:  # type: ignore[attr-defined]
-        assert set(turn) == {"persona", "heard", "reply", "fallback", "interrupted", "latency_ms"}
+        assert set(turn) == {
+            "persona",
+            "heard",
+            "reply",
+            "fallback",
+            "interrupted",
+            "help_line",
+            "latency_ms",
+        }
+        assert turn["help_line"] in (None, "crisis", "emergency")
         assert isinstance(turn["fallback"], bool) and isinstance(turn["interrupted"], bool)
         assert set(turn["latency_ms"]) == {
             "transcript_ready",

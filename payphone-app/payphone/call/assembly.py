@@ -78,6 +78,7 @@ def build_phone(
         lines=lines or LineBook(stages.synthesizer),
         speakable=stages.speakable,
         options=stages.chat,
+        help=options.help,
         filler_after_s=options.call.filler_after_s,
     )
 

@@ -145,9 +145,18 @@ async def run_script(
     *,
     personas: PersonaBook,
     fast: bool = False,
+    sink_speed: float = 1.0,
 ) -> SimResult:
-    """Play the script on a fresh simulated phone; hangs up at the end if the script did not."""
-    rig = build_rig(stages, options, personas=personas, extra_keypads=[InbandKeypad(MIC_RATE)])
+    """Play the script on a fresh simulated phone; hangs up at the end if the script did not.
+
+    `sink_speed` > 1 plays the earpiece that many times faster (tests with long replies)."""
+    rig = build_rig(
+        stages,
+        options,
+        personas=personas,
+        extra_keypads=[InbandKeypad(MIC_RATE)],
+        sink_speed=sink_speed,
+    )
     task = await rig.start()
     tape = MicTape(MIC_RATE)
     runner = ScriptRunner(rig, tape, fast)

@@ -88,6 +88,8 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         latency = turn["latency_ms"]
         first_audio = latency.get("first_audio")
         note = "fallback" if turn["fallback"] else ("cut off" if turn["interrupted"] else "")
+        if turn.get("help_line"):
+            note = f"help line ({turn['help_line']}) {note}".strip()
         table.add_row(
             str(index),
             turn["persona"],
