@@ -30,7 +30,7 @@ from payphone.sim.stand_ins import (
 )
 from tests.helpers import run_module
 from tests.unit.test_call_core import PATIENT, on_the_line
-from tests.unit.test_call_loop import speak, switch_off
+from tests.unit.test_call_loop import running, speak, switch_off
 
 CRISIS_LINES = [
     "I want to kill myself.",
@@ -369,4 +369,33 @@ async def test_a_help_line_cut_off_is_kept_as_heard_and_interrupted() -> None:
     assert call.conversation.turns[-1]["content"].endswith(INTERRUPTED_MARKER)
     assert turn.reply in call.conversation.turns[-1]["content"]
     assert backend.requests == []
+    await switch_off(rig, task)
+
+
+async def test_a_caller_in_crisis_before_the_greeting_is_answered_with_the_help_line() -> None:
+    """The first words, said over the dial tone, would only bring the greeting."""
+    rig, backend, _ = help_rig(["I want to kill myself."])
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.DIAL_TONE)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING, timeout=10)  # the help line takes over
+    await rig.wait_state(CallState.LISTENING, timeout=10)
+    call = rig.calls[0]
+    [turn] = call.log.turns
+    assert turn.help_line == "crisis"
+    assert backend.requests == []
+    assert any(e["event"] == "help_needed_before_greeting" for e in call.log.events)
+    await switch_off(rig, task)
+
+
+async def test_ordinary_first_words_only_bring_the_greeting() -> None:
+    rig, backend, _ = help_rig(["Hello? Is this thing on?"])
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.DIAL_TONE)
+    await speak(rig)
+    await rig.wait_state(CallState.GREETING, timeout=10)
+    await rig.wait_state(CallState.LISTENING, timeout=10)
+    assert rig.calls[0].log.turns == [] and backend.requests == []
     await switch_off(rig, task)

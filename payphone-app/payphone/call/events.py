@@ -71,6 +71,15 @@ class Heard:
         return round(len(self.pcm) / HEARD_RATE, 2)
 
 
+@dataclass(frozen=True)
+class HelpNeeded:
+    """Words said before the greeting (over the dial tone) call for the help line: they are
+    the call's first turn, whatever is playing."""
+
+    heard: Heard
+    transcript: Transcript
+
+
 class Timer(enum.Enum):
     DIAL_TONE = "dial_tone"
     IDLE = "idle"
@@ -93,7 +102,14 @@ class ActivityDone:
 # what the mic's endpointer says, frame by frame
 MicEvent = SpeechStarted | SpeechSustained | SpeechDropped | Heard
 CallEvent = (
-    KeyPress | SpeechStarted | SpeechSustained | SpeechDropped | Heard | TimerFired | ActivityDone
+    KeyPress
+    | SpeechStarted
+    | SpeechSustained
+    | SpeechDropped
+    | Heard
+    | HelpNeeded
+    | TimerFired
+    | ActivityDone
 )
 
 

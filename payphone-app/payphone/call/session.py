@@ -26,11 +26,13 @@ from typing import Any
 import numpy as np
 import structlog
 
+from payphone.call.crisis import recognise
 from payphone.call.events import (
     ActivityDone,
     CallEvent,
     CallState,
     Heard,
+    HelpNeeded,
     KeyPress,
     SpeechDropped,
     SpeechStarted,
@@ -49,6 +51,7 @@ from payphone.log import get_logger
 from payphone.pcm import Pcm
 from payphone.personas.loader import OPERATOR_KEY, Persona, PersonaBook
 from payphone.speech import tones
+from payphone.speech.base import Transcript
 
 log = get_logger("call")
 
@@ -82,6 +85,13 @@ BARGE_IN_STATES = frozenset({CallState.SPEAKING, CallState.GREETING})
 FINAL = frozenset({CallState.GOODBYE, CallState.HOWLER, CallState.ENDED})
 # where the earpiece plays nothing the mic could take for the caller (tones are not speech)
 OPEN_MIC = frozenset({CallState.DIAL_TONE, CallState.DIALING, CallState.LISTENING})
+
+
+def _ready(transcript: Transcript) -> asyncio.Future[Transcript]:
+    """A transcript already made, as the eager one a turn awaits."""
+    done: asyncio.Future[Transcript] = asyncio.get_running_loop().create_future()
+    done.set_result(transcript)
+    return done
 
 
 def joined(earlier: Heard | None, heard: Heard) -> Heard:
@@ -251,6 +261,9 @@ class Call:
                 self._on_speech_dropped()
             case Heard():
                 self._on_heard(event)
+            case HelpNeeded(heard=heard, transcript=transcript):
+                self.log.event("help_needed_before_greeting")
+                self._start_turn(dataclasses.replace(heard, transcript=_ready(transcript)))
 
     # -- events -------------------------------------------------------------------------------
 
@@ -323,6 +336,7 @@ class Call:
             self.log.event("hello_heard")
             self._disarm(Timer.DIAL_TONE)
             self._start("greeting", self._greet)
+            self._track(asyncio.ensure_future(self._check_first_words(heard)))
             return
         if self.state not in HEARS_SPEECH:
             reason = self.state.value
@@ -337,6 +351,17 @@ class Call:
         heard = joined(earlier, heard)
         self.log.event("turn_started", joined=earlier is not None, seconds=heard.seconds)
         self._start_turn(heard)
+
+    async def _check_first_words(self, heard: Heard) -> None:
+        """Words said over the dial tone only bring the greeting, unless they call for help
+        ("I want to end it all" as the first thing said): then they are the first turn."""
+        try:
+            transcript = await self.deps.transcriber.transcribe(heard.pcm)
+        except Exception as exc:  # the greeting goes on; nothing else depends on this
+            log.warning("first_words_unheard", error=repr(exc))
+            return
+        if transcript.is_speech and recognise(transcript.text) is not None:
+            self.post(HelpNeeded(heard, transcript))
 
     def _start_turn(self, heard: Heard) -> None:
         self._disarm(Timer.IDLE)
