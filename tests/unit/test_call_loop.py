@@ -100,7 +100,7 @@ async def test_off_hook_dial_tone_then_greeting_then_listening() -> None:
 
 
 async def test_speech_stops_dial_tone_and_a_turn_is_answered() -> None:
-    rig, _, backend, synth = make_rig(["what time is it"])
+    rig, _, backend, synth = make_rig(["hello?", "what time is it"])  # hello: over the dial tone
     task = await running(rig)
     rig.lift()
     await rig.wait_state(CallState.DIAL_TONE)
