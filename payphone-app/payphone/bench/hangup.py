@@ -18,6 +18,7 @@ from payphone.call.events import CallState
 from payphone.call.options import CallOptions
 from payphone.config import AudioSettings, CallSettings, Settings
 from payphone.hardware.base import HookState
+from payphone.sim.echo_path import EchoSettings
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.stand_ins import (
     EnergyEndpointer,
@@ -119,6 +120,7 @@ def _rig(
     reply: str,
     device_gone: bool = False,
     unsure_s: float = 0,
+    echo: EchoSettings | None = None,
 ) -> Rig:
     transcriber = ScriptedTranscriber(deque(["hello"] * 10_000), delay_s=transcribe_s)
     backend = ScriptedBackend(reply=reply, token_delay_s=0.02)
@@ -134,6 +136,7 @@ def _rig(
         CallOptions(SETTINGS),
         debounce_ms=settings.hook.debounce_ms,
         earpiece=earpiece,
+        echo=None if device_gone else echo,  # an unplugged earpiece has nothing to leak
     )
 
 
@@ -145,7 +148,7 @@ async def _loop_lag(lags: list[float]) -> None:
         lags.append((time.monotonic() - before - 0.01) * 1000)
 
 
-async def _run(settings: Settings, trials: int) -> dict[str, float]:
+async def _run(settings: Settings, trials: int, echo: EchoSettings | None) -> dict[str, float]:
     long_reply = "Well now " + " ".join(["listen"] * 200) + "."
     scenarios: list[tuple[str, float, str, Callable[[Rig], Awaitable[tuple[float, float]]]]] = [
         ("speaking", 0.05, "Sure thing. " * 100, _trial_speaking),
@@ -155,9 +158,12 @@ async def _run(settings: Settings, trials: int) -> dict[str, float]:
         ("no_device", 0.05, long_reply, _trial_device_gone),
     ]
     result: dict[str, float] = {"trials": trials, "debounce_ms": settings.hook.debounce_ms}
+    if echo is not None:
+        result |= {"echo_db": echo.db, "echo_delay_ms": echo.delay_ms}
     for name, stt_s, reply, trial in scenarios:
         unsure_s = 5.0 if name == "speculative" else 0.0
-        rig = _rig(settings, stt_s, reply, device_gone=name == "no_device", unsure_s=unsure_s)
+        gone = name == "no_device"
+        rig = _rig(settings, stt_s, reply, device_gone=gone, unsure_s=unsure_s, echo=echo)
         task = await rig.start()
         lags: list[float] = []
         lag_task = asyncio.create_task(_loop_lag(lags))
@@ -182,7 +188,7 @@ async def _run(settings: Settings, trials: int) -> dict[str, float]:
         result[f"{name}_p99_ms"] = percentile(silent, 99)
         result[f"{name}_tasks_p99_ms"] = percentile(ended, 99)
         result[f"{name}_loop_lag_max_ms"] = round(max(lags), 1)
-    rig = _rig(settings, 0.05, "Hello.")
+    rig = _rig(settings, 0.05, "Hello.", echo=echo)
     task = await rig.start()
     keys = [await _trial_key(rig) for _ in range(trials)]
     task.cancel()
@@ -195,5 +201,8 @@ async def _run(settings: Settings, trials: int) -> dict[str, float]:
     return result
 
 
-def main(settings: Settings, trials: int = 50) -> dict[str, float]:
-    return asyncio.run(_run(settings, trials))
+def main(
+    settings: Settings, trials: int = 50, echo: EchoSettings | None = None
+) -> dict[str, float]:
+    """`echo`: the earpiece leaks back into the mic (the phone's own voice on the line)."""
+    return asyncio.run(_run(settings, trials, echo))

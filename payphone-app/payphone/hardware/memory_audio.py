@@ -52,7 +52,7 @@ class MemorySource(AudioSource):
         return len(self._pending)
 
     def take(self) -> Pcm | None:
-        """The next pushed frame, or None: for a reader that keeps its own clock (`frames` not used)."""
+        """The next pushed frame, or None: for a reader on its own clock (instead of `frames`)."""
         return self._pending.popleft() if self._pending else None
 
     async def frames(self) -> AsyncIterator[Pcm]:
@@ -84,7 +84,7 @@ class MemorySource(AudioSource):
 
 @dataclass(frozen=True)
 class HeardBuffer:
-    """One buffer the earpiece played: when its first sample sounded, and where on the sample clock."""
+    """One buffer the earpiece played: when its first sample sounded, and where on the clock."""
 
     at: float
     pcm: Pcm

@@ -24,7 +24,8 @@ from payphone.config import Settings
 from payphone.models import resolve_voice
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
-from payphone.sim.gaps import reply_gaps
+from payphone.sim.echo_path import EchoSettings
+from payphone.sim.gaps import recording_dropouts, reply_gaps
 from payphone.sim.recording import build_report, write_call_wav, write_report
 from payphone.sim.runner import run_script, to_mic_rate
 from payphone.sim.script import load_script
@@ -45,9 +46,15 @@ async def speak_as_caller(synthesizer: PiperSynthesizer, text: str) -> Pcm:
 
 
 async def simulate(
-    settings: Settings, script: Path, out_dir: Path, fast: bool, console: Console
+    settings: Settings,
+    script: Path,
+    out_dir: Path,
+    fast: bool,
+    console: Console,
+    echo: EchoSettings | None = None,
 ) -> dict[str, Any]:
-    """Run one script end to end; returns the report."""
+    """Run one script end to end (with the earpiece leaking into the mic with `echo`); returns
+    the report."""
     steps = load_script(script)
     book = load_personas(settings.personas.user_dir)
     for problem in book.errors:
@@ -65,14 +72,16 @@ async def simulate(
             CallOptions.from_settings(settings),
             personas=book,
             fast=fast,
+            echo=echo,
         )
     finally:
         await stages.aclose()
-    report = build_report(result.calls)
-    seconds = write_call_wav(
-        out_dir / "call.wav", result.rig.sink.heard, result.tape, result.rig.sink.sample_rate
-    )
+    report = build_report(result.calls, result.rig.sink.underruns)
+    seconds = write_call_wav(out_dir / "call.wav", result.rig.sink, result.tape)
     report["reply_gaps_s"] = await asyncio.to_thread(reply_gaps, out_dir / "call.wav")
+    report["earpiece_dropouts"] = len(
+        await asyncio.to_thread(recording_dropouts, out_dir / "call.wav")
+    )
     write_report(out_dir / "report.json", report)
     print_summary(report, console)
     console.print(
@@ -101,6 +110,11 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     console.print(table)
     calls = len({e["call_id"] for e in report["events"]})
     console.print(f"{calls} call(s), {len(report['turns'])} turn(s)")
+    if report.get("underruns") or report.get("earpiece_dropouts"):
+        console.print(
+            f"earpiece: {len(report.get('underruns', []))} underrun(s) (the reply could not keep "
+            f"up), {report.get('earpiece_dropouts', 0)} dropout(s) in call.wav"
+        )
     gaps = report.get("reply_gaps_s")
     if gaps:
         heard = ", ".join(f"{gap:.2f}" for gap in gaps)
