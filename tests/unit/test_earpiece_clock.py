@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import numpy as np
@@ -71,7 +72,7 @@ async def test_silence_between_streams_is_not_an_underrun() -> None:
     await sink.play(tone(0.1))
     await sink.drain()
     assert sink.underruns == []
-    gaps = [after.sample - before.end for before, after in zip(sink.heard, sink.heard[1:])]
+    gaps = [b.sample - a.end for a, b in itertools.pairwise(sink.heard)]
     assert max(gaps) >= 0.14 * RATE  # the pause is there, where it happened
     await sink.aclose()
 
