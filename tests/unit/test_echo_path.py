@@ -140,3 +140,22 @@ async def test_the_handset_delivers_on_its_clock_without_drift() -> None:
 def test_an_echo_needs_a_real_time_earpiece() -> None:
     with pytest.raises(ValueError, match="real-time"):
         Handset(MemorySource(MIC), MemorySink(EAR, speed=4.0), EchoSettings())
+
+
+async def test_a_live_microphone_paces_the_handset_and_no_frame_is_made_up() -> None:
+    mic = MemorySource(MIC, 30, live=True)
+    handset = Handset(mic, MemorySink(EAR), EchoSettings(-10, 20))
+
+    async def talk() -> None:
+        for index in range(1, 21):
+            mic.push(np.full(480, index, dtype=np.int16))
+            await asyncio.sleep(0.03 + (0.004 if index % 3 else -0.004))  # a device's jitter
+
+    talking = asyncio.create_task(talk())
+    got: list[int] = []
+    async for frame in handset.frames():
+        got.append(int(frame[0]))
+        if len(got) == 20:
+            break
+    await talking
+    assert got == list(range(1, 21))  # the earpiece was silent: the frames pass as they came

@@ -140,6 +140,14 @@ def _rig(
     )
 
 
+async def _give_up(rig: Rig) -> None:
+    """A trial whose state never came: hang up and wait for the phone to be idle again."""
+    rig.replace()
+    await rig.wait_hook(HookState.ON_HOOK)
+    while rig.phone.call is not None:
+        await asyncio.sleep(0.01)
+
+
 async def _loop_lag(lags: list[float]) -> None:
     """How late the event loop wakes a 10 ms sleeper: a spinning call loop shows up here."""
     while True:
@@ -169,7 +177,11 @@ async def _run(settings: Settings, trials: int, echo: EchoSettings | None) -> di
         lag_task = asyncio.create_task(_loop_lag(lags))
         silent, ended = [], []
         for _ in range(trials):
-            quiet_ms, done_ms = await trial(rig)
+            try:
+                quiet_ms, done_ms = await trial(rig)
+            except TimeoutError:  # with an echo the phone may hear itself and go another way
+                await _give_up(rig)
+                continue
             silent.append(quiet_ms)
             ended.append(done_ms)
         lag_task.cancel()
@@ -178,6 +190,11 @@ async def _run(settings: Settings, trials: int, echo: EchoSettings | None) -> di
         await rig.phone.sink.aclose()
         await rig.sink.aclose()
         rig.hook.close()
+        if len(silent) < trials:
+            result[f"{name}_reached"] = len(silent)
+        if not silent:
+            print(f"hang-up while {name:11s}: never reached in {trials} trials")
+            continue
         print(
             f"hang-up while {name:11s}: silent p50 {percentile(silent, 50):6.1f} ms "
             f"p99 {percentile(silent, 99):6.1f} ms | tasks ended "
