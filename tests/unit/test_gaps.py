@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from payphone.sim.gaps import dropouts, reply_gaps
+from payphone.speech import tones
 
 RATE = 16000
 
@@ -60,3 +61,14 @@ def test_dropouts_are_holes_in_sound_not_pauses_or_tone_cadences() -> None:
     found = dropouts(holed, rate)
     assert [at for at, _ in found] == [pytest.approx(s, abs=0.001) for s in (0.25, 0.5, 0.75)]
     assert [ms for _, ms in found] == [1.0, 1.0, 1.0]
+
+
+def test_a_sound_cut_off_and_a_tone_starting_just_after_is_no_dropout() -> None:
+    rate = 22050
+    dial = tones.render(tones.DIAL, rate, 0.3)
+    cut = int(0.21 * rate)  # mid-wave: a stop
+    key = tones.dtmf("0", rate, 0.1)  # ramps in, as every tone does
+    gap = np.zeros(55, dtype=np.int16)
+    assert dropouts(np.concatenate([dial[:cut], gap, key]), rate) == []
+    late = np.concatenate([dial[:cut], gap, dial[cut:]])  # the same tone, a buffer placed late
+    assert len(dropouts(late, rate)) == 1

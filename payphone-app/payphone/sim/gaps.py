@@ -72,7 +72,7 @@ def reply_gaps(path: Path) -> list[float]:
 
 DROPOUT_MIN_S = 0.0002  # 4 samples at 22.05 kHz: longer than any run of zeros in real speech
 DROPOUT_MAX_S = 0.02  # longer silences are pauses, tone cadences or underruns, not crackle
-DROPOUT_CONTEXT_S = 0.002
+DROPOUT_CONTEXT_S = 0.0005  # the edges themselves: a tone ramping in is still quiet here
 DROPOUT_LOUD_DBFS = -40.0
 
 
@@ -80,9 +80,10 @@ def dropouts(channel: Pcm, rate: int) -> list[tuple[float, float]]:
     """(start s, length ms) of each dropout: a short hole of digital silence cut into sound.
 
     A run of exact zeros `DROPOUT_MIN_S` to `DROPOUT_MAX_S` long with sound louder than
-    `DROPOUT_LOUD_DBFS` in the `DROPOUT_CONTEXT_S` on both sides is heard as a click or crackle
-    (a buffer placed late), not as a pause: speech fades out before it falls silent, and no
-    tone cadence is that short.
+    `DROPOUT_LOUD_DBFS` right at both edges (`DROPOUT_CONTEXT_S`) is heard as a click or
+    crackle (a buffer placed late), not as a pause: speech fades out before it falls silent and
+    in after it, no tone cadence is that short, and a sound that starts after a cut (a key's
+    tone after the dial tone stops) ramps in from silence.
     """
     zero = np.concatenate([[False], np.asarray(channel) == 0, [False]])
     edges = np.flatnonzero(np.diff(zero.astype(np.int8)))
