@@ -18,7 +18,7 @@ from payphone.models import ModelNotFound as ModelNotFoundError
 from payphone.settings_errors import SettingsError
 
 if TYPE_CHECKING:
-    from payphone.sim.echo_path import EchoSettings
+    from payphone.sim.echo_path import HandsetEcho
 
 EXIT_FAIL = 1
 EXIT_BAD_SETTINGS = 2
@@ -73,7 +73,7 @@ EchoDelayOption = Annotated[
 ]
 
 
-def echo_or_exit(db: float | None, delay_ms: float | None) -> EchoSettings | None:
+def echo_or_exit(db: float | None, delay_ms: float | None) -> HandsetEcho | None:
     """The simulated handset's echo from the command line; out of range: one line, exit 2."""
     from payphone.sim.echo_path import EchoSettingError, echo_settings
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from payphone.hardware.memory_audio import MemorySink, MemorySource
-from payphone.sim.echo_path import EchoPath, EchoSettingError, EchoSettings, echo_settings
+from payphone.sim.echo_path import EchoPath, EchoSettingError, HandsetEcho, echo_settings
 from payphone.sim.handset import Handset
 
 EAR = 22050
@@ -46,7 +46,7 @@ def lag_of(echo: np.ndarray, reference: np.ndarray, max_lag: int) -> int:
 
 def test_the_echo_comes_back_the_configured_delay_later() -> None:
     for delay_ms in (0.0, 5.0, 20.0, 37.5):
-        path = EchoPath(EchoSettings(-10, delay_ms), EAR, MIC)
+        path = EchoPath(HandsetEcho(-10, delay_ms), EAR, MIC)
         assert path.delay_samples == round(delay_ms * 16)
         reference, echo = through(path, noise(1.0))
         lag = lag_of(echo, reference, 800)
@@ -56,20 +56,20 @@ def test_the_echo_comes_back_the_configured_delay_later() -> None:
 @pytest.mark.parametrize("db", [-6.0, -10.0, -20.0, -40.0])
 @pytest.mark.parametrize("hz", [500.0, 1000.0, 2000.0])
 def test_an_in_band_tone_comes_back_at_the_configured_level(db: float, hz: float) -> None:
-    reference, echo = through(EchoPath(EchoSettings(db, 20), EAR, MIC), tone(hz))
+    reference, echo = through(EchoPath(HandsetEcho(db, 20), EAR, MIC), tone(hz))
     settled = slice(4000, len(echo))  # past the delay and the filter's start
     assert rms_db(echo[settled]) - rms_db(reference[settled]) == pytest.approx(db, abs=1.0)
 
 
 def test_the_band_limit_takes_out_a_100_hz_hum() -> None:
-    reference, echo = through(EchoPath(EchoSettings(0, 0), EAR, MIC), tone(100.0))
+    reference, echo = through(EchoPath(HandsetEcho(0, 0), EAR, MIC), tone(100.0))
     settled = slice(4000, len(echo))
     assert rms_db(echo[settled]) - rms_db(reference[settled]) < -30
 
 
 def test_a_loud_earpiece_is_softly_clipped() -> None:
     loud = tone(1000.0, dbfs=-1.0)
-    _, echo = through(EchoPath(EchoSettings(0, 0), EAR, MIC), loud)
+    _, echo = through(EchoPath(HandsetEcho(0, 0), EAR, MIC), loud)
     peak = np.abs(echo[4000:]).max()
     assert 0.6 * 32768 < peak < 0.95 * np.abs(loud).max()  # squashed, not cut flat
 
@@ -89,15 +89,15 @@ def test_echo_settings_out_of_range_name_the_setting(
 
 def test_echo_settings_from_the_command_line() -> None:
     assert echo_settings(None, None) is None
-    assert echo_settings(-10, None) == EchoSettings(-10, 20)
-    assert echo_settings(-60, 0) == EchoSettings(-60, 0)
-    assert echo_settings(0, 200) == EchoSettings(0, 200)
+    assert echo_settings(-10, None) == HandsetEcho(-10, 20)
+    assert echo_settings(-60, 0) == HandsetEcho(-60, 0)
+    assert echo_settings(0, 200) == HandsetEcho(0, 200)
 
 
 async def test_each_mic_frame_comes_with_the_reference_for_its_span() -> None:
     sink = MemorySink(EAR)
     mic = MemorySource(MIC, 30)
-    handset = Handset(mic, sink, EchoSettings(-6, 20), keep=True)
+    handset = Handset(mic, sink, HandsetEcho(-6, 20), keep=True)
     voice = noise(0.6)
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
 
@@ -127,7 +127,7 @@ async def test_each_mic_frame_comes_with_the_reference_for_its_span() -> None:
 
 async def test_the_handset_delivers_on_its_clock_without_drift() -> None:
     sink = MemorySink(EAR)
-    handset = Handset(MemorySource(MIC, 30), sink, EchoSettings(-10, 20))
+    handset = Handset(MemorySource(MIC, 30), sink, HandsetEcho(-10, 20))
     frames = 0
     started = time.monotonic()
     async for _frame in handset.frames():
@@ -139,12 +139,12 @@ async def test_the_handset_delivers_on_its_clock_without_drift() -> None:
 
 def test_an_echo_needs_a_real_time_earpiece() -> None:
     with pytest.raises(ValueError, match="real-time"):
-        Handset(MemorySource(MIC), MemorySink(EAR, speed=4.0), EchoSettings())
+        Handset(MemorySource(MIC), MemorySink(EAR, speed=4.0), HandsetEcho())
 
 
 async def test_a_live_microphone_paces_the_handset_and_no_frame_is_made_up() -> None:
     mic = MemorySource(MIC, 30, live=True)
-    handset = Handset(mic, MemorySink(EAR), EchoSettings(-10, 20))
+    handset = Handset(mic, MemorySink(EAR), HandsetEcho(-10, 20))
 
     async def talk() -> None:
         for index in range(1, 21):

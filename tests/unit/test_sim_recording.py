@@ -18,7 +18,7 @@ from payphone.config import CallSettings
 from payphone.hardware.base import HookState
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
-from payphone.sim.echo_path import EchoSettings
+from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.gaps import recording_dropouts, reply_gaps
 from payphone.sim.recording import build_report, write_call_wav
 from payphone.sim.rig import Rig, build_rig
@@ -121,7 +121,7 @@ async def test_underruns_are_counted_in_the_turn_they_happened_in(tmp_path: Path
     assert {u["call_id"] for u in report["underruns"]} == {rig.calls[0].call_id}
 
 
-async def persona_greets(echo: EchoSettings | None) -> Rig:
+async def persona_greets(echo: HandsetEcho | None) -> Rig:
     stages = PhoneStages(
         ScriptedTranscriber(deque()), ScriptedBackend(), NoiseSynthesizer(), EnergyEndpointer
     )
@@ -161,7 +161,7 @@ def delay_of(heard: np.ndarray, played: np.ndarray, max_lag: int) -> int:
 
 
 async def test_with_an_echo_the_mic_hears_the_persona_the_configured_delay_later() -> None:
-    rig = await persona_greets(EchoSettings(-10, 20))
+    rig = await persona_greets(HandsetEcho(-10, 20))
     heard = np.concatenate(rig.handset.delivered).astype(np.float64)
     earpiece = earpiece_at_mic_clock(rig, len(heard) - 1000)
     lag = delay_of(heard, earpiece, 800)

@@ -18,7 +18,7 @@ from payphone.call.events import CallState
 from payphone.call.options import CallOptions
 from payphone.config import AudioSettings, CallSettings, Settings
 from payphone.hardware.base import HookState
-from payphone.sim.echo_path import EchoSettings
+from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.stand_ins import (
     EnergyEndpointer,
@@ -120,7 +120,7 @@ def _rig(
     reply: str,
     device_gone: bool = False,
     unsure_s: float = 0,
-    echo: EchoSettings | None = None,
+    echo: HandsetEcho | None = None,
 ) -> Rig:
     transcriber = ScriptedTranscriber(deque(["hello"] * 10_000), delay_s=transcribe_s)
     backend = ScriptedBackend(reply=reply, token_delay_s=0.02)
@@ -156,7 +156,7 @@ async def _loop_lag(lags: list[float]) -> None:
         lags.append((time.monotonic() - before - 0.01) * 1000)
 
 
-async def _run(settings: Settings, trials: int, echo: EchoSettings | None) -> dict[str, float]:
+async def _run(settings: Settings, trials: int, echo: HandsetEcho | None) -> dict[str, float]:
     long_reply = "Well now " + " ".join(["listen"] * 200) + "."
     scenarios: list[tuple[str, float, str, Callable[[Rig], Awaitable[tuple[float, float]]]]] = [
         ("speaking", 0.05, "Sure thing. " * 100, _trial_speaking),
@@ -218,8 +218,6 @@ async def _run(settings: Settings, trials: int, echo: EchoSettings | None) -> di
     return result
 
 
-def main(
-    settings: Settings, trials: int = 50, echo: EchoSettings | None = None
-) -> dict[str, float]:
+def main(settings: Settings, trials: int = 50, echo: HandsetEcho | None = None) -> dict[str, float]:
     """`echo`: the earpiece leaks back into the mic (the phone's own voice on the line)."""
     return asyncio.run(_run(settings, trials, echo))

@@ -25,7 +25,7 @@ from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.log import setup_logging
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
-from payphone.sim.echo_path import EchoSettings
+from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.simulate import speak_as_caller
 from payphone.stages import load_stages
@@ -119,7 +119,7 @@ async def _one_call(rig: Rig, rng: random.Random, speech: list[Pcm]) -> None:
 
 
 async def _run(
-    settings: Settings, calls: int, seed: int, echo: EchoSettings | None
+    settings: Settings, calls: int, seed: int, echo: HandsetEcho | None
 ) -> dict[str, float]:
     counter = ErrorCounter()
     setup_logging("warning", "json", counter)
@@ -191,7 +191,7 @@ async def _run(
 
 
 def main(
-    settings: Settings, trials: int = 200, seed: int = 7, echo: EchoSettings | None = None
+    settings: Settings, trials: int = 200, seed: int = 7, echo: HandsetEcho | None = None
 ) -> dict[str, float]:
     """`echo`: the earpiece leaks back into the mic (and plays in real time, not 4x)."""
     return asyncio.run(_run(settings, trials, seed, echo))

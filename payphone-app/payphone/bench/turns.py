@@ -33,7 +33,7 @@ from payphone.call.options import CallOptions
 from payphone.config import Settings
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
-from payphone.sim.echo_path import EchoSettings
+from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.runner import MIC_RATE, to_mic_rate
 from payphone.speech.base import VoiceSpec
@@ -158,7 +158,7 @@ async def _turn(rig: Rig, line: Line) -> TurnFigure:
 
 
 async def _pipeline(
-    stages: Stages, settings: Settings, lines: list[Line], echo: EchoSettings | None
+    stages: Stages, settings: Settings, lines: list[Line], echo: HandsetEcho | None
 ) -> list[TurnFigure]:
     quick = settings.call.model_copy(update={"dial_tone_s": 0.3, "idle_prompt_s": 60})
     options = dataclasses.replace(CallOptions.from_settings(settings), call=quick)
@@ -200,7 +200,7 @@ def _summary(name: str, figures: list[TurnFigure]) -> dict[str, Any]:
     return result
 
 
-async def _run(settings: Settings, trials: int, echo: EchoSettings | None) -> dict[str, Any]:
+async def _run(settings: Settings, trials: int, echo: HandsetEcho | None) -> dict[str, Any]:
     book = load_personas(settings.personas.user_dir)
     stages = await load_stages(settings, book.operator, list(book))
     try:
@@ -230,7 +230,7 @@ async def _run(settings: Settings, trials: int, echo: EchoSettings | None) -> di
 def main(
     settings: Settings,
     trials: int = len(LINES) * len(SPEEDS) + 2 * len(PAUSED),
-    echo: EchoSettings | None = None,
+    echo: HandsetEcho | None = None,
 ) -> Any:
     """Run both pipelines over `trials` caller lines (34 by default); `echo`: the earpiece
     leaks back into the mic."""

@@ -40,7 +40,7 @@ class EchoSettingError(ValueError):
 
 
 @dataclass(frozen=True)
-class EchoSettings:
+class HandsetEcho:
     """How loud (`db`, -60 to 0, relative to what the earpiece plays) and how late (`delay_ms`,
     0 to 200) the earpiece comes back into the mic."""
 
@@ -58,13 +58,13 @@ class EchoSettings:
                 )
 
 
-def echo_settings(db: float | None, delay_ms: float | None) -> EchoSettings | None:
+def echo_settings(db: float | None, delay_ms: float | None) -> HandsetEcho | None:
     """The command line's `--echo-db` / `--echo-delay-ms`: None (no echo) without `--echo-db`."""
     if db is None:
         if delay_ms is not None:
             raise EchoSettingError("--echo-delay-ms: needs --echo-db (the echo is off without it)")
         return None
-    return EchoSettings(db) if delay_ms is None else EchoSettings(db, delay_ms)
+    return HandsetEcho(db) if delay_ms is None else HandsetEcho(db, delay_ms)
 
 
 class EchoPath:
@@ -75,7 +75,7 @@ class EchoPath:
     sample `j - delay_samples`.
     """
 
-    def __init__(self, settings: EchoSettings, in_rate: int, out_rate: int) -> None:
+    def __init__(self, settings: HandsetEcho, in_rate: int, out_rate: int) -> None:
         self.settings = settings
         self.gain = float(10 ** (settings.db / 20))
         self.delay_samples = round(settings.delay_ms * out_rate / 1000)

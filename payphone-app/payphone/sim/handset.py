@@ -10,8 +10,8 @@ follow each other from the first frame on.
 
 For an echo canceller, `frames_with_reference()` yields each mic frame with the reference frame
 for the same span: what the earpiece played then (the sink's sample-clocked output, resampled to
-the mic's rate; no delay, no filter). A canceller in front of the VAD takes the pair and hands
-on the cleaned mic frame.
+the mic's rate; no delay, no filter). That is the pair `EchoCanceller.process(mic, played)`
+(`payphone.speech.echo_canceller`) takes; a canceller in front of the VAD hands on its output.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from payphone.hardware.base import AudioSource
 from payphone.hardware.memory_audio import MemorySink, MemorySource
 from payphone.pcm import Pcm
-from payphone.sim.echo_path import EchoPath, EchoSettings, Samples
+from payphone.sim.echo_path import EchoPath, HandsetEcho, Samples
 from payphone.streams import closing
 
 WAIT_S = 0.002  # how long to wait for the earpiece to play through a frame's span, per try
@@ -47,7 +47,7 @@ class Handset(AudioSource):
         self,
         mic: MemorySource,
         sink: MemorySink,
-        echo: EchoSettings | None = None,
+        echo: HandsetEcho | None = None,
         keep: bool = False,
     ) -> None:
         if echo is not None and sink.speed != 1:

@@ -16,7 +16,7 @@ from rich.console import Console
 from payphone.call.options import CallOptions, first_persona
 from payphone.config import Settings
 from payphone.personas.loader import load_personas
-from payphone.sim.echo_path import EchoSettings
+from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.recording import MicTape, build_report, write_call_wav, write_report
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.runner import MIC_RATE, ScriptRunner
@@ -91,7 +91,7 @@ async def _speakers(settings: Settings, rig: Rig) -> None:
 
 
 async def interactive(
-    settings: Settings, out_dir: object, console: Console, echo: EchoSettings | None = None
+    settings: Settings, out_dir: object, console: Console, echo: HandsetEcho | None = None
 ) -> None:
     """Run the keyboard loop; `echo`: the earpiece leaks back into the mouthpiece."""
     from pathlib import Path

@@ -23,7 +23,7 @@ from payphone.hardware.hook import GpioHookSwitch
 from payphone.hardware.keypad import QueueKeypad
 from payphone.hardware.memory_audio import MemorySink, MemorySource
 from payphone.personas.loader import PersonaBook, load_personas
-from payphone.sim.echo_path import EchoSettings
+from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.handset import Handset
 
 HOOK_PIN = 17
@@ -80,7 +80,7 @@ def build_rig(
     live_mic: bool = False,
     keep_heard: bool = True,
     earpiece: AudioSink | None = None,
-    echo: EchoSettings | None = None,
+    echo: HandsetEcho | None = None,
     keep_mic: bool = False,
 ) -> Rig:
     """Assemble a phone on mock pins; start `rig.phone.run()` in a task to switch it on.

@@ -25,7 +25,7 @@ from payphone.hardware.base import HookState
 from payphone.log import get_logger
 from payphone.pcm import Pcm
 from payphone.personas.loader import PersonaBook
-from payphone.sim.echo_path import EchoSettings
+from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.recording import MicTape
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.script import Step
@@ -147,7 +147,7 @@ async def run_script(
     personas: PersonaBook,
     fast: bool = False,
     sink_speed: float = 1.0,
-    echo: EchoSettings | None = None,
+    echo: HandsetEcho | None = None,
 ) -> SimResult:
     """Play the script on a fresh simulated phone; hangs up at the end if the script did not.
 

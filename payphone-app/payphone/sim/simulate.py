@@ -24,7 +24,7 @@ from payphone.config import Settings
 from payphone.models import resolve_voice
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
-from payphone.sim.echo_path import EchoSettings
+from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.gaps import recording_dropouts, reply_gaps
 from payphone.sim.recording import build_report, write_call_wav, write_report
 from payphone.sim.runner import run_script, to_mic_rate
@@ -51,7 +51,7 @@ async def simulate(
     out_dir: Path,
     fast: bool,
     console: Console,
-    echo: EchoSettings | None = None,
+    echo: HandsetEcho | None = None,
 ) -> dict[str, Any]:
     """Run one script end to end (with the earpiece leaking into the mic with `echo`); returns
     the report."""
