@@ -159,3 +159,14 @@ async def test_a_live_microphone_paces_the_handset_and_no_frame_is_made_up() -> 
             break
     await talking
     assert got == list(range(1, 21))  # the earpiece was silent: the frames pass as they came
+
+
+async def test_without_an_echo_path_frames_pass_untouched_with_no_reference() -> None:
+    mic = MemorySource(MIC, 30)
+    handset = Handset(mic, MemorySink(EAR), None, keep=True)
+    spoken = np.arange(480, dtype=np.int16)
+    mic.push(spoken)
+    async for frame, reference in handset.frames_with_reference():
+        assert np.array_equal(frame, spoken) and reference is None
+        break
+    assert len(handset.delivered) == 1

@@ -8,10 +8,12 @@ none) plus the echo of what the earpiece played over the same span, `delay_ms` e
 mic (interactive mode, a real microphone pushing frames) paces the frames itself: their spans
 follow each other from the first frame on.
 
-For an echo canceller, `frames_with_reference()` yields each mic frame with the reference frame
-for the same span: what the earpiece played then (the sink's sample-clocked output, resampled to
-the mic's rate; no delay, no filter). That is the pair `EchoCanceller.process(mic, played)`
-(`payphone.speech.echo_canceller`) takes; a canceller in front of the VAD hands on its output.
+For an echo canceller, `frames_with_reference()` (the `AudioSource` hook) yields each mic frame
+with the reference frame for the same span: what the earpiece played then (the sink's
+sample-clocked output, resampled to the mic's rate; no delay, no filter). That is the pair
+`EchoCanceller.process(mic, played)` (`payphone.speech.echo_canceller`) takes, and the phone's
+mic pump hands it over. Without an echo path the reference is None (nothing leaks back, and the
+unclocked mic cannot say when a frame was).
 """
 
 from __future__ import annotations
@@ -71,10 +73,13 @@ class Handset(AudioSource):
         async for frame, _reference in self.frames_with_reference():
             yield frame
 
-    async def frames_with_reference(self) -> AsyncIterator[tuple[Pcm, Pcm]]:
-        """(mic frame, reference frame) pairs over the same span, both int16 at the mic's rate."""
+    async def frames_with_reference(self) -> AsyncIterator[tuple[Pcm, Pcm | None]]:
+        """(mic frame, reference frame) pairs over the same span, both int16 at the mic's rate;
+        without an echo path the mic keeps no clock, so the reference is None."""
         if self.echo is None:
-            raise RuntimeError("a reference needs an echo path: build the handset with `echo`")
+            async for passed in self.frames():
+                yield passed, None
+            return
         size, rate = self.frame_samples, self.sample_rate
         path = EchoPath(self.echo, self.sink.sample_rate, rate)
         clock = None if self.mic.live else time.monotonic()
