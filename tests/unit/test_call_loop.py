@@ -550,4 +550,10 @@ async def test_a_backchannel_does_not_stop_the_persona() -> None:
     assert not turn.interrupted and turn.reply == LONG_REPLY
     ignored = [e for e in call.log.events if e["event"] == "speech_ignored"]
     assert [e["reason"] for e in ignored] == ["backchannel"]
+    kinds = [e["event"] for e in call.log.events]
+    assert kinds.index("persona_paused") < kinds.index("persona_resumed")  # silent meanwhile
+    heard = rig.sink.heard_pcm()
+    loud = np.abs(heard) > 1000
+    gaps = np.diff(np.flatnonzero(loud))
+    assert gaps.max() > 0.05 * rig.sink.sample_rate  # the pause while the caller said "mm-hm"
     await switch_off(rig, task)

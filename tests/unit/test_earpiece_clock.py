@@ -109,3 +109,23 @@ async def test_played_is_what_sounded_on_the_clock_with_silence_between() -> Non
     gap = played[100 + len(first) : 100 + second.sample - start]
     assert len(gap) > 0.04 * RATE and not gap.any()
     await sink.aclose()
+
+
+async def test_a_muted_earpiece_keeps_its_clock_and_queue_and_plays_silence() -> None:
+    sink = MemorySink(8000, buffer_ms=20)
+    tone = np.full(8000, 5000, dtype=np.int16)  # 1 s
+    playing = asyncio.ensure_future(sink.play(tone))  # queues as the earpiece makes room
+    await asyncio.sleep(0.2)
+    sink.mute(True)
+    muted_at = sink.sample_at(time.monotonic())
+    await asyncio.sleep(0.3)
+    sink.mute(False)
+    await playing
+    await sink.drain()
+    heard = sink.heard_pcm()
+    assert len(heard) == len(tone)  # nothing was dropped: the audio kept its time
+    silent = np.flatnonzero(heard == 0)
+    assert 0.25 * 8000 < len(silent) < 0.4 * 8000  # about the 0.3 s it was muted
+    assert abs(int(silent[0]) - muted_at) < 0.03 * 8000  # from the moment it was muted
+    assert np.all(sink.played(muted_at + 400, 800) == 0)  # the echo reference is silent too
+    await sink.aclose()

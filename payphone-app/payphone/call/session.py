@@ -298,7 +298,12 @@ class Call:
 
     async def _on_speech_started(self) -> None:
         self._idle_stage = 0
-        if self.state is CallState.THINKING and self._turn is not None:
+        if self.options.barge_in and self.state in BARGE_IN_STATES:
+            # the caller speaks over the persona: fall silent at once, as a person would; more
+            # than a backchannel (SpeechSustained) stops it, anything less lets it go on
+            self.deps.sink.mute(True)
+            self.log.event("persona_paused")
+        elif self.state is CallState.THINKING and self._turn is not None:
             # the caller goes on before any answer: hold what they said, join what follows
             self._held = self._turn.heard
             self.log.event("turn_held")
@@ -324,7 +329,10 @@ class Call:
             self._listen()
 
     def _on_speech_dropped(self) -> None:
-        """The caller's "going on" was a cough or a knock: answer what they had said."""
+        """The caller's "going on" was a cough or a knock: answer what they had said (or, over
+        the persona's voice, let it go on)."""
+        if self.state in BARGE_IN_STATES:
+            self._resume_persona("blip")
         held, self._held = self._held, None
         if held is not None and self.state is CallState.LISTENING:
             self.log.event("turn_resumed")
@@ -342,6 +350,7 @@ class Call:
             reason = self.state.value
             if self.state in BARGE_IN_STATES:  # too short to stop the persona (no barge-in)
                 reason = "backchannel" if self.options.barge_in else "persona speaking"
+                self._resume_persona(reason)
             self.log.event("speech_ignored", reason=reason, seconds=heard.seconds)
             log.info("speech_ignored", reason=reason, seconds=heard.seconds)
             return
@@ -362,6 +371,12 @@ class Call:
             return
         if transcript.is_speech and recognise(transcript.text) is not None:
             self.post(HelpNeeded(heard, transcript))
+
+    def _resume_persona(self, why: str) -> None:
+        """Speech over the persona that was less than a barge-in: it sounds again."""
+        if self.options.barge_in:
+            self.deps.sink.mute(False)
+            self.log.event("persona_resumed", why=why)
 
     def _start_turn(self, heard: Heard) -> None:
         self._disarm(Timer.IDLE)
@@ -389,6 +404,7 @@ class Call:
     # -- what the caller hears ----------------------------------------------------------------
 
     def _listen(self) -> None:
+        self.deps.sink.mute(False)  # a reply that ended while the caller spoke over it
         self._set_state(CallState.LISTENING)
         self._activity_name = ""
         wait = (
@@ -505,6 +521,7 @@ class Call:
         """Replace the current activity with a new one (the old one is interrupted first)."""
         previous = self._activity
         self.interrupt()
+        self.deps.sink.mute(False)
         if previous is not None and previous.done():
             previous = None
         if name != "turn":

@@ -50,6 +50,13 @@ class AudioSink(ABC):
     def stop(self) -> None:
         """Drop everything queued at once: silence within one buffer. Safe in cancel handlers."""
 
+    def mute(self, muted: bool) -> None:
+        """Silence the earpiece at once without dropping what is queued, or sound again (the
+        caller may be talking over the persona; it may have been only "mm-hm"). What plays while
+        muted is lost, as if heard. A sink that cannot mute stops instead."""
+        if muted:
+            self.stop()
+
     @property
     @abstractmethod
     def playing(self) -> bool:

@@ -154,6 +154,7 @@ class MemorySink(AudioSink):
         self._queued = 0
         self._end = 0  # where the audio queued so far ends on the sample clock
         self._streaming = False
+        self._muted = False
         self._space = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -206,9 +207,33 @@ class MemorySink(AudioSink):
         await self._idle.wait()
         self._streaming = False
 
+    def mute(self, muted: bool) -> None:
+        """Silence from this sample on (or sound again) without dropping what is queued: the
+        clock runs on, and what plays while muted is heard, and referenced, as silence."""
+        if muted == self._muted:
+            return
+        now = time.monotonic()
+        self._commit(now)
+        self._muted = muted
+        if muted:
+            self._silence_sounding(max(self.sample_at(now), 0))
+
+    def _silence_sounding(self, cut: int) -> None:
+        """The buffer sounding now is silent from `cut` on."""
+        if not self._recent or self._recent[-1].end <= cut:
+            return
+        sounding = self._recent.pop()
+        pcm = sounding.pcm.copy()
+        pcm[max(0, cut - sounding.sample) :] = 0
+        quiet = dataclasses.replace(sounding, pcm=pcm)
+        self._recent.append(quiet)
+        if self.keep_heard and self.heard and self.heard[-1] is sounding:
+            self.heard[-1] = quiet
+
     def stop(self) -> None:
         now = time.monotonic()
         self._commit(now)
+        self._muted = False
         self._queue.clear()
         self._queued = 0
         cut = max(self.sample_at(now), 0)
@@ -239,6 +264,8 @@ class MemorySink(AudioSink):
         while self._queue and self._queue[0].at <= now:
             buffer = self._queue.popleft()
             self._queued -= len(buffer.pcm)
+            if self._muted:
+                buffer = dataclasses.replace(buffer, pcm=np.zeros_like(buffer.pcm))
             self._space.set()
             self._last_at = buffer.at
             self.buffers_played += 1
