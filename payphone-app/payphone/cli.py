@@ -317,8 +317,13 @@ def _prompt_style(settings: Settings) -> str:
         return f"unknown: cannot read the model ({type(exc).__name__}: {exc})"
 
 
-BENCHES = ("hangup", "stt", "vad", "tts", "llm", "latency", "turns", "soak")
-RIG_BENCHES = ("hangup", "turns", "soak")  # the ones that build a whole phone, with its handset
+BENCHES = ("hangup", "stt", "vad", "tts", "llm", "latency", "turns", "soak", "bargein")
+RIG_BENCHES = (
+    "hangup",
+    "turns",
+    "soak",
+    "bargein",
+)  # the ones that build a whole phone, with its handset
 
 
 @app.command("bench")
