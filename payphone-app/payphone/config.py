@@ -89,9 +89,10 @@ class VadSettings(Group):
     min_utterance_ms: Annotated[int, Field(ge=0, le=5000)] = 200
     max_utterance_s: Annotated[float, Field(ge=1, le=60)] = 15.0
     barge_in: bool = False
-    # caller speech over the persona shorter than this (a backchannel: "mm-hm", "yeah", a cough)
-    # never stops it; longer speech stops the earpiece at once and becomes the next turn
-    barge_in_min_ms: Annotated[int, Field(ge=60, le=2000)] = 200
+    # the persona falls silent as soon as the caller speaks over it; this much voiced speech
+    # stops it for good (a barge-in). Shorter speech is judged by its words: a backchannel
+    # ("mm-hm", "yeah, okay", a cough) lets it go on, a short request ("Stop.") takes the turn
+    barge_in_min_ms: Annotated[int, Field(ge=60, le=3000)] = 700
 
 
 class TurnSettings(Group):

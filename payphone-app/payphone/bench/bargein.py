@@ -221,6 +221,8 @@ async def _quiet(rig: Rig) -> None:
 
 
 async def _run(settings: Settings, trials: int, echo: HandsetEcho) -> dict[str, Any]:
+    vad = settings.vad.model_copy(update={"barge_in": True})
+    settings = settings.model_copy(update={"vad": vad})
     book = load_personas(settings.personas.user_dir)
     stages = await load_stages(settings, book.operator, list(book))
     if stages.echo is None:
@@ -241,9 +243,7 @@ async def _run(settings: Settings, trials: int, echo: HandsetEcho) -> dict[str, 
             stages.for_phone(settings.vad, settings.turn), backend=backend
         )
         quick = settings.call.model_copy(update={"dial_tone_s": 0.3, "idle_prompt_s": 120})
-        options = dataclasses.replace(
-            CallOptions.from_settings(settings), call=quick, barge_in=True
-        )
+        options = dataclasses.replace(CallOptions.from_settings(settings), call=quick)
         rig = build_rig(phone_stages, options, echo=echo)
         canceller = stages.echo
         task = await rig.start()
