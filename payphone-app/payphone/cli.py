@@ -200,6 +200,10 @@ def simulate_command(
     interactive: Annotated[
         bool, typer.Option("--interactive", help="Keyboard and microphone.")
     ] = False,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="Serve the status page during the call at HOST:PORT."),
+    ] = None,
 ) -> None:
     """Drive a simulated phone through the real call loop and models from a YAML script."""
     import asyncio
@@ -216,7 +220,7 @@ def simulate_command(
     if script is None:
         err.print("payphone: simulate needs a SCRIPT.yaml (or --interactive)")
         raise typer.Exit(EXIT_BAD_SETTINGS)
-    settings = with_llm_overrides(state(ctx), llm, ollama_host, model)
+    settings = with_llm_overrides(state(ctx), llm, ollama_host, model, status)
     configure_logging(
         settings.model_copy(
             update={"logging": settings.logging.model_copy(update={"level": "warning"})}
@@ -225,7 +229,7 @@ def simulate_command(
     from payphone.sim.simulate import simulate
 
     try:
-        asyncio.run(simulate(settings, script, out_dir, fast, out))
+        asyncio.run(simulate(settings, script, out_dir, fast, out, status=status is not None))
     except ScriptError as exc:
         err.print(f"payphone: {exc}", markup=False, highlight=False)
         raise typer.Exit(EXIT_BAD_SETTINGS) from None
@@ -235,16 +239,24 @@ def simulate_command(
 
 
 def with_llm_overrides(
-    st: State, llm: str | None, ollama_host: str | None, model: str | None
+    st: State,
+    llm: str | None,
+    ollama_host: str | None,
+    model: str | None,
+    status: str | None = None,
 ) -> Settings:
-    """Command-line LLM choices, validated like any other setting (exit 2 when bad)."""
+    """Command-line LLM choices (and `--status`), validated like any setting (exit 2 when bad)."""
     chosen = {
         "backend": llm,
         "ollama_host": ollama_host,
         "gguf": str(Path(model).resolve()) if model else None,
     }
-    overrides = {key: value for key, value in chosen.items() if value is not None}
-    return settings_or_exit(st.config, {"llm": overrides})
+    overrides: dict[str, Any] = {
+        "llm": {key: value for key, value in chosen.items() if value is not None}
+    }
+    if status is not None:
+        overrides["status"] = {"listen": [status]}
+    return settings_or_exit(st.config, overrides)
 
 
 @app.command("doctor")

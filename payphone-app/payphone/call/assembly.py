@@ -67,6 +67,7 @@ def build_phone(
         speakable=stages.speakable,
         options=stages.chat,
         filler_after_s=options.call.filler_after_s,
+        log_transcripts=options.log_transcripts,
     )
 
     def make_call(call_id: str) -> Call:

@@ -17,6 +17,7 @@ class CallOptions:
     prompt_style: Literal["tag", "full"] = "full"
     history_tokens: int = 1024
     barge_in: bool = False
+    log_transcripts: bool = False  # personal data: in the journal only with status.transcripts
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CallOptions:
@@ -25,6 +26,7 @@ class CallOptions:
             prompt_style=settings.llm.prompt_style,
             history_tokens=settings.llm.history_tokens,
             barge_in=settings.vad.barge_in,
+            log_transcripts=settings.status.transcripts == "journal",
         )
 
     def as_report(self) -> dict[str, Any]:
@@ -33,6 +35,7 @@ class CallOptions:
             "prompt_style": self.prompt_style,
             "history_tokens": self.history_tokens,
             "barge_in": self.barge_in,
+            "log_transcripts": self.log_transcripts,
             "call": self.call.model_dump(),
         }
 

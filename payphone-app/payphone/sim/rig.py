@@ -8,7 +8,9 @@ in-memory mic, and listen to the in-memory earpiece.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from gpiozero.pins.mock import MockFactory
 
@@ -25,6 +27,7 @@ from payphone.hardware.memory_audio import MemorySink, MemorySource
 from payphone.personas.loader import PersonaBook, load_personas
 
 HOOK_PIN = 17
+T = TypeVar("T")
 
 
 @dataclass
@@ -64,6 +67,17 @@ class Rig:
                 await asyncio.sleep(0.002)
 
 
+def _both(first: Callable[[T], None], then: Callable[[T], None] | None) -> Callable[[T], None]:
+    if then is None:
+        return first
+
+    def both(value: T) -> None:
+        first(value)
+        then(value)
+
+    return both
+
+
 def build_rig(
     stages: PhoneStages,
     options: CallOptions | None = None,
@@ -77,11 +91,14 @@ def build_rig(
     live_mic: bool = False,
     keep_heard: bool = True,
     earpiece: AudioSink | None = None,
+    on_call: Callable[[Call], None] | None = None,
+    on_state: Callable[[CallState], None] | None = None,
 ) -> Rig:
     """Assemble a phone on mock pins; start `rig.phone.run()` in a task to switch it on.
 
     `earpiece`: another sink for the phone (e.g. a PyAudio sink whose device is gone) instead
-    of the recording one; `rig.sink` then hears nothing.
+    of the recording one; `rig.sink` then hears nothing. `on_call` / `on_state`: another
+    observer of the phone's calls (the status page), after the rig's own lists.
     """
     pins = MockFactory()
     hook = GpioHookSwitch(HOOK_PIN, "normally_open", debounce_ms=debounce_ms, pin_factory=pins)
@@ -96,7 +113,7 @@ def build_rig(
         personas or load_personas(),
         options or CallOptions(),
         lines=lines,
-        on_call=calls.append,
-        on_state=states.append,
+        on_call=_both(calls.append, on_call),
+        on_state=_both(states.append, on_state),
     )
     return Rig(phone, hook, keypad, mic, sink, pins, states, calls)

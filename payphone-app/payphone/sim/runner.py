@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import soxr
 from payphone.call.assembly import PhoneStages
 from payphone.call.events import CallState
 from payphone.call.options import CallOptions
-from payphone.call.session import CallLog
+from payphone.call.session import Call, CallLog
 from payphone.hardware.base import HookState
 from payphone.log import get_logger
 from payphone.pcm import Pcm
@@ -145,9 +146,20 @@ async def run_script(
     *,
     personas: PersonaBook,
     fast: bool = False,
+    on_call: Callable[[Call], None] | None = None,
+    on_state: Callable[[CallState], None] | None = None,
 ) -> SimResult:
-    """Play the script on a fresh simulated phone; hangs up at the end if the script did not."""
-    rig = build_rig(stages, options, personas=personas, extra_keypads=[InbandKeypad(MIC_RATE)])
+    """Play the script on a fresh simulated phone; hangs up at the end if the script did not.
+
+    `on_call` / `on_state`: another observer of the phone (the status page)."""
+    rig = build_rig(
+        stages,
+        options,
+        personas=personas,
+        extra_keypads=[InbandKeypad(MIC_RATE)],
+        on_call=on_call,
+        on_state=on_state,
+    )
     task = await rig.start()
     tape = MicTape(MIC_RATE)
     runner = ScriptRunner(rig, tape, fast)
