@@ -83,7 +83,7 @@ class SoundCardWatch:
         self.frames = frames
         self.earpiece_ok = earpiece_ok
         self.devices = devices
-        self._frames = frames()
+        self._frames: int | None = None  # read on the first check, on the loop
         self._moved = time.monotonic()
 
     def __call__(self) -> Check:

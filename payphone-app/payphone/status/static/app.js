@@ -143,8 +143,10 @@ function chart(id, label, p50, p95, data) {
   if (!charts[id]) {
     const target = $(id);
     charts[id] = new uPlot({
-      width: Math.max(300, target.clientWidth || 400),
+      width: Math.max(280, (target.clientWidth || 400) - 16),
       height: 200,
+      // a single point would stretch the time axis over years: show a minute around it
+      scales: { x: { time: true, range: (u, min, max) => (min === max ? [min - 60, max + 60] : [min, max]) } },
       series: [
         {},
         { label: `${label} p50`, stroke: "#2a6fb0", spanGaps: true },
