@@ -269,7 +269,7 @@ async def test_healthz_follows_the_sound_card_and_pi2_within_5_s(
         async with page.serving():
             await until(http, url, 200, 5)
             mic.running = False  # the USB sound card is pulled
-            took, body = await until(http, url, 503, 5)
+            _, body = await until(http, url, 503, 5)
             assert "no sound from the microphone" in body and "test card" in body
             mic.running = True
             await until(http, url, 200, 5)
@@ -281,9 +281,10 @@ async def test_healthz_follows_the_sound_card_and_pi2_within_5_s(
             assert llm.digest  # read from Pi #2's model list
             ollama_port = ollama.port
             await ollama.stop()  # Pi #2 goes down
-            took, body = await until(http, url, 503, 5)
+            _, body = await until(http, url, 503, 5)
             assert "payphone-persona not answering" in body
-            ollama = await OllamaProtocolServer(models=["payphone-persona"], port=ollama_port).start()
+            ollama = OllamaProtocolServer(models=["payphone-persona"], port=ollama_port)
+            await ollama.start()  # and comes back
             await until(http, url, 200, 5)
     finally:
         pumping.cancel()
@@ -336,21 +337,20 @@ async def test_the_token_guards_the_data_but_not_the_page_shell(
 async def test_events_stream_a_snapshot_on_each_change(http: aiohttp.ClientSession) -> None:
     port = free_port()
     page = make_page(status_settings(listen=[f"127.0.0.1:{port}"]))
-    async with page.serving():
-        async with http.get(f"http://127.0.0.1:{port}/events") as response:
-            assert response.headers["Content-Type"].startswith("text/event-stream")
+    async with page.serving(), http.get(f"http://127.0.0.1:{port}/events") as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
 
-            async def next_state() -> str:
-                while True:
-                    line = (await response.content.readline()).decode()
-                    if line.startswith("data: "):
-                        return str(json.loads(line[6:])["now"]["state"])
+        async def next_state() -> str:
+            while True:
+                line = (await response.content.readline()).decode()
+                if line.startswith("data: "):
+                    return str(json.loads(line[6:])["now"]["state"])
 
-            assert await asyncio.wait_for(next_state(), 2) == "idle"
-            started = time.monotonic()
-            page.on_state(CallState.THINKING)
-            assert await asyncio.wait_for(next_state(), 1) == "thinking"
-            assert time.monotonic() - started < 0.5
+        assert await asyncio.wait_for(next_state(), 2) == "idle"
+        started = time.monotonic()
+        page.on_state(CallState.THINKING)
+        assert await asyncio.wait_for(next_state(), 1) == "thinking"
+        assert time.monotonic() - started < 0.5
 
 
 async def test_a_taken_port_leaves_the_phone_running() -> None:
@@ -361,6 +361,16 @@ async def test_a_taken_port_leaves_the_phone_running() -> None:
         page = make_page(status_settings(listen=[f"127.0.0.1:{port}"]))
         async with page.serving():
             assert page.server is not None and page.server.bound == []
+
+
+def test_the_link_address_can_be_bound_before_the_link_is_up() -> None:
+    from payphone.status.web import listening_sockets
+
+    [sock] = listening_sockets("10.254.253.252", free_port())  # on no interface of this machine
+    try:
+        assert sock.getsockname()[0] == "10.254.253.252"
+    finally:
+        sock.close()
 
 
 def test_the_health_line_reaches_systemd_once_per_change(tmp_path: Path) -> None:

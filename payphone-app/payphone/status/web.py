@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import socket
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 log = get_logger("status")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux's value; named in Python 3.12+
 KEEPALIVE_S = 15.0
 SHUTDOWN_S = 1.0
 SECURITY_HEADERS = {
@@ -45,6 +48,33 @@ def split_address(address: str) -> tuple[str, int]:
     """`127.0.0.1:8080` / `[::1]:8080` -> (host, port); validated by `StatusSettings`."""
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound, listening sockets for `host` (both families for `localhost`).
+
+    IP_FREEBIND lets the private link's address be bound at boot before the link is up (the
+    page answers there as soon as it is), instead of failing and never serving on it.
+    """
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, where in found:
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if sys.platform == "linux":
+                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(where)
+            sock.listen(64)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def token_guard(token: str) -> Middleware:
@@ -96,10 +126,9 @@ class StatusServer:
         """Bind every address; one that cannot be bound is logged, never fatal to the phone."""
         await self._runner.setup()
         for address in self.addresses:
-            host, port = split_address(address)
-            site = web.TCPSite(self._runner, host, port, reuse_address=True)
             try:
-                await site.start()
+                for sock in listening_sockets(*split_address(address)):
+                    await web.SockSite(self._runner, sock).start()
             except OSError as exc:
                 log.error("status_page_unavailable", address=address, error=str(exc))
                 continue
