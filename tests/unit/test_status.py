@@ -298,7 +298,7 @@ async def test_the_llm_check_speaks_plain_words() -> None:
     starting = BreakerStatus(BreakerState.STARTING, 0, None, "", None, 0)
     assert LlmWatch(breaker_up, backend="embedded", model="m")().detail == "model m up"
     check = LlmWatch(lambda: down, backend="embedded", model="m")()
-    assert not check.ok and "down for 12 s (connection_refused)" in check.detail
+    assert not check.ok and "down (connection_refused)" in check.detail
     assert "closed" not in check.detail
     assert "starting" in LlmWatch(lambda: starting, backend="embedded", model="m")().detail
 
@@ -334,23 +334,29 @@ async def test_the_token_guards_the_data_but_not_the_page_shell(
             assert response.status == 200 and len(await response.read()) > 40_000
 
 
-async def test_events_stream_a_snapshot_on_each_change(http: aiohttp.ClientSession) -> None:
+async def test_events_stream_a_snapshot_then_each_change(http: aiohttp.ClientSession) -> None:
     port = free_port()
     page = make_page(status_settings(listen=[f"127.0.0.1:{port}"]))
-    async with page.serving(), http.get(f"http://127.0.0.1:{port}/events") as response:
+    url = f"http://127.0.0.1:{port}/events"
+    async with page.serving(), http.get(url) as response:
         assert response.headers["Content-Type"].startswith("text/event-stream")
 
-        async def next_state() -> str:
+        async def next_update() -> dict[str, Any]:
             while True:
                 line = (await response.content.readline()).decode()
                 if line.startswith("data: "):
-                    return str(json.loads(line[6:])["now"]["state"])
+                    return dict(json.loads(line[6:]))
 
-        assert await asyncio.wait_for(next_state(), 2) == "idle"
+        first = await asyncio.wait_for(next_update(), 2)
+        assert first["now"]["state"] == "idle" and first["health"]["ok"]
         started = time.monotonic()
         page.on_state(CallState.THINKING)
-        assert await asyncio.wait_for(next_state(), 1) == "thinking"
+        update = await asyncio.wait_for(next_update(), 1)
         assert time.monotonic() - started < 0.5
+        assert update == {"now": page.board.now()}  # a state change sends only the state
+        assert update["now"]["state"] == "thinking"
+        page.board.touch()  # anything else: the whole snapshot again
+        assert "calls" in await asyncio.wait_for(next_update(), 1)
 
 
 async def test_a_taken_port_leaves_the_phone_running() -> None:

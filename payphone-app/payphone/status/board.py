@@ -6,8 +6,10 @@ appear in `call.log.turns` (a cut-off turn is logged just after the hang-up, so 
 swept again on the next tick) and keeps the last `keep_calls` calls. Transcripts are personal
 data: with `show_transcripts=False` they are never copied out of the call at all.
 
-Every change bumps `version` and wakes `wait_change`, so the page's event stream sends a fresh
-snapshot within one loop turn of the state change.
+Every change bumps `version` and wakes `wait_change`, so the page's event stream sends an update
+within one loop turn of the state change: just `now()` when only the state moved, the whole
+snapshot when calls, turns or health changed (`data_version`), so a state change costs the same
+however many calls are kept.
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ class StatusBoard:
         self.fallbacks: collections.Counter[str] = collections.Counter()
         self.totals = {"calls": 0, "turns": 0, "interruptions": 0, "fallbacks": 0}
         self.health: Health | None = None
-        self.version = 0
+        self.version = 0  # any change
+        self.data_version = 0  # a change to more than `now()`: calls, turns, health
         self._changed = asyncio.Event()
         self.metrics.state.state(IDLE)
 
@@ -130,29 +133,32 @@ class StatusBoard:
         self.current = view
         self.totals["calls"] += 1
         self.metrics.calls.inc()
-        self._bump()
+        self._bump(data=True)
 
     def on_state(self, state: CallState) -> None:
         view = self.current
+        data = False  # only the state moved, unless the call took a new persona or ended
         if view is not None and view.call is not None:
             name = view.call.persona.name
             if name not in view.personas:
                 view.personas.append(name)
+                data = True
         if state is CallState.ENDED:
             if view is not None:
                 view.ended = time.time()
+                data = True
             self.current = None
         self.state = IDLE if state is CallState.ENDED else state.value
         self.state_since = time.time()
         self.metrics.state.state(self.state)
         self.sweep()
-        self._bump()
+        self._bump(data=data)
 
     def set_health(self, health: Health) -> None:
-        if self.health is None or health.line != self.health.line:
-            self.health = health
-            self._bump()
+        changed = self.health is None or health.line != self.health.line
         self.health = health
+        if changed:
+            self._bump(data=True)
 
     # -- turns ----------------------------------------------------------------------------------
 
@@ -172,7 +178,7 @@ class StatusBoard:
             if view.ended is not None and now - view.ended > SETTLE_S:
                 view.call = None  # its audio buffers and history are not ours to keep
         if found:
-            self._bump()
+            self._bump(data=True)
 
     def _turn(self, rec: TurnRecord, number: int, call: Call) -> dict[str, Any]:
         lat = rec.latency_ms
@@ -264,13 +270,15 @@ class StatusBoard:
 
     def touch(self) -> None:
         """Something the page shows changed outside the board (e.g. the model's digest)."""
-        self._bump()
+        self._bump(data=True)
 
     def wake(self) -> None:
         """Wake every `wait_change` now (they return the version as it is)."""
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 
-    def _bump(self) -> None:
+    def _bump(self, data: bool = False) -> None:
         self.version += 1
+        if data:
+            self.data_version += 1
         self.wake()

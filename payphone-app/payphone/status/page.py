@@ -182,6 +182,10 @@ class StatusPage:
             self._json = (self.board.version, text)
         return text
 
+    def now_json(self) -> str:
+        """Only what the phone is doing now: the update for a plain state change."""
+        return json.dumps({"now": self.board.now()}, separators=(",", ":"))
+
     # -- running ----------------------------------------------------------------------------------
 
     async def _ticking(self) -> None:

@@ -159,14 +159,18 @@ class StatusServer:
         return web.Response(status=200 if health.ok else 503, text=health.line + "\n")
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        """A snapshot now, then one per change; waits are woken by the board, not polled."""
+        """A snapshot now, then an update per change (just the state when only it moved);
+        waits are woken by the board, not polled."""
         board = self.page.board
         headers = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
         async with sse_response(request, headers=headers, ping_interval=KEEPALIVE_S) as stream:
-            seen = -1
+            seen = seen_data = -1
             while stream.is_connected() and not self._closing.is_set():
-                if board.version != seen:
-                    seen = board.version
+                if board.data_version != seen_data:
+                    seen, seen_data = board.version, board.data_version
                     await stream.send(self.page.snapshot_json())
+                elif board.version != seen:
+                    seen = board.version
+                    await stream.send(self.page.now_json())
                 await board.wait_change(seen, KEEPALIVE_S)
         return stream

@@ -161,6 +161,7 @@ function chart(id, label, p50, p95, data) {
 
 function render(snapshot) {
   renderNow(snapshot.now);
+  if (!snapshot.calls) return; // a state change only: the rest is as it was
   renderHealth(snapshot.health);
   renderLlm(snapshot.llm);
   $("version").textContent = `version ${snapshot.phone.version}`;
