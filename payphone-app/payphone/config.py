@@ -237,7 +237,7 @@ class StatusSettings(Group):
     # transcripts are personal data: status_page = shown for the last calls only, in memory;
     # off = never kept; journal = also written to the log
     transcripts: Literal["status_page", "off", "journal"] = "status_page"
-    keep_calls: Annotated[int, Field(ge=1, le=500)] = 20
+    keep_calls: Annotated[int, Field(ge=1, le=100)] = 20
 
     @field_validator("listen")
     @classmethod
