@@ -278,10 +278,23 @@ def personas_command(ctx: typer.Context) -> None:
         voice = f"{p.voice.model} x{p.voice.length_scale} {p.voice.effect}"
         table.add_row(p.key, p.number, p.name, voice, p.greeting)
     out.print(table)
+    out.print(f"system prompt: {_prompt_style(state(ctx).settings)}", markup=False, soft_wrap=True)
     for problem in book.errors:
         err.print(f"payphone: persona file problem: {problem}")
     if book.errors:
         raise typer.Exit(EXIT_FAIL)
+
+
+def _prompt_style(settings: Settings) -> str:
+    """`tag (why)` or `full (why)`: what calls send, asked of the model like the phone does."""
+    import asyncio
+
+    from payphone.llm.factory import chosen_prompt_style
+
+    try:
+        return asyncio.run(chosen_prompt_style(settings)).explain()
+    except Exception as exc:  # a missing model: `doctor` says more
+        return f"unknown: cannot read the model ({type(exc).__name__}: {exc})"
 
 
 BENCHES = ("hangup", "stt", "vad", "tts", "llm", "latency", "turns", "soak")

@@ -79,6 +79,16 @@ class KeypadSettings(Group):
     scan_interval_ms: Annotated[int, Field(ge=1, le=100)] = 5
 
 
+class EchoSettings(Group):
+    """Echo cancellation: the earpiece's own voice taken out of the mic before VAD and STT
+    (WebRTC AEC3, `payphone.speech.echo_canceller`). Without it barge-in stays off."""
+
+    enabled: bool = True
+    # AEC3 finds the earpiece-to-mic delay itself; a hint (ms) only helps it start there
+    delay_ms: Annotated[int, Field(ge=0, le=500)] = 0
+    noise_suppression: bool = False
+
+
 class VadSettings(Group):
     aggressiveness: Annotated[int, Field(ge=0, le=3)] = 2
     frame_ms: Literal[10, 20, 30] = 30
@@ -90,6 +100,9 @@ class VadSettings(Group):
     min_utterance_ms: Annotated[int, Field(ge=0, le=5000)] = 200
     max_utterance_s: Annotated[float, Field(ge=1, le=60)] = 15.0
     barge_in: bool = False
+    # caller speech over the persona shorter than this (a backchannel: "mm-hm", "yeah", a cough)
+    # never stops it; longer speech stops the earpiece at once and becomes the next turn
+    barge_in_min_ms: Annotated[int, Field(ge=60, le=2000)] = 200
 
 
 class TurnSettings(Group):
@@ -105,6 +118,9 @@ class TurnSettings(Group):
     pause_ms: Annotated[int, Field(ge=60, le=1000)] = 180
     max_silence_ms: Annotated[int, Field(ge=300, le=5000)] = 1200
     speculate_ms: Annotated[int, Field(ge=100, le=5000)] = 500
+    # the model unsure, but the words a complete statement ("... I can barely hear you."):
+    # answered after this much silence instead of max_silence_ms
+    complete_ms: Annotated[int, Field(ge=100, le=5000)] = 800
     threads: Annotated[int, Field(ge=1, le=8)] = 1
 
 
@@ -132,7 +148,8 @@ class LlmSettings(Group):
     ollama_host: AnyHttpUrl = AnyHttpUrl("http://10.10.10.11:11434")
     ollama_model: Annotated[str, Field(min_length=1)] = "payphone-persona"
     keep_alive: str = "-1"
-    prompt_style: Literal["tag", "full"] = "full"
+    # auto: what the model says it was trained on (GGUF `payphone.prompt_style`), else full
+    prompt_style: Literal["auto", "tag", "full"] = "auto"
     connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
     first_token_timeout_s: Annotated[float, Field(gt=0, le=120)] = 8.0
     token_timeout_s: Annotated[float, Field(gt=0, le=60)] = 4.0
@@ -272,6 +289,7 @@ class Settings(BaseSettings):
     audio: AudioSettings = Field(default_factory=AudioSettings)
     hook: HookSettings = Field(default_factory=HookSettings)
     keypad: KeypadSettings = Field(default_factory=KeypadSettings)
+    echo: EchoSettings = Field(default_factory=EchoSettings)
     vad: VadSettings = Field(default_factory=VadSettings)
     turn: TurnSettings = Field(default_factory=TurnSettings)
     stt: SttSettings = Field(default_factory=SttSettings)

@@ -33,13 +33,12 @@ from payphone.status.page import (
     llm_watch,
     models_words,
 )
-from payphone.systemd_notify import Notifier, watchdog_interval_s
+from payphone.systemd_notify import Notifier, extending_start, watchdog_interval_s
 
 log = get_logger("service")
 
 MIC_RATE = 16000
 GOODBYE_GRACE_S = 3.0
-START_TIMEOUT_S = 120.0
 
 
 def build_keypads(settings: KeypadSettings, pin_factory: Any = None) -> list[Keypad]:
@@ -125,33 +124,33 @@ class Service:
         for problem in self.book.errors:
             log.error("persona_file_problem", problem=problem)
         started = time.monotonic()
-        self.notifier.extend_timeout(START_TIMEOUT_S)
-        self.notifier.send(status="loading models")
-        settings = self.settings
-        first = first_persona(self.book, settings.call)
-        stages = await load_stages(settings, first, list(self.book))
-        lines = LineBook(stages.synthesizer)
-        rendered = await lines.prerender(self.book)
-        sink = PyAudioSink(settings.audio, stages.synthesizer.sample_rate)
-        source = PyAudioSource(settings.audio, MIC_RATE, settings.vad.frame_ms)
-        hook = GpioHookSwitch(
-            settings.hook.pin,
-            settings.hook.switch,
-            pull_up=settings.hook.pull_up,
-            debounce_ms=settings.hook.debounce_ms,
-        )
-        keypads = build_keypads(settings.keypad)
-        page = self.status_page(stages, source, sink)
-        phone = build_phone(
-            stages.for_phone(settings.vad, settings.turn),
-            PhoneHardware(hook, keypads, source, sink),
-            self.book,
-            CallOptions.from_settings(settings),
-            lines=lines,
-            on_call=page.on_call,
-            on_state=page.on_state,
-        )
-        self.notifier.ready(page.health.line)
+        async with extending_start(self.notifier):
+            self.notifier.send(status="loading models")
+            settings = self.settings
+            first = first_persona(self.book, settings.call)
+            stages = await load_stages(settings, first, list(self.book))
+            lines = LineBook(stages.synthesizer)
+            rendered = await lines.prerender(self.book)
+            sink = PyAudioSink(settings.audio, stages.synthesizer.sample_rate)
+            source = PyAudioSource(settings.audio, MIC_RATE, settings.vad.frame_ms)
+            hook = GpioHookSwitch(
+                settings.hook.pin,
+                settings.hook.switch,
+                pull_up=settings.hook.pull_up,
+                debounce_ms=settings.hook.debounce_ms,
+            )
+            keypads = build_keypads(settings.keypad)
+            page = self.status_page(stages, source, sink)
+            phone = build_phone(
+                stages.for_phone(settings.vad, settings.turn),
+                PhoneHardware(hook, keypads, source, sink),
+                self.book,
+                CallOptions.from_settings(settings),
+                lines=lines,
+                on_call=page.on_call,
+                on_state=page.on_state,
+            )
+            self.notifier.ready(page.health.line)
         log.info(
             "service_ready",
             load_ms=ms(time.monotonic() - started),

@@ -18,7 +18,7 @@ from payphone.config import Settings, TurnSettings, VadSettings
 from payphone.llm.base import ChatOptions
 from payphone.llm.breaker import BreakerStatus, CircuitBreaker
 from payphone.llm.factory import build_backend, chat_options
-from payphone.llm.history import choose_system_prompt
+from payphone.llm.prompt_style import ChosenStyle, Declared, choose
 from payphone.log import get_logger, ms
 from payphone.models import resolve_gguf, resolve_voice, resolve_whisper
 from payphone.personas.loader import Persona
@@ -60,8 +60,29 @@ class Stages:
         await self.backend.aclose()
 
 
-def system_prompt(settings: Settings, persona: Persona) -> str:
-    return choose_system_prompt(settings.llm.prompt_style, persona.prompt_tag, persona.prompt)
+def system_prompt(settings: Settings, persona: Persona, declared: Declared | None = None) -> str:
+    """The persona's tag or full prompt, per `llm.prompt_style` and what the model `declared`."""
+    return choose(settings.llm.prompt_style, declared).system_prompt(
+        persona.prompt_tag, persona.prompt
+    )
+
+
+class FirstPrompt:
+    """The prompt the breaker primes once its probe reached the model (the model may declare
+    its prompt style then); logs the chosen style and why, once, and again only if it changes."""
+
+    def __init__(self, settings: Settings, persona: Persona, backend: CircuitBreaker) -> None:
+        self.settings = settings
+        self.persona = persona
+        self.backend = backend
+        self.logged: ChosenStyle | None = None
+
+    def __call__(self) -> str:
+        chosen = choose(self.settings.llm.prompt_style, self.backend.declared_prompt_style)
+        if chosen != self.logged:
+            self.logged = chosen
+            log.info("prompt_style", style=chosen.style, source=chosen.source)
+        return chosen.system_prompt(self.persona.prompt_tag, self.persona.prompt)
 
 
 async def load_stages(settings: Settings, first_persona: Persona, voices: list[Persona]) -> Stages:
@@ -82,7 +103,7 @@ async def load_stages(settings: Settings, first_persona: Persona, voices: list[P
     gguf = resolve_gguf(settings) if settings.llm.backend == "embedded" else None
     backend = build_backend(settings.llm, gguf)
     remote = settings.llm.backend == "ollama"
-    status = await backend.start(system_prompt(settings, first_persona), background=remote)
+    status = await backend.start(FirstPrompt(settings, first_persona, backend), background=remote)
     log.info(
         "stages_loaded",
         stt_ms=ms(stt_loaded - started),

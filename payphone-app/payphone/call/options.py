@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from payphone.config import CallSettings, Settings
+from payphone.llm.prompt_style import PromptStyleSetting
 from payphone.personas.loader import Persona, PersonaBook
 
 
@@ -14,7 +15,7 @@ class CallOptions:
     """Everything a call takes from the settings, typed."""
 
     call: CallSettings = field(default_factory=CallSettings)
-    prompt_style: Literal["tag", "full"] = "full"
+    prompt_style: PromptStyleSetting = "auto"  # auto: the style the model declares
     history_tokens: int = 1024
     barge_in: bool = False
     log_transcripts: bool = False  # personal data: in the journal only with status.transcripts

@@ -34,6 +34,7 @@ from payphone.call.events import (
     KeyPress,
     SpeechDropped,
     SpeechStarted,
+    SpeechSustained,
     Timer,
     TimerFired,
 )
@@ -42,7 +43,8 @@ from payphone.call.options import CallOptions, first_persona
 from payphone.call.player import play_and_wait, play_frames
 from payphone.call.turn import Turn, TurnDeps, TurnRecord, sit_tones
 from payphone.llm.base import LlmError
-from payphone.llm.history import Conversation, choose_system_prompt
+from payphone.llm.history import Conversation
+from payphone.llm.prompt_style import choose
 from payphone.log import get_logger
 from payphone.pcm import Pcm
 from payphone.personas.loader import OPERATOR_KEY, Persona, PersonaBook
@@ -71,13 +73,30 @@ ACTIVITIES: dict[str, tuple[CallState, bool]] = {
     "goodbye": (CallState.GOODBYE, False),  # goodbye, then the howler until on-hook
 }
 # where what the caller says starts a turn: while the persona is still thinking (nothing said
-# yet) the caller's next words join the turn they belong to; over its voice only with barge-in
+# yet) the caller's next words join the turn they belong to
 HEARS_SPEECH = frozenset({CallState.LISTENING, CallState.THINKING})
-BARGE_IN_STATES = frozenset({CallState.SPEAKING})
+# where the persona's voice stops for the caller's (with barge-in): speech longer than a
+# backchannel (SpeechSustained) stops it and is then heard as in LISTENING
+BARGE_IN_STATES = frozenset({CallState.SPEAKING, CallState.GREETING})
 # where the call takes no more input: only hanging up ends it
 FINAL = frozenset({CallState.GOODBYE, CallState.HOWLER, CallState.ENDED})
 # where the earpiece plays nothing the mic could take for the caller (tones are not speech)
 OPEN_MIC = frozenset({CallState.DIAL_TONE, CallState.DIALING, CallState.LISTENING})
+
+
+def joined(earlier: Heard | None, heard: Heard) -> Heard:
+    """The caller went on before hearing any answer: one turn, all of what they said. The eager
+    transcript stays when it was made on exactly that audio (the listener's `context` is the
+    held turn's), else Whisper hears the whole again."""
+    empty = np.zeros(0, dtype=np.int16)
+    if earlier is None:
+        if len(heard.context) == 0:
+            return heard
+        return dataclasses.replace(heard, context=empty, transcript=None)  # answered meanwhile
+    same = len(heard.context) == len(earlier.pcm)
+    pcm = np.concatenate([earlier.pcm, heard.pcm])
+    transcript = heard.transcript if same else None
+    return dataclasses.replace(heard, pcm=pcm, context=empty, transcript=transcript)
 
 
 @dataclass
@@ -226,6 +245,8 @@ class Call:
                 await self._on_key(key)
             case SpeechStarted():
                 await self._on_speech_started()
+            case SpeechSustained():
+                await self._on_speech_sustained()
             case SpeechDropped():
                 self._on_speech_dropped()
             case Heard():
@@ -279,6 +300,16 @@ class Call:
             # push the idle deadline back; a blip the VAD then drops must not stop the timer
             self._arm(Timer.IDLE, self.settings.idle_prompt_s)
 
+    async def _on_speech_sustained(self) -> None:
+        """More than a backchannel over the persona's voice (with barge-in): stop it now, as a
+        person would; what the caller says becomes the next turn, and the history keeps the
+        reply as far as it was heard."""
+        if self.options.barge_in and self.state in BARGE_IN_STATES:
+            self.log.event("barge_in", over=self._activity_name)
+            log.info("barge_in", over=self._activity_name)
+            await self._stop_activity()
+            self._listen()
+
     def _on_speech_dropped(self) -> None:
         """The caller's "going on" was a cough or a knock: answer what they had said."""
         held, self._held = self._held, None
@@ -293,19 +324,17 @@ class Call:
             self._disarm(Timer.DIAL_TONE)
             self._start("greeting", self._greet)
             return
-        hears = HEARS_SPEECH | (BARGE_IN_STATES if self.options.barge_in else frozenset())
-        if self.state not in hears:
-            reason = "persona speaking" if self.state in BARGE_IN_STATES else self.state.value
+        if self.state not in HEARS_SPEECH:
+            reason = self.state.value
+            if self.state in BARGE_IN_STATES:  # too short to stop the persona (no barge-in)
+                reason = "backchannel" if self.options.barge_in else "persona speaking"
             self.log.event("speech_ignored", reason=reason, seconds=heard.seconds)
             log.info("speech_ignored", reason=reason, seconds=heard.seconds)
             return
         earlier, self._held = self._held, None
         if self.state is CallState.THINKING and self._turn is not None:
             earlier = self._turn.heard  # both parts came before the hold could
-        if earlier is not None:
-            # the caller went on before hearing any answer: one turn, all of what they said
-            pcm = np.concatenate([earlier.pcm, heard.pcm])
-            heard = dataclasses.replace(heard, pcm=pcm, transcript=None)
+        heard = joined(earlier, heard)
         self.log.event("turn_started", joined=earlier is not None, seconds=heard.seconds)
         self._start_turn(heard)
 
@@ -525,5 +554,6 @@ class Call:
         return tones.ToneStream(plan, rate, frame_samples=rate * TONE_FRAME_MS // 1000)
 
     def _conversation_for(self, persona: Persona) -> Conversation:
-        prompt = choose_system_prompt(self.options.prompt_style, persona.prompt_tag, persona.prompt)
+        chosen = choose(self.options.prompt_style, self.deps.backend.declared_prompt_style)
+        prompt = chosen.system_prompt(persona.prompt_tag, persona.prompt)
         return Conversation(prompt, self.options.history_tokens)

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from payphone.call.endings import asks, sounds_unfinished
+from payphone.call.endings import asks, reads_complete, sounds_unfinished
 from payphone.call.events import Heard
 from payphone.call.lines import LineBook
 from payphone.call.player import play_and_wait
@@ -165,11 +165,14 @@ class Turn:
     def _speak_not_before(self, text: str) -> None:
         """Cut before the silence limit but maybe unfinished (the turn model was unsure and the
         words are no question, or the words trail off: "My name is"): work now, speak at the
-        limit. If the caller goes on meanwhile, the call cancels this turn and their words join
-        it."""
-        unsure = sounds_unfinished(text) or (self.heard.tentative and not asks(text))
-        if unsure and self.heard.limit_at > time.monotonic():
-            self._not_before = self.heard.limit_at
+        limit, or a little sooner when the words are a complete statement. If the caller goes on
+        meanwhile, the call cancels this turn and their words join it."""
+        heard = self.heard
+        unsure = sounds_unfinished(text) or (heard.tentative and not asks(text))
+        if unsure and heard.limit_at > time.monotonic():
+            self._not_before = heard.limit_at
+            if heard.tentative and heard.complete_at and reads_complete(text):
+                self._not_before = min(heard.limit_at, heard.complete_at)
             wait_ms = ms(self._not_before - time.monotonic())
             log.info(
                 "turn_speaks_later",

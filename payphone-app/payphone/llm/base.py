@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
+from payphone.llm.prompt_style import Declared
+
 
 class Message(TypedDict):
     role: Literal["system", "user", "assistant"]
@@ -37,6 +39,11 @@ class ChatBackend(ABC):
 
     @abstractmethod
     def stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[str]: ...
+
+    @property
+    def declared_prompt_style(self) -> Declared | None:
+        """What the model says it was trained on (`payphone.prompt_style`); None until known."""
+        return None
 
     async def warm_up(self, system_prompt: str) -> None:  # noqa: B027 - optional hook
         """Load the model and prime the prompt cache with a system prompt."""
