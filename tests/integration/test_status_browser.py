@@ -63,6 +63,7 @@ async def test_the_page_shows_each_state_within_1_s_and_the_call_after(tmp_path:
     port = free_port()
     page = make_page(status_settings(listen=[f"127.0.0.1:{port}"]))
     changes: list[tuple[str, float]] = []
+    problems: list[str] = []  # script errors and console errors (a CSP violation, a 404)
 
     def on_state(state: CallState) -> None:
         page.on_state(state)
@@ -78,6 +79,11 @@ async def test_the_page_shows_each_state_within_1_s_and_the_call_after(tmp_path:
         )
         try:
             tab = browser.pages[0] if browser.pages else await browser.new_page()
+            tab.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
+            tab.on(
+                "console",
+                lambda msg: problems.append(msg.text) if msg.type == "error" else None,
+            )
             await tab.add_init_script(RECORD_STATES)
             await tab.goto(f"http://127.0.0.1:{port}/")
             await tab.wait_for_selector("#state[data-state='idle']", timeout=5000)
@@ -115,3 +121,4 @@ async def test_the_page_shows_each_state_within_1_s_and_the_call_after(tmp_path:
     assert "1\ncalls" in totals
     assert charts >= 1
     assert navigations == 1  # live updates, no reload
+    assert problems == []
