@@ -46,6 +46,9 @@ BACKLOG_WARN_FRAMES = 32
 # the reference could lag the echo, which AEC3 cannot cancel; a reference that leads by a few tens
 # of ms it finds and follows by itself.
 REFERENCE_LEAD_MS = 15.0
+# The capture stream runs for days: its start is the lowest estimate of the last ~5 s of reads, so
+# the device's clock drifting from the system's (~0.5 ms per 5 s at 100 ppm) or an overrun shows.
+CAPTURE_CLOCK_READS = 250
 
 
 class DeviceNotFound(OSError):
@@ -292,7 +295,7 @@ class PyAudioSource(AudioSource):
             # a new stream: its samples are timed from its own start (a partial frame of the
             # previous one, < 1 frame after a lost device, is dropped with it)
             pending = np.zeros(0, dtype=np.int16)
-            clock = StreamClock()
+            clock = StreamClock(window=CAPTURE_CLOCK_READS)
             stream_start = 0.0
             read = 0  # device samples read from this stream
             cut = 0  # output samples of this stream already cut into frames

@@ -11,11 +11,14 @@ Timing. Per buffer the playback thread estimates when it starts to sound (see
 `payphone.hardware.audio._Device.output_starts_at`); the estimates are late, never early, by
 however long a thread or the driver's pointer lagged. A contiguous run of buffers is one device
 stream: its start is the lowest estimate of the last second (`StreamClock`), and buffer k sits at
-start + samples before it, so scheduling noise never tears the signal apart. An estimate later
-than the run by more than `gap_ms` is a new run (the device ran dry and started again: after the
+start + samples before it, so scheduling noise never tears the signal apart (the start moves
+only earlier, when an earlier estimate comes). An estimate later than the run by more than
+`gap_ms` is a new run (the device ran dry and started again: after the
 sink idled, or the device came back); the time in between reads as silence. `gap_ms` must exceed
 the estimates' noise (up to one device period); a real gap shorter than it is taken as no gap,
-which leaves the reference early by that much: the side the echo canceller copes with.
+which leaves the reference early by that much: the side the echo canceller copes with. (So does
+a device clock slower than the system's: the run's reference slides earlier, ~6 ms a minute at
+100 ppm, until it is `gap_ms` off and a new run starts.)
 
 Resampling. The tap keeps the device-rate samples (a ring of `keep_s` seconds) and converts a span
 to the mic's rate when asked, with soxr in one shot on a window padded by `MARGIN_S` each side and
@@ -38,7 +41,6 @@ import soxr
 from payphone.pcm import Pcm
 
 MARGIN_S = 0.01  # soxr HQ's filter reaches ~2-5 ms; 10 ms of padding makes a span exact
-CLOCK_WINDOW = 50  # buffers (~1 s at 20 ms) whose lowest start estimate is believed
 
 
 class StreamClock:
@@ -46,11 +48,12 @@ class StreamClock:
 
     Each buffer gives one estimate (its own start minus the samples before it). A thread woken late
     or a driver that updates its pointer once per period makes an estimate late, never early, so
-    the lowest of the last `window` estimates is the best one; keeping only a window lets a real
-    shift (the device's crystal drifting from the system clock, an overrun that lost input) show.
+    the lowest estimate is the best one. With a `window` only the last that many count, so a real
+    shift later (the device's crystal drifting from the system clock, an overrun that lost input)
+    shows in an endless stream; without one the start only ever moves earlier.
     """
 
-    def __init__(self, window: int = CLOCK_WINDOW) -> None:
+    def __init__(self, window: int | None = None) -> None:
         self._estimates: collections.deque[float] = collections.deque(maxlen=window)
 
     @property
