@@ -233,6 +233,7 @@ def test_missing_earpiece_is_retried_until_it_appears(tmp_path: Path) -> None:
     )
 
     assert ear_out.stat().st_size == result["frames_written"] * 2 > 0
+    assert result["tap_heard"]  # the echo reference works on the device that came back
     assert result["stderr"].count("audio_output_unavailable") >= 2
     assert "audio_output_open" in result["stderr"]
 
@@ -492,8 +493,9 @@ async def _missing_output(params: dict[str, Any]) -> dict[str, Any]:
         await sink.play(np.full(DEVICE_RATE // 10, 500, np.int16))
         await sink.drain()
         await asyncio.sleep(0.05)
+    heard = sink.tap.heard_until is not None
     await sink.aclose()
-    return {"frames_written": sink.frames_written}
+    return {"frames_written": sink.frames_written, "tap_heard": heard}
 
 
 async def _dead_earpiece_call(params: dict[str, Any]) -> dict[str, Any]:

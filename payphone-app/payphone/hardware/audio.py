@@ -159,7 +159,10 @@ class _Device:
         a buffer drained by as much. `returned_at` is read first: a pause between the two readings
         only makes the estimate earlier. The DAC's own delay is not counted (the sound is later).
         """
-        queued = self.buffer_frames - int(self.stream.get_write_available())
+        writable = int(self.stream.get_write_available())
+        if writable < 0:  # a PortAudio error code: take the buffer as empty (the early side)
+            writable = self.buffer_frames
+        queued = max(0, self.buffer_frames - writable)
         return returned_at + (queued - frames) / self.settings.device_rate
 
     def input_starts_at(self, returned_at: float, frames: int) -> float:
@@ -171,6 +174,8 @@ class _Device:
         measured instead. The ADC's own delay is not counted: REFERENCE_LEAD_MS covers it.
         """
         later = int(self.stream.get_read_available())
+        if later < 0:  # a PortAudio error code: take the buffer as full (the early side)
+            later = round(float(self.stream.get_input_latency()) * self.settings.device_rate)
         return returned_at - (later + frames) / self.settings.device_rate
 
     def _close(self) -> None:
@@ -252,7 +257,10 @@ class PyAudioSource(AudioSource):
             yield frame
 
     async def frames_with_reference(self) -> AsyncIterator[tuple[Pcm, Pcm | None]]:
-        """Each frame with what the earpiece sounded meanwhile (None without a tap)."""
+        """Each frame with what the earpiece sounded meanwhile (None without a tap).
+
+        Frames and pairs come from one queue: read either this or `frames()`, not both.
+        """
         self.start()
         while True:
             yield await self._queue.get()
