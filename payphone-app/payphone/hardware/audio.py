@@ -40,11 +40,13 @@ log = get_logger("payphone.hardware.audio")
 Direction = Literal["input", "output"]
 FIRST_RETRY_S = 0.25
 BACKLOG_WARN_FRAMES = 32
-# How much earlier than the frame's own instants its reference is taken. The converters' own
-# delays are invisible to PortAudio: the DAC's makes the echo later than estimated (harmless), the
-# ADC's (a few ms; more on some USB cards) makes a frame older than estimated, so without a lead
-# the reference could lag the echo, which AEC3 cannot cancel; a reference that leads by a few tens
-# of ms it finds and follows by itself.
+# The reference must lead the echo: AEC3 finds and follows an echo that comes some ms after its
+# reference, never one that comes before it. So each frame is paired with what sounded from this
+# much AFTER the frame's own start. Every timing error left is on the leading side already (the
+# DAC's and ADC's own delays, invisible to PortAudio, and the acoustic path all make the echo
+# later); the lead covers what is not: a fill reading that is a little off, a driver that moves
+# its pointer in jumps. Reading later instants is fine: the earpiece's audio is in the tap a
+# device buffer before it sounds, and the frame is only delivered after it was captured.
 REFERENCE_LEAD_MS = 15.0
 # The capture stream runs for days: its start is the lowest estimate of the last ~5 s of reads, so
 # the device's clock drifting from the system's (~0.5 ms per 5 s at 100 ppm) or an overrun shows.
@@ -149,34 +151,36 @@ class _Device:
         with _PORTAUDIO:
             self._close()
 
-    def output_starts_at(self, returned_at: float, frames: int) -> float:
+    def output_starts_at(self, frames: int) -> float:
         """When the first of the `frames` a blocking write just handed over starts to sound.
 
         After the write the device buffer holds `buffer_frames` minus what is writable, the new
-        frames last, so they start once the rest ahead of them has played. This is PortAudio's
-        output latency (buffer size less one period, for ALSA) corrected by the buffer's real
-        fill, which also cancels how late this thread woke: a late reading of the clock comes with
-        a buffer drained by as much. `returned_at` is read first: a pause between the two readings
-        only makes the estimate earlier. The DAC's own delay is not counted (the sound is later).
+        frames last, so they start once the rest ahead of them has played: PortAudio's output
+        latency (buffer size less one period, for ALSA) corrected by the buffer's real fill.
+        The fill is read before the clock, so every error makes the estimate late, never early
+        (a pause between the two; a driver that moves its pointer a period at a time): the tap
+        keeps the earliest. Not counted: the DAC's own delay (the sound is later still).
         """
         writable = int(self.stream.get_write_available())
-        if writable < 0:  # a PortAudio error code: take the buffer as empty (the early side)
-            writable = self.buffer_frames
+        now = time.monotonic()
+        if writable < 0:  # a PortAudio error code: no estimate worth keeping, take it as late
+            writable = 0
         queued = max(0, self.buffer_frames - writable)
-        return returned_at + (queued - frames) / self.settings.device_rate
+        return now + (queued - frames) / self.settings.device_rate
 
-    def input_starts_at(self, returned_at: float, frames: int) -> float:
+    def input_starts_at(self, frames: int) -> float:
         """When the first of the `frames` a blocking read just returned was captured.
 
         The frames readable now were captured after them, so the read's newest frame is that
-        much older than `returned_at` (read first: a pause in between only makes this earlier).
-        PortAudio's input latency is what the buffer can hold, not what it holds; the fill is
-        measured instead. The ADC's own delay is not counted: REFERENCE_LEAD_MS covers it.
+        much older than now. PortAudio's input latency is what the buffer can hold, not what it
+        holds; the fill is measured instead, before the clock, so every error makes the estimate
+        late, never early (the source keeps the earliest). Not counted: the ADC's own delay.
         """
         later = int(self.stream.get_read_available())
-        if later < 0:  # a PortAudio error code: take the buffer as full (the early side)
-            later = round(float(self.stream.get_input_latency()) * self.settings.device_rate)
-        return returned_at - (later + frames) / self.settings.device_rate
+        now = time.monotonic()
+        if later < 0:  # a PortAudio error code: no estimate worth keeping, take it as late
+            later = 0
+        return now - (later + frames) / self.settings.device_rate
 
     def _close(self) -> None:
         stream, pa = self.stream, self.pa
@@ -216,8 +220,9 @@ class PyAudioSource(AudioSource):
 
     With a `tap` (the earpiece's `PyAudioSink.tap`), each frame comes with the reference for the
     echo canceller: what the earpiece sounded over the frame's instants, `reference_lead_ms`
-    earlier (see REFERENCE_LEAD_MS). A frame's instants are counted from its stream's start on
-    the monotonic clock (`StreamClock` over every read), so they never jitter from frame to frame.
+    later (so the reference leads the echo; see REFERENCE_LEAD_MS). A frame's instants are
+    counted from its stream's start on the monotonic clock (`StreamClock` over every read), so
+    they never jitter from frame to frame.
     """
 
     def __init__(
@@ -288,7 +293,7 @@ class PyAudioSource(AudioSource):
         """The tap's span for the frame starting at output sample `index` of the stream."""
         if self.tap is None:
             return None
-        at = stream_start + index / self.sample_rate - self.reference_lead_s
+        at = stream_start + index / self.sample_rate + self.reference_lead_s
         return self.tap.span(at, self.frame_samples)
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -312,7 +317,7 @@ class PyAudioSource(AudioSource):
                     raw = device.stream.read(device.block, exception_on_overflow=False)
                     samples = np.frombuffer(raw, dtype=np.int16)
                     if self.tap is not None:
-                        began = device.input_starts_at(time.monotonic(), len(samples))
+                        began = device.input_starts_at(len(samples))
                         stream_start = clock.update(began - read / rate)
                     read += len(samples)
                     if resampler is not None:
@@ -515,8 +520,7 @@ class PyAudioSink(AudioSink):
                     try:
                         sound = np.zeros_like(piece) if self._muted else piece
                         device.stream.write(sound.tobytes(), exception_on_underflow=False)
-                        returned = time.monotonic()
-                        self.tap.played(sound, device.output_starts_at(returned, len(sound)))
+                        self.tap.played(sound, device.output_starts_at(len(sound)))  # as heard
                     finally:
                         self._writing = False
                     self.frames_written += len(piece)
