@@ -45,8 +45,9 @@ BACKLOG_WARN_FRAMES = 32
 # much AFTER the frame's own start. Every timing error left is on the leading side already (the
 # DAC's and ADC's own delays, invisible to PortAudio, and the acoustic path all make the echo
 # later); the lead covers what is not: a fill reading that is a little off, a driver that moves
-# its pointer in jumps. Reading later instants is fine: the earpiece's audio is in the tap a
-# device buffer before it sounds, and the frame is only delivered after it was captured.
+# its pointer in jumps. Reading later instants works while the earpiece's output buffer reaches
+# further ahead than the lead: its audio is in the tap that long before it sounds (~40 ms with the
+# default 20 ms buffers; with `audio.buffer_ms` under ~10 a frame's reference ends in zeros).
 REFERENCE_LEAD_MS = 15.0
 # The capture stream runs for days: its start is the lowest estimate of the last ~5 s of reads, so
 # the device's clock drifting from the system's (~0.5 ms per 5 s at 100 ppm) or an overrun shows.
@@ -163,8 +164,8 @@ class _Device:
         """
         writable = int(self.stream.get_write_available())
         now = time.monotonic()
-        if writable < 0:  # a PortAudio error code: no estimate worth keeping, take it as late
-            writable = 0
+        if writable < 0:  # a PortAudio error code: take the buffer as empty, the early side (a
+            writable = self.buffer_frames  # tap that is early only makes the reference lead)
         queued = max(0, self.buffer_frames - writable)
         return now + (queued - frames) / self.settings.device_rate
 
@@ -178,8 +179,8 @@ class _Device:
         """
         later = int(self.stream.get_read_available())
         now = time.monotonic()
-        if later < 0:  # a PortAudio error code: no estimate worth keeping, take it as late
-            later = 0
+        if later < 0:  # a PortAudio error code: take nothing as waiting, the late side (a frame
+            later = 0  # dated late only makes its reference lead)
         return now - (later + frames) / self.settings.device_rate
 
     def _close(self) -> None:
