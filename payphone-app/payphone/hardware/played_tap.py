@@ -10,12 +10,12 @@ one resampling of a ~50 ms window per mic frame on the capture side while someth
 Timing. Per buffer the playback thread estimates when it starts to sound (see
 `payphone.hardware.audio._Device.output_starts_at`); the estimates are late, never early, by
 however long a thread or the driver's pointer lagged (a late one would make the reference lag
-the echo, which AEC3 cannot cancel). A contiguous run of buffers is one device
-stream: its start is the lowest estimate of the last second (`StreamClock`), and buffer k sits at
-start + samples before it, so scheduling noise never tears the signal apart (the start moves
-only earlier, when an earlier estimate comes). An estimate later than the run by more than
-`gap_ms` is a new run (the device ran dry and started again: after the
-sink idled, or the device came back); the time in between reads as silence. `gap_ms` must exceed
+the echo, which AEC3 cannot cancel). A contiguous run of buffers is one device stream: its start
+is the lowest estimate since it began (`StreamClock`), and buffer k sits at start + samples before
+it, so scheduling noise never tears the signal apart (the start moves only earlier, when an
+earlier estimate comes). An estimate later than the run by more than `gap_ms` is a new run (the
+device ran dry and started again: after the sink idled, or the device came back); the time in
+between reads as silence. `gap_ms` must exceed
 the estimates' noise (up to one device period); a real gap shorter than it is taken as no gap,
 which puts the rest of the run that much early in the tap: its reference then leads the echo by
 that much more, which AEC3 follows. (So does a device clock slower than the system's: ~6 ms a
