@@ -133,8 +133,11 @@ class Service:
             lines = LineBook(stages.synthesizer)
             rendered = await lines.prerender(self.book)
             rendered += await prerender_help(lines, self.book, settings.help)
-            sink = PyAudioSink(settings.audio, stages.synthesizer.sample_rate)
-            source = PyAudioSource(settings.audio, MIC_RATE, settings.vad.frame_ms)
+            sink = PyAudioSink(
+                settings.audio, stages.synthesizer.sample_rate, reference_rate=MIC_RATE
+            )
+            # the mic's frames come with what the earpiece really played: the echo reference
+            source = PyAudioSource(settings.audio, MIC_RATE, settings.vad.frame_ms, tap=sink.tap)
             hook = GpioHookSwitch(
                 settings.hook.pin,
                 settings.hook.switch,
