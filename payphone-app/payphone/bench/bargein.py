@@ -293,6 +293,9 @@ def _summary(trials: list[Trial], clean: dict[str, str], ms_per_block: float) ->
     wer_echo = word_error_rate([t.text for t in heard], [t.heard or "" for t in heard])
     wer_clean = word_error_rate(list(clean), list(clean.values()))
     erle = 10 * np.log10(echo_in / echo_out) if echo_out > 0 else None
+    false = [t for t in others if t.barged or t.turn_started]
+    for t in false:
+        print(f"  false barge-in: {t.kind} {t.text!r}, heard as {t.heard!r}", flush=True)
     result: dict[str, Any] = {
         "replies": len(trials),
         "reached": len(reached),
