@@ -20,6 +20,7 @@ from payphone.config import AudioSettings, CallSettings, Settings
 from payphone.hardware.base import HookState
 from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.rig import Rig, build_rig
+from payphone.sim.runner import MIC_RATE
 from payphone.sim.stand_ins import (
     EnergyEndpointer,
     ScriptedBackend,
@@ -27,6 +28,7 @@ from payphone.sim.stand_ins import (
     ToneSynthesizer,
     speech_burst,
 )
+from payphone.speech.echo_canceller import open_echo_canceller
 
 SETTINGS = CallSettings(dial_tone_s=0.2, idle_prompt_s=60, filler_after_s=10)
 GONE_DEVICE = "payphone-bench-unplugged"
@@ -131,8 +133,17 @@ def _rig(
 
         gone = AudioSettings(output_device=GONE_DEVICE, retry_max_s=1.0)
         earpiece = PyAudioSink(gone, synthesizer.sample_rate)
+    # with an echo, the phone cleans the mic as on a real handset (the energy endpointer would
+    # otherwise hear the dial tone's own echo as the caller)
+    canceller = open_echo_canceller(settings.echo, MIC_RATE) if echo is not None else None
     return build_rig(
-        PhoneStages(transcriber, backend, synthesizer, lambda: EnergyEndpointer(unsure_s=unsure_s)),
+        PhoneStages(
+            transcriber,
+            backend,
+            synthesizer,
+            lambda: EnergyEndpointer(unsure_s=unsure_s),
+            echo=canceller,
+        ),
         CallOptions(SETTINGS),
         debounce_ms=settings.hook.debounce_ms,
         earpiece=earpiece,
