@@ -14,6 +14,7 @@ from rich.console import Console
 from payphone.call.lines import render_line
 from payphone.config import load_settings
 from payphone.models import resolve_voice
+from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.simulate import CALLER_VOICE, simulate
 from payphone.speech.tts import PiperSynthesizer
 
@@ -108,3 +109,36 @@ async def test_noise_only_makes_no_turn(tmp_path: Path) -> None:
     report = await simulate(load_settings(), script, tmp_path / "out", True, Console(quiet=True))
     check_schema(report)
     assert report["turns"] == []
+
+
+async def test_with_the_handsets_echo_and_barge_in_only_the_callers_turns_are_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The earpiece leaks back into the mic at -10 dB; AEC3 takes it out, so the persona never
+    answers (or stops for) its own voice, even with barge-in on."""
+    await say(tmp_path / "question.wav", "Hello operator, what time do you close tonight?")
+    await say(tmp_path / "thanks.wav", "Is the bakery on Main Street open too?")
+    script = tmp_path / "call.yaml"
+    script.write_text(
+        "- offhook\n- wait_reply\n- say: question.wav\n- wait_reply\n- say: thanks.wav\n"
+        "- wait_reply\n- wait: 1.0\n- onhook\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("PAYPHONE_VAD__BARGE_IN", "true")
+    report = await simulate(
+        load_settings(),
+        script,
+        tmp_path / "out",
+        fast=True,
+        console=Console(quiet=True),
+        echo=HandsetEcho(db=-10.0, delay_ms=20.0),
+    )
+    check_schema(report)
+    heard = [t["heard"].lower() for t in report["turns"]]
+    # every turn is the caller's (a part held when they went on included), none its own voice
+    assert all(h.startswith(("hello operator", "is the bakery")) for h in heard), heard
+    answered = [t["heard"].lower() for t in report["turns"] if t["reply"]]
+    assert len(answered) == 2, answered  # exactly the caller's two turns were answered
+    assert "close" in answered[0] and "bakery" in answered[1]
+    events = [e["event"] for e in report["events"]]
+    assert "barge_in" not in events

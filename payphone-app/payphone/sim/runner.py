@@ -38,6 +38,7 @@ log = get_logger("sim")
 MIC_RATE = 16000
 FRAME_S = 0.03
 KEY_GAP_S = 0.15
+HELD_QUIET_S = 1.5  # after a held turn, quiet this long (past the silence limit) is the end
 QUIET_STATES = (CallState.LISTENING, CallState.HOWLER, CallState.ENDED, CallState.DIAL_TONE)
 
 
@@ -131,13 +132,29 @@ class ScriptRunner:
                     elif time.monotonic() - quiet_since > 1.5:
                         return
                     await asyncio.sleep(0.02)
+                events_before = len(call.log.events) if call is not None else 0
+                held_quiet: float | None = None
                 while True:  # phase 2: the persona finishes
                     call = rig.phone.call
-                    if call is None or (call.state in QUIET_STATES and not rig.sink.playing):
+                    if call is None:
                         return
+                    quiet = call.state in QUIET_STATES and not rig.sink.playing
+                    if not quiet or rig.mic.queued_frames:
+                        held_quiet = None
+                    elif not _held_since(call, events_before):
+                        return
+                    else:  # the caller went on: wait for the joined turn to be answered
+                        held_quiet = held_quiet or time.monotonic()
+                        if time.monotonic() - held_quiet > HELD_QUIET_S:
+                            return
                     await asyncio.sleep(0.02)
         except TimeoutError:
             log.warning("wait_reply_timed_out", seconds=timeout_s)
+
+
+def _held_since(call: Call, index: int) -> bool:
+    """A turn was held (the caller went on before the answer) since event `index`."""
+    return any(e["event"] == "turn_held" for e in call.log.events[index:])
 
 
 async def run_script(

@@ -237,6 +237,11 @@ class VadEndpointer:
             floor_db=echo_floor_db,
             level_db=echo_floor_db,
         )
+        # what the echo canceller leaves of our voice: a property of the handset, so learned
+        # across playbacks (never reset), never while the caller speaks
+        self._residual = _EchoTracker(
+            echo_margin_db, warmup_frames=0, floor_db=echo_floor_db, level_db=echo_floor_db
+        )
         self._playing = False
         self.echo_cancelled = echo_cancelled
         self.energy_margin_db = energy_margin_db
@@ -264,10 +269,10 @@ class VadEndpointer:
 
         Without barge-in, everything heard while playing is ignored, and an utterance in
         progress when playback starts is dropped (counted as gated). With barge-in, speech must
-        stand out from the echo level, which is learned afresh each time playback starts, unless
-        an echo canceller already took the echo out of the mic (`echo_cancelled`): then the
-        frames are judged as when nothing plays (a learned "echo" level would be the caller's
-        own voice whenever playback restarts between sentences while they talk).
+        stand out from the echo level, which is learned afresh each time playback starts; behind
+        an echo canceller (`echo_cancelled`) it must stand out from what the canceller leaves of
+        our voice, learned over all playbacks and never relearned at a restart (that would take
+        a caller talking between two sentences for the echo).
         """
         if playing == self._playing:
             return
@@ -352,10 +357,10 @@ class VadEndpointer:
     def _is_voiced(self, frame: Pcm) -> bool:
         voiced = bool(self._vad.is_speech(frame.tobytes(), self.sample_rate))
         level = frame_dbfs(frame)
-        if self._playing and self.barge_in and not self.echo_cancelled:
+        if self._playing and self.barge_in:
             # the echo estimate is frozen while the caller speaks
-            loud = self._echo.stands_out(level, learn=self._speech is None)
-            return loud and voiced
+            tracker = self._residual if self.echo_cancelled else self._echo
+            return tracker.stands_out(level, learn=self._speech is None) and voiced
         if not voiced:
             if self._speech is None:
                 self._noise_db = (
