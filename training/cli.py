@@ -163,5 +163,31 @@ def evaluate(out: OutOption = DEFAULT_OUT, config: ConfigOption = None) -> None:
     err.print(f"eval: {out / 'eval' / 'eval.json'}; plot {report['plot']}")
 
 
+@app.command("classify-eval")
+def classify_eval(
+    folds: Annotated[int, typer.Option(help="Cross-validation folds, split by conversation.")] = 5,
+) -> None:
+    """Held-out accuracy of the persona classifier on the authored replies (JSON last line)."""
+    import json
+
+    from training.dataset import DataValidationError, load_dir
+    from training.persona_classifier import held_out_accuracy
+
+    try:
+        conversations = load_dir()
+    except DataValidationError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(1) from exc
+    result = held_out_accuracy(conversations, folds=folds).as_dict()
+    low, high = result["ci95"]
+    print(
+        f"persona classifier: {result['accuracy']:.1%} of {result['replies']} authored replies "
+        f"(95 % CI {low:.1%}-{high:.1%}), {folds}-fold by conversation"
+    )
+    for persona, share in result["per_persona"].items():
+        print(f"  {persona:<16} {share:.1%}")
+    print(json.dumps(result))
+
+
 def main() -> None:
     app(prog_name="python -m training")
