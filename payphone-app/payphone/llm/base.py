@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
@@ -38,8 +38,11 @@ class ChatBackend(ABC):
     @abstractmethod
     def stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[str]: ...
 
-    async def warm_up(self, system_prompt: str) -> None:  # noqa: B027 - optional hook
-        """Load the model and prime the prompt cache with a system prompt."""
+    async def warm_up(  # noqa: B027 - optional hook
+        self, system_prompt: str, examples: Sequence[Message] = ()
+    ) -> None:
+        """Load the model and prime the prompt cache with the fixed prefix of a persona's
+        requests: the system prompt, then its example exchanges (user/assistant messages)."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release the model or connection."""

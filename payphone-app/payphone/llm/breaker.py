@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -90,6 +90,7 @@ class CircuitBreaker(ChatBackend):
         self._opened_at: float | None = None
         self._probes = 0
         self._system_prompt: str | None = None
+        self._examples: tuple[Message, ...] = ()
         self._prober: asyncio.Task[None] | None = None
         self._closed_event = asyncio.Event()
         self._closed_event.set()
@@ -139,7 +140,7 @@ class CircuitBreaker(ChatBackend):
         """The backend answers its probe and has the last system prompt primed."""
         await self._probe()
         if self._system_prompt is not None:
-            await self.backend.warm_up(self._system_prompt)
+            await self.backend.warm_up(self._system_prompt, self._examples)
 
     async def _start_up(self) -> None:
         try:
@@ -176,13 +177,14 @@ class CircuitBreaker(ChatBackend):
         finally:
             await inner.aclose()  # type: ignore[attr-defined]
 
-    async def warm_up(self, system_prompt: str) -> None:
-        """Remember the prompt (re-primed after recovery) and warm up now unless open."""
+    async def warm_up(self, system_prompt: str, examples: Sequence[Message] = ()) -> None:
+        """Remember the prefix (re-primed after recovery) and warm up now unless open."""
         self._system_prompt = system_prompt
+        self._examples = tuple(examples)
         if self._state is not BreakerState.CLOSED:
             return
         try:
-            await self.backend.warm_up(system_prompt)
+            await self.backend.warm_up(system_prompt, examples)
         except LlmError as exc:
             self._record_failure(exc)
             raise

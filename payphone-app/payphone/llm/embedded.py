@@ -10,8 +10,9 @@ dropped. The next generation waits for the previous worker on a thread lock, so 
 never used by two threads at once.
 
 Prompt caching: `Llama.generate` keeps the KV cache of the last prompt and re-evaluates only the
-tokens after the longest common prefix. `warm_up` evaluates the system prompt once, so the first
-reply pays only for the caller's words (`last_stats.prompt_tokens` shows how many were evaluated).
+tokens after the longest common prefix. `warm_up` evaluates the fixed prefix (system prompt and
+example exchanges) once, so the first reply pays only for the caller's words
+(`last_stats.prompt_tokens` shows how many were evaluated).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,12 +169,12 @@ class EmbeddedBackend(ChatBackend):
             # its late output is dropped and nobody waits for it here
             reply.stop.set()
 
-    async def warm_up(self, system_prompt: str) -> None:
-        """Evaluate the system prompt (plus the assistant header) so it stays in the KV cache."""
+    async def warm_up(self, system_prompt: str, examples: Sequence[Message] = ()) -> None:
+        """Evaluate the system prompt and examples so they stay in the KV cache."""
         await self.load()
         started = time.perf_counter()
         system: Message = {"role": "system", "content": system_prompt}
-        async for _ in self.stream([system], ChatOptions(num_predict=1)):
+        async for _ in self.stream([system, *examples], ChatOptions(num_predict=1)):
             pass
         stats = self.last_stats
         log.info(

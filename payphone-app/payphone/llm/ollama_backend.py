@@ -15,7 +15,7 @@ import asyncio
 import errno
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -234,8 +234,9 @@ class OllamaBackend(ChatBackend):
         except Exception as exc:
             raise classify(exc) from exc
 
-    async def warm_up(self, system_prompt: str) -> None:
-        """Load the model (empty messages) and evaluate the system prompt into Ollama's cache."""
+    async def warm_up(self, system_prompt: str, examples: Sequence[Message] = ()) -> None:
+        """Load the model (empty messages) and evaluate the system prompt and the examples into
+        Ollama's cache."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         await self._plain("preload", self.warm_up_timeout_s, messages=[])
@@ -243,7 +244,7 @@ class OllamaBackend(ChatBackend):
         await self._plain(
             "prime",
             self.warm_up_timeout_s,
-            messages=[{"role": "system", "content": system_prompt}],
+            messages=[{"role": "system", "content": system_prompt}, *(dict(m) for m in examples)],
             options={"num_predict": 1},
         )
         log.info(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from payphone.speech.base import VoiceSpec
 
@@ -30,6 +30,32 @@ class VoiceFields(BaseModel):
     length_scale: Annotated[float, Field(ge=0.5, le=2.0)] = 1.0
     effect: Effect = "none"
     pitch_semitones: Annotated[float, Field(ge=-12, le=12)] = 0.0
+
+
+MAX_EXAMPLE_WORDS = 30
+MAX_EXAMPLES = 5
+_NOT_SPOKEN = re.compile(r"[*_`#\[\]{}<>|~\n]")
+
+
+class Example(BaseModel):
+    """One authored exchange that shows a base model the persona's voice and reply length."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    caller: Annotated[str, Field(min_length=1)]
+    reply: Annotated[str, Field(min_length=1)]
+
+    @field_validator("reply")
+    @classmethod
+    def _spoken_and_short(cls, reply: str) -> str:
+        """The model copies the examples' form: one short spoken paragraph, nothing unsayable."""
+        words = len(reply.split())
+        if words > MAX_EXAMPLE_WORDS:
+            raise ValueError(f"has {words} words (at most {MAX_EXAMPLE_WORDS})")
+        found = _NOT_SPOKEN.search(reply)
+        if found:
+            raise ValueError(f"has {found.group()!r}: a reply is spoken text, no markdown")
+        return reply
 
 
 class Persona(BaseModel):
@@ -55,6 +81,14 @@ class Persona(BaseModel):
     )
     fillers: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     voice: VoiceFields = Field(default_factory=VoiceFields)
+    examples: Annotated[list[Example], Field(max_length=MAX_EXAMPLES)] = Field(
+        default_factory=list
+    )
+
+    @property
+    def example_pairs(self) -> list[tuple[str, str]]:
+        """The example exchanges as (caller, reply) pairs, for a conversation's fixed prefix."""
+        return [(e.caller, e.reply) for e in self.examples]
 
     @property
     def digits(self) -> str:
