@@ -31,6 +31,7 @@ from typing import Any
 from payphone.bridge import ThreadStream
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.log import get_logger, ms
+from payphone.streams import HIT_LIMIT
 
 log = get_logger("payphone.llm.embedded")
 
@@ -197,15 +198,20 @@ class EmbeddedBackend(ChatBackend):
                 llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
                 started = time.perf_counter()
                 first: float | None = None
+                finish: str | None = None
                 chunks = llm.create_chat_completion(**kwargs)
                 try:
                     for chunk in chunks:
                         if stop.is_set():
                             break
-                        text = chunk["choices"][0]["delta"].get("content")
+                        choice = chunk["choices"][0]
+                        text = choice["delta"].get("content")
+                        finish = choice.get("finish_reason") or finish
                         if text:
                             first = first or time.perf_counter()
                             yield text
+                    if finish == "length" and not stop.is_set():
+                        yield HIT_LIMIT  # the reply path drops the unfinished sentence
                 finally:
                     chunks.close()
                     _free_sampler(llm)

@@ -24,6 +24,7 @@ import pydantic
 
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.log import get_logger, ms
+from payphone.streams import HIT_LIMIT
 
 log = get_logger("payphone.llm.ollama")
 
@@ -206,6 +207,8 @@ class OllamaBackend(ChatBackend):
                     pieces += 1
                     yield text
                 if part.done:
+                    if part.done_reason == "length":
+                        yield HIT_LIMIT  # the reply path drops the unfinished sentence
                     break
         except LlmError as exc:
             log.warning(
