@@ -42,9 +42,9 @@ def authored_replies(conversations: Sequence[Conversation]) -> list[Reply]:
 
 
 def _pipeline() -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline, make_union
-    from sklearn.feature_extraction.text import TfidfVectorizer
 
     features = make_union(
         TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True, min_df=1),

@@ -14,8 +14,8 @@ from payphone.personas.loader import (
     SHIPPED_DIR,
     load_personas,
 )
-from training.persona_classifier import PersonaClassifier
 from training.dataset import load_dir
+from training.persona_classifier import PersonaClassifier
 
 
 def test_every_shipped_persona_has_short_spoken_examples() -> None:

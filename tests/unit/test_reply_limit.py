@@ -1,5 +1,5 @@
 """A reply the model could not finish (it hit `num_predict`) ends at its last full sentence: the
-backend's `HIT_LIMIT` mark travels through the guard to the chunker, which drops the half sentence."""
+backend's `HIT_LIMIT` mark travels through the guard to the chunker, which drops the rest."""
 
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ async def test_a_cut_off_reply_drops_its_half_sentence() -> None:
         "Biscuit is asleep on my lap.",
         "Now, the best part of baking is the",
     ]
-    assert await spoken(text, limited=True) == ["Oh, hello sweetie.", "Biscuit is asleep on my lap."]
+    cut = await spoken(text, limited=True)
+    assert cut == ["Oh, hello sweetie.", "Biscuit is asleep on my lap."]
 
 
 async def test_a_finished_reply_or_a_lone_fragment_is_spoken_whole() -> None:

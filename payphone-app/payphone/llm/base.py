@@ -21,6 +21,7 @@ class ChatOptions:
     temperature: float = 0.7
     num_ctx: int = 2048
     stop: tuple[str, ...] = field(default_factory=tuple)
+    seed: int | None = None  # sampling seed (benches); None: the backend's own sequence
 
 
 class LlmError(Exception):

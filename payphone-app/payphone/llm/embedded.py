@@ -158,6 +158,8 @@ class EmbeddedBackend(ChatBackend):
             "stop": list(options.stop),
             "stream": True,
         }
+        if options.seed is not None:
+            kwargs["seed"] = options.seed
         reply = ThreadStream(functools.partial(self._generate, kwargs), name="llm-embedded")
         self._worker = reply.finished
         try:

@@ -4,9 +4,10 @@ The model sees the system prompt, the persona's example exchanges (if any), then
 latest turns as fit the budget. Old turns go first; the system prompt, the examples and the
 caller's latest words are never dropped, so a long call forgets its beginning instead of failing,
 and the fixed prefix (system + examples) stays the same all call long: the backend evaluates it
-once, while the line rings (`ChatBackend.warm_up`), and reuses it from its prompt cache. A reply the caller cut into is remembered as what was
-actually spoken plus a marker, so the persona does not believe it finished a sentence it never
-said. A new persona starts a new history (`reset`).
+once, while the line rings (`ChatBackend.warm_up`), and reuses it from its prompt cache. A
+reply the caller cut into is remembered as what was actually spoken plus a marker, so the
+persona does not believe it finished a sentence it never said. A new persona starts a new
+history (`reset`).
 """
 
 from __future__ import annotations

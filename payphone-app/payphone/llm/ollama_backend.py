@@ -146,6 +146,8 @@ class OllamaBackend(ChatBackend):
         }
         if options.stop:
             opts["stop"] = list(options.stop)
+        if options.seed is not None:
+            opts["seed"] = options.seed
         return opts
 
     async def stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[str]:

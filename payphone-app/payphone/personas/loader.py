@@ -81,9 +81,7 @@ class Persona(BaseModel):
     )
     fillers: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     voice: VoiceFields = Field(default_factory=VoiceFields)
-    examples: Annotated[list[Example], Field(max_length=MAX_EXAMPLES)] = Field(
-        default_factory=list
-    )
+    examples: Annotated[list[Example], Field(max_length=MAX_EXAMPLES)] = Field(default_factory=list)
 
     @property
     def example_pairs(self) -> list[tuple[str, str]]:

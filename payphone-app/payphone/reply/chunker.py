@@ -259,9 +259,12 @@ def unfinished_tail(text: str) -> int | None:
         return None
     start = 0
     for match in _CANDIDATE.finditer(text):
-        if match.lastgroup == "sent" and _sentence_decision(text, match, final=True):
-            start = match.end()
-        elif match.lastgroup == "nl" and _ALNUM.search(text, start, match.start()):
+        ends = (
+            _sentence_decision(text, match, final=True)
+            if match.lastgroup == "sent"
+            else match.lastgroup == "nl" and _ALNUM.search(text, start, match.start())
+        )
+        if ends:
             start = match.end()
     return start if _ALNUM.search(text, start) else None
 
