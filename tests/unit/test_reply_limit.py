@@ -7,10 +7,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from payphone.call.events import CallState
+from payphone.llm.base import ChatOptions, Message
 from payphone.reply.chunker import TextChunker, chunk_stream, unfinished_tail
 from payphone.reply.guard import GuardConfig
 from payphone.reply.speakable import make_speakable
+from payphone.sim.stand_ins import ScriptedBackend
 from payphone.streams import HIT_LIMIT, hit_limit
+from tests.unit.test_call_loop import make_rig, running, speak, switch_off
 
 
 async def pieces(text: str, limited: bool) -> AsyncIterator[str]:
@@ -94,3 +98,30 @@ async def test_the_chunker_alone_reads_the_mark() -> None:
     assert chunker.flush() == ["And then"]  # no mark: the model finished, keep it
     chunker.feed("No. But")
     assert chunker.flush(drop_unfinished=True) == []
+
+
+class CutBackend(ScriptedBackend):
+    """A scripted reply that the model's token limit stopped mid-sentence."""
+
+    async def stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[str]:
+        async for piece in super().stream(messages, options):
+            yield piece
+        yield HIT_LIMIT
+
+
+async def test_a_call_speaks_and_remembers_only_the_whole_sentences() -> None:
+    backend = CutBackend(reply="Hello there. How can I help you today? I was just about to")
+    rig, _, _, synth = make_rig(["what time is it"], backend=backend)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING)
+    await rig.wait_state(CallState.LISTENING)
+    call = rig.calls[0]
+    [turn] = call.log.turns
+    assert turn.reply == "Hello there. How can I help you today?"
+    assert not turn.fallback
+    assert synth.spoken[-2:] == ["Hello there.", "How can I help you today?"]
+    assert call.conversation.turns[-1] == {"role": "assistant", "content": turn.reply}
+    await switch_off(rig, task)

@@ -1,6 +1,8 @@
-"""The real SmolLM2 GGUF stopped by `num_predict`: the embedded backend and the Ollama client
-(against the protocol server backed by the same model) both end the stream with `HIT_LIMIT`, and
-the reply path then speaks only whole sentences. A model that finishes on its own gives no mark."""
+"""The demo model (real SmolLM2 GGUF) primed and cut: a persona switch's warm-up evaluates the
+system prompt and the examples, so the first reply evaluates only the caller's words; a reply
+stopped by `num_predict` ends with `HIT_LIMIT` (embedded backend, and the Ollama client against
+the protocol server backed by the same model), and the reply path then speaks only whole
+sentences. A model that finishes on its own gives no mark."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ import pytest
 from payphone.config import Settings
 from payphone.llm.base import ChatOptions, Message
 from payphone.llm.embedded import EmbeddedBackend
+from payphone.llm.history import Conversation
 from payphone.llm.ollama_backend import OllamaBackend
 from payphone.models import ModelNotFound, resolve_gguf
+from payphone.personas.loader import load_personas
 from payphone.reply.speakable import make_speakable
 from payphone.streams import hit_limit
 from tests.support.ollama_server import OllamaProtocolServer, embedded_reply
@@ -78,3 +82,18 @@ async def test_the_ollama_client_reads_done_reason_length(model: EmbeddedBackend
         await client.aclose()
     assert hit_limit(cut[-1]) and "".join(cut).strip()
     assert not any(hit_limit(p) for p in whole)
+
+
+async def test_the_warm_up_evaluates_the_examples_too(model: EmbeddedBackend) -> None:
+    mae = load_personas().by_key("2")
+    assert mae is not None
+    convo = Conversation(mae.prompt, 1024, model.count_tokens, examples=mae.example_pairs)
+    prefix_tokens = sum(model.count_tokens(m["content"]) for m in convo.prefix())
+    await model.warm_up("Someone else entirely.")  # another persona in the cache
+    await model.warm_up(convo.system_prompt, convo.examples)
+    assert model.last_stats is not None
+    assert model.last_stats.prompt_tokens >= prefix_tokens  # system prompt and every example
+    caller = "Do you like gardening?"
+    convo.add_user(caller)
+    [_ async for _ in model.stream(convo.messages(), ChatOptions(num_predict=2, temperature=0))]
+    assert model.last_stats.prompt_tokens <= model.count_tokens(caller) + 8  # only the caller
