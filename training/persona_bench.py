@@ -7,8 +7,11 @@ questions, attempts to break character and questions the persona cannot know. Ea
 answered `samples` times at the phone's temperature, each sample with its own seed, through the
 real reply path (output guard and chunker, settings as the phone uses them). Per condition:
 in character (the persona classifier trained on the authored replies labels the spoken reply as
-the persona that said it), replies of at most 50 words, mean words, the share that hit the token
-limit, and (after) the share that copies one of the persona's examples nearly word for word.
+the persona that said it), replies of at most 50 words, mean words, the share whose model stream
+hit the token limit (here the model always writes until it stops; on the phone the guard closes
+the stream at its word cap first), and the share that copies one of the persona's examples
+nearly word for word. The classifier judges the voice, not the sense: read the replies too
+(`--out`).
 
 A bench: it prints figures, a JSON line last, and never passes or fails.
 """
