@@ -155,6 +155,7 @@ class EmbeddedBackend(ChatBackend):
             "messages": [dict(m) for m in messages],
             "max_tokens": options.num_predict,
             "temperature": options.temperature,
+            "repeat_penalty": options.repeat_penalty,
             "stop": list(options.stop),
             "stream": True,
         }
