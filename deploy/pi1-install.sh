@@ -10,11 +10,14 @@
 set -euo pipefail
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# tests point PAYPHONE_INSTALL_ROOT at a folder standing in for / (what is installed in /etc)
+ROOT=${PAYPHONE_INSTALL_ROOT:-}
 PREFIX=/opt/payphone
-CONF_DIR=/etc/payphone
+CONF_DIR=$ROOT/etc/payphone
 STATE_DIR=/var/lib/payphone
 SERVICE_USER=payphone
-UNIT=/etc/systemd/system/payphone.service
+UNIT=$ROOT/etc/systemd/system/payphone.service
+ASOUND_CONF=$ROOT/etc/asound.conf
 DRY_RUN=0
 ONE_PI=0
 START=1
@@ -38,6 +41,20 @@ run() {
   else
     "$@"
   fi
+}
+
+# `write_file PATH OWNER GROUP MODE CONTENT`: a dry run prints the content instead
+write_file() {
+  local path=$1 owner=$2 group=$3 mode=$4 content=$5 tmp
+  if [ "$DRY_RUN" = 1 ]; then
+    printf '[dry-run] write %s (mode %s):\n' "$path" "$mode"
+    printf '%s\n' "$content" | sed 's/^/    | /'
+    return 0
+  fi
+  tmp=$(mktemp)
+  printf '%s\n' "$content" >"$tmp"
+  install -D -o "$owner" -g "$group" -m "$mode" "$tmp" "$path"
+  rm -f "$tmp"
 }
 
 while [ $# -gt 0 ]; do
@@ -69,12 +86,15 @@ fi
 VENV="$PREFIX/.venv"
 PY="$VENV/bin/python"
 EXTRAS="pi"
-apt_packages=(python3-venv python3-dev portaudio19-dev libasound2-plugins alsa-utils swig
-  liblgpio-dev)
+# PyAudio compiles against PortAudio (gcc from build-essential); lgpio comes as a self-contained
+# wheel from PyPI (Debian bookworm has no liblgpio-dev, and the wheel needs none)
+apt_packages=(python3-venv python3-dev build-essential portaudio19-dev libasound2-plugins
+  alsa-utils)
 if [ "$ONE_PI" = 1 ]; then
   EXTRAS="pi,embedded"
-  apt_packages+=(build-essential cmake pkg-config)  # llama-cpp-python compiles on the Pi
+  apt_packages+=(cmake pkg-config)  # llama-cpp-python compiles on the Pi
 fi
+PERSONA_GGUF="$STATE_DIR/models/gguf/persona.gguf"
 
 as_service_user() {
   run runuser -u "$SERVICE_USER" -- env "PAYPHONE_CONFIG=$CONF_DIR/payphone.toml" \
@@ -112,43 +132,98 @@ ensure_user() {
     *" audio "*" gpio "*|*" gpio "*" audio "*) say "user $SERVICE_USER: in audio and gpio" ;;
     *) run usermod --append --groups audio,gpio "$SERVICE_USER" ;;
   esac
-  [ -d "$STATE_DIR" ] || run install -d -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0750 "$STATE_DIR"
+}
+
+# `models --download` runs as the service user: every folder it writes in must be that user's
+# (an `install -D` of the GGUF would create them owned by root, and the download then fails)
+ensure_state_dirs() {
+  local dir
+  for dir in "$STATE_DIR" "$STATE_DIR/models" "$STATE_DIR/models/gguf"; do
+    if [ "$(stat -c %U "$dir" 2>/dev/null)" = "$SERVICE_USER" ]; then
+      continue
+    fi
+    run install -d -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0750 "$dir"
+  done
 }
 
 install_app() {
   [ -x "$PY" ] || run python3 -m venv "$VENV"
   run "$PY" -m pip install --disable-pip-version-check -q --upgrade pip
-  run "$PY" -m pip install --disable-pip-version-check -q "${SRC}[${EXTRAS}]"
+  # lgpio only as a wheel: never a source build that needs a C library Debian does not have
+  run "$PY" -m pip install --disable-pip-version-check -q --only-binary=lgpio "${SRC}[${EXTRAS}]"
   run install -m 0644 "$SRC/README.md" "$PREFIX/README.md"
   if [ "$ONE_PI" = 1 ] && [ -n "$GGUF" ]; then
-    run install -D -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0640 "$GGUF" \
-      "$STATE_DIR/models/gguf/persona.gguf"
-  fi
-}
-
-# a settings line `key = value` inside [llm] of the installed file
-set_llm() {
-  local key=$1 value=$2 file="$CONF_DIR/payphone.toml"
-  run sed -i "/^\[llm\]/,/^\[/ s|^#\{0,1\} *$key = .*|$key = $value|" "$file"
-}
-
-install_config() {
-  local file="$CONF_DIR/payphone.toml"
-  if [ -f "$file" ]; then
-    say "settings: $file exists, kept as it is"
-  else
-    run install -D -o root -g "$SERVICE_USER" -m 0640 "$SRC/deploy/payphone.toml.example" "$file"
-    if [ "$ONE_PI" = 1 ]; then
-      set_llm backend '"embedded"'
-      [ -z "$GGUF" ] || set_llm gguf "\"$STATE_DIR/models/gguf/persona.gguf\""
+    if cmp -s "$GGUF" "$PERSONA_GGUF"; then
+      say "persona model: $PERSONA_GGUF is already $GGUF"
+    else
+      run install -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0640 "$GGUF" "$PERSONA_GGUF"
     fi
-    [ -z "$OLLAMA_HOST_URL" ] || set_llm ollama_host "\"$OLLAMA_HOST_URL\""
-    [ -z "$OLLAMA_MODEL" ] || set_llm ollama_model "\"$OLLAMA_MODEL\""
   fi
-  if [ -f /etc/asound.conf ]; then
-    say "ALSA: /etc/asound.conf exists, kept as it is"
+}
+
+# `toml_set SECTION KEY VALUE`: the TOML text on stdin with `KEY = VALUE` active in [SECTION]:
+# the active line for KEY there is replaced, else its commented-out line, else the line is added
+# at the end of the section (or in a new section at the end of the file)
+toml_set() {
+  awk -v section="[$1]" -v key="$2" -v value="$3" '
+    /^\[/ { inside = ($0 == section); if (inside) { seen = 1; last = NR } }
+    inside && !/^\[/ && !/^[ \t]*$/ { last = NR }
+    inside && !active && $0 ~ ("^" key " *=") { active = NR }
+    inside && !commented && $0 ~ ("^# *" key " *=") { commented = NR }
+    { line[NR] = $0 }
+    END {
+      target = active ? active : commented
+      for (i = 1; i <= NR; i++) {
+        if (i == target) print key " = " value; else print line[i]
+        if (!target && seen && i == last) print key " = " value
+      }
+      if (!seen) { print ""; print section; print key " = " value }
+    }'
+}
+
+# `toml_has SECTION KEY`: whether the TOML text on stdin sets KEY (uncommented) in [SECTION]
+toml_has() {
+  awk -v section="[$1]" -v key="$2" '
+    /^\[/ { inside = ($0 == section); next }
+    inside && $0 ~ ("^" key " *=") { found = 1 }
+    END { exit !found }'
+}
+
+# the settings file the service reads: created from the example, or the existing one updated
+# with what this command line asks for (the previous version kept beside it)
+install_config() {
+  local file="$CONF_DIR/payphone.toml" current wanted backup
+  if [ -f "$file" ]; then
+    current=$(cat "$file")
   else
-    run install -m 0644 "$SRC/deploy/asound.conf" /etc/asound.conf
+    current=$(cat "$SRC/deploy/payphone.toml.example")
+  fi
+  wanted=$current
+  # doctor and `models` run by hand must find the models where the service keeps them
+  toml_has models dir <<<"$wanted" \
+    || wanted=$(toml_set models dir "\"$STATE_DIR/models\"" <<<"$wanted")
+  if [ "$ONE_PI" = 1 ] && { [ ! -f "$file" ] || [ -n "$GGUF" ]; }; then
+    wanted=$(toml_set llm backend '"embedded"' <<<"$wanted")
+  fi
+  [ -z "$GGUF" ] || wanted=$(toml_set llm gguf "\"$PERSONA_GGUF\"" <<<"$wanted")
+  [ -z "$OLLAMA_HOST_URL" ] || wanted=$(toml_set llm ollama_host "\"$OLLAMA_HOST_URL\"" <<<"$wanted")
+  [ -z "$OLLAMA_MODEL" ] || wanted=$(toml_set llm ollama_model "\"$OLLAMA_MODEL\"" <<<"$wanted")
+  if [ -f "$file" ] && [ "$wanted" = "$current" ]; then
+    say "settings: $file already says what this install needs, kept as it is"
+  else
+    if [ -f "$file" ]; then
+      backup="$file.bak-$(date +%Y%m%d-%H%M%S)"
+      say "settings: updating $file (the previous version is kept as $backup):"
+      diff -u --label "$file (before)" --label "$file (now)" <(printf '%s\n' "$current") \
+        <(printf '%s\n' "$wanted") >&2 || true
+      run cp -p "$file" "$backup"
+    fi
+    write_file "$file" root "$SERVICE_USER" 0640 "$wanted"
+  fi
+  if [ -f "$ASOUND_CONF" ]; then
+    say "ALSA: $ASOUND_CONF exists, kept as it is"
+  else
+    run install -m 0644 "$SRC/deploy/asound.conf" "$ASOUND_CONF"
   fi
   as_service_user "$PY" -m payphone config
 }
@@ -188,6 +263,7 @@ say "installing from $SRC into $PREFIX ($([ "$ONE_PI" = 1 ] && echo one Pi, embe
   || echo Pi '#1', LLM on Pi '#2'))$([ "$DRY_RUN" = 1 ] && echo ': dry run, nothing changes')"
 install_apt_packages
 ensure_user
+ensure_state_dirs
 install_app
 install_config
 fetch_models

@@ -19,6 +19,7 @@ PI1=10.10.10.10
 PORT=11434
 DRY_RUN=0
 DROP_IN=/etc/systemd/system/ollama.service.d/payphone.conf
+SYSCTL_CONF=/etc/sysctl.d/60-payphone-ollama.conf
 NFT_RULES=/etc/nftables.d/payphone-ollama.nft
 NFT_CONF=/etc/nftables.conf
 positional=()
@@ -113,10 +114,29 @@ install_ollama() {
   fi
 }
 
+# Ollama listens on the private link's address only. At boot that address may not exist yet (the
+# link comes up when Pi #1 does, or NetworkManager is still configuring it): a plain bind then
+# fails with "cannot assign requested address". net.ipv4.ip_nonlocal_bind lets Ollama bind the
+# address before it exists, so it starts once and answers as soon as the link is up; the
+# firewall below still lets only Pi #1 (and this Pi itself) in.
 configure_ollama() {
-  local content
+  local content sysctl
+  sysctl=$(cat <<SYSCTL
+# written by payphone-ai deploy/pi2-install.sh: Ollama binds $LISTEN before the link is up
+net.ipv4.ip_nonlocal_bind = 1
+SYSCTL
+)
+  if write_file "$SYSCTL_CONF" 0644 "$sysctl"; then
+    run sysctl -q -p "$SYSCTL_CONF"
+  fi
   content=$(cat <<CONF
 # written by payphone-ai deploy/pi2-install.sh
+[Unit]
+# start after the network is configured; the private link's address itself may come later
+# (net.ipv4.ip_nonlocal_bind in $SYSCTL_CONF lets Ollama bind it before it exists)
+Wants=network-online.target
+After=network-online.target
+
 [Service]
 # listen on the private link to Pi #1 only
 Environment="OLLAMA_HOST=$LISTEN:$PORT"
@@ -124,9 +144,6 @@ Environment="OLLAMA_HOST=$LISTEN:$PORT"
 Environment="OLLAMA_KEEP_ALIVE=-1"
 Environment="OLLAMA_MAX_LOADED_MODELS=1"
 Environment="OLLAMA_NUM_PARALLEL=1"
-# the private link may come up after boot
-After=network-online.target
-Wants=network-online.target
 CONF
 )
   if write_file "$DROP_IN" 0644 "$content"; then
@@ -167,7 +184,10 @@ wait_for_ollama() {
     curl -fsS "$OLLAMA_URL/api/version" >/dev/null 2>&1 && return 0
     sleep 1
   done
-  die "Ollama does not answer on $OLLAMA_URL (journalctl -u ollama)"
+  local why="journalctl -u ollama"
+  ip -4 -o addr show 2>/dev/null | grep -q " inet $LISTEN/" \
+    || why="this Pi has no address $LISTEN yet: check the cable to Pi #1 and \`ip -4 addr\`"
+  die "Ollama does not answer on $OLLAMA_URL ($why)"
 }
 
 create_model() {

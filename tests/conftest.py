@@ -16,3 +16,22 @@ def clean_settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             monkeypatch.delenv(name)
     monkeypatch.setenv("PAYPHONE_MODELS__DIR", str(tmp_path / "models"))
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tagged_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the packaged SmolLM2 GGUF that says it was trained on persona tags
+    (`payphone.prompt_style = "tag"`, written the way the training export writes it)."""
+    import shutil
+
+    from training.base_model import BaseModelError, resolve
+    from training.export import tag_gguf
+
+    try:
+        source = resolve("SmolLM2-135M-Instruct").gguf
+    except BaseModelError as exc:
+        pytest.skip(str(exc))
+    assert source is not None
+    dest = tmp_path_factory.mktemp("tagged") / "persona.Q4_1.gguf"
+    shutil.copyfile(source, dest)
+    return tag_gguf(dest, "tag")

@@ -136,7 +136,10 @@ def export(out: OutOption = DEFAULT_OUT, config: ConfigOption = None) -> None:
         result = stage_export(cfg, out)
     for line in result.fallbacks:
         err.print(f"export: fallback: {line}", markup=False, highlight=False)
-    err.print(f"export: {result.float_gguf or '(float GGUF not kept)'}; {result.gguf}")
+    err.print(
+        f"export: {result.float_gguf or '(float GGUF not kept)'}; {result.gguf} "
+        f"(prompt style {result.prompt_style}: the phone sends that form of the persona prompt)"
+    )
 
 
 @app.command()

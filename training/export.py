@@ -5,11 +5,16 @@ tensor layout and tokenizer). It ships only in the llama-cpp-python *source* dis
 first use the pieces it needs (the script, `conversion/`, `gguf-py/`) are unpacked from that sdist
 into a user cache. Every file is written to a temporary name and moved into place with
 `os.replace`, so a failed export leaves the previous model intact.
+
+The prompt contract travels with the model: the exported GGUF carries `payphone.prompt_style`
+("tag" or "full", read from the system messages of the training data), and the phone sends
+that form of the persona prompt (`llm.prompt_style = "auto"`), in-process or through Ollama.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from payphone.llm.prompt_style import PROMPT_STYLE_KEY, PromptStyle
 from payphone.log import get_logger
 from training.base_model import hf_folder, replace_dir, resolve, save_folder
 from training.config import TrainingConfig
@@ -50,6 +56,7 @@ class ExportResult:
     float_gguf: Path | None
     gguf: Path
     fallbacks: list[str]
+    prompt_style: PromptStyle | None = None  # written into the GGUF as payphone.prompt_style
 
 
 # --- llama.cpp's converter ---------------------------------------------------------------------
@@ -200,6 +207,65 @@ def explain_fallbacks(path: Path, qtype: str) -> list[str]:
     return lines
 
 
+# --- the prompt contract ----------------------------------------------------------------------
+
+
+def trained_prompt_style(train_data: Path) -> PromptStyle:
+    """The persona prompt form the training data's system messages use: each persona's tag or
+    its full prompt (both: the more frequent one, ties to the tag)."""
+    from payphone.personas.loader import load_personas
+
+    if not train_data.is_file():
+        raise ExportError(f"no training data at {train_data}: run `python -m training data` first")
+    book = load_personas()
+    tags = {p.prompt_tag for p in book}
+    prompts = {p.prompt for p in book}
+    counts = {"tag": 0, "full": 0}
+    with train_data.open(encoding="utf-8") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            messages = json.loads(line).get("messages") or []
+            system = messages[0].get("content") if messages[0].get("role") == "system" else None
+            if system in tags:
+                counts["tag"] += 1
+            elif system in prompts:
+                counts["full"] += 1
+    if not any(counts.values()):
+        raise ExportError(
+            f"{train_data}: no system message is a persona's tag or full prompt, so the prompt "
+            "style the model learnt is unknown"
+        )
+    return "full" if counts["full"] > counts["tag"] else "tag"
+
+
+def tag_gguf(path: Path, style: PromptStyle) -> Path:
+    """Write `payphone.prompt_style` into a GGUF (gguf's own metadata copier; atomic)."""
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    tmp = path.with_name(f".{path.name}.tagged.tmp")
+    try:
+        reader = gguf.GGUFReader(path, "r")
+        arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+        writer = gguf.GGUFWriter(
+            tmp, arch=str(arch.contents()) if arch else "", endianess=reader.endianess
+        )
+        alignment = reader.get_field(gguf.Keys.General.ALIGNMENT)
+        if alignment is not None:
+            writer.data_alignment = int(alignment.contents())
+        new = {PROMPT_STYLE_KEY: MetadataDetails(gguf.GGUFValueType.STRING, style)}
+        copy_with_new_metadata(reader, writer, new, [])
+        del reader  # its memory map, before the file is replaced
+        os.replace(tmp, path)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot write {PROMPT_STYLE_KEY} into {path}: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("gguf_prompt_style", gguf=str(path), style=style)
+    return path
+
+
 # --- merge -------------------------------------------------------------------------------------
 
 
@@ -229,23 +295,38 @@ def gguf_names(cfg: TrainingConfig, paths: Paths, stem: str | None = None) -> tu
 
 
 def export_folder(
-    cfg: TrainingConfig, paths: Paths, folder: Path, stem: str | None = None
+    cfg: TrainingConfig,
+    paths: Paths,
+    folder: Path,
+    stem: str | None = None,
+    prompt_style: PromptStyle | None = None,
 ) -> ExportResult:
-    """An HF folder -> float GGUF -> quantized GGUF, each replaced atomically."""
+    """An HF folder -> float GGUF -> quantized GGUF, each replaced atomically.
+
+    `prompt_style`: written into the float GGUF before quantizing (llama.cpp's quantizer copies
+    every metadata key, so both files carry it); None for a base model, which has no contract.
+    """
     float_path, quant_path = gguf_names(cfg, paths, stem)
     llama_dir = llama_cpp_dir()
+    quant_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.out) as tmp:
-        work_float = float_path if cfg.export.keep_float else Path(tmp) / float_path.name
+        work_float = Path(tmp) / float_path.name
         convert(folder, work_float, cfg.export.outtype, stem or cfg.name, llama_dir)
+        if prompt_style is not None:
+            tag_gguf(work_float, prompt_style)
         fallbacks = quantize(work_float, quant_path, cfg.export.quant)
-    return ExportResult(float_path if cfg.export.keep_float else None, quant_path, fallbacks)
+        if cfg.export.keep_float:
+            os.replace(work_float, float_path)
+    kept = float_path if cfg.export.keep_float else None
+    return ExportResult(kept, quant_path, fallbacks, prompt_style)
 
 
 def run(cfg: TrainingConfig, out: Path) -> ExportResult:
-    """The `export` stage: merge, convert, quantize."""
+    """The `export` stage: merge, convert, tag with the trained prompt style, quantize."""
     paths = Paths(out)
+    style = trained_prompt_style(paths.train_data)
     merged = merge(cfg, paths, out / "merged")
-    return export_folder(cfg, paths, merged)
+    return export_folder(cfg, paths, merged, prompt_style=style)
 
 
 def base_gguf(cfg: TrainingConfig, out: Path) -> Path:
@@ -275,4 +356,5 @@ def describe(result: ExportResult) -> dict[str, Any]:
         "float_gguf": str(result.float_gguf) if result.float_gguf else None,
         "gguf": str(result.gguf),
         "fallbacks": len(result.fallbacks),
+        "prompt_style": result.prompt_style,
     }

@@ -3,6 +3,13 @@
 Ollama does not run the GGUF's Jinja chat template; it needs a Go `TEMPLATE`. We write the
 ChatML one and derive its default system prompt from the Jinja template itself, so both render
 byte-identical prompts (tests render both with Go's text/template when `go` is installed).
+Like Ollama's own `template/chatml.gotmpl` it ranges over `.Messages` and never prints `.System`:
+Ollama keeps system messages in `.Messages` (and copies them into `.System` as well), so a
+template printing both would send the system prompt twice.
+
+The prompt style the model was trained on travels inside the GGUF (`payphone.prompt_style`,
+written by the export); Ollama keeps every GGUF key and `ollama show` lists it under
+`model_info`, which is where the phone reads it. The Modelfile only repeats it as a comment.
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from payphone.llm.prompt_style import PROMPT_STYLE_KEY
 from training.config import ModelfileStage
 
 CHATML_STOPS = ("<|im_start|>", "<|im_end|>")
+CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 
 
 class ModelfileError(ValueError):
@@ -29,14 +38,20 @@ class ChatTemplate:
     default_system: str | None
 
 
-def read_gguf_template(path: Path) -> str:
-    """`tokenizer.chat_template` from a GGUF's metadata."""
+def gguf_strings(path: Path, *keys: str) -> dict[str, str | None]:
+    """String values from a GGUF's metadata (one read: gguf parses the whole vocabulary)."""
     import gguf
 
-    field = gguf.GGUFReader(path).fields.get("tokenizer.chat_template")
-    if field is None:
-        raise ModelfileError(f"{path}: no tokenizer.chat_template in the GGUF metadata")
-    return str(field.contents())
+    fields = gguf.GGUFReader(path).fields
+    return {key: None if key not in fields else str(fields[key].contents()) for key in keys}
+
+
+def read_gguf_template(path: Path) -> str:
+    """`tokenizer.chat_template` from a GGUF's metadata."""
+    template = gguf_strings(path, CHAT_TEMPLATE_KEY)[CHAT_TEMPLATE_KEY]
+    if template is None:
+        raise ModelfileError(f"{path}: no {CHAT_TEMPLATE_KEY} in the GGUF metadata")
+    return template
 
 
 def render_jinja(template: str, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
@@ -88,14 +103,27 @@ def _quote(text: str) -> str:
     return f'"""{text}"""' if "\n" in text or '"' in text else json.dumps(text)
 
 
-def render(gguf_path: Path, template: ChatTemplate, cfg: ModelfileStage, base_dir: Path) -> str:
+def render(
+    gguf_path: Path,
+    template: ChatTemplate,
+    cfg: ModelfileStage,
+    base_dir: Path,
+    prompt_style: str | None = None,
+) -> str:
     """The Modelfile text; FROM is relative to the Modelfile's folder when it can be."""
     try:
         source = "./" + gguf_path.resolve().relative_to(base_dir.resolve()).as_posix()
     except ValueError:
         source = str(gguf_path.resolve())
+    style = (
+        f"# prompt style: {prompt_style} (GGUF metadata {PROMPT_STYLE_KEY}, read by the phone "
+        "through `ollama show`)"
+        if prompt_style
+        else f"# prompt style: none in the GGUF ({PROMPT_STYLE_KEY}): the phone sends full prompts"
+    )
     lines = [
         f"# ollama create NAME -f {base_dir.name}/Modelfile",
+        style,
         f"FROM {source}",
         f"TEMPLATE {_quote(go_template(template))}",
         f"SYSTEM {_quote(cfg.system)}",
@@ -112,7 +140,11 @@ def write(gguf_path: Path, cfg: ModelfileStage, dest: Path | None = None) -> Pat
     if not gguf_path.is_file():
         raise ModelfileError(f"no GGUF at {gguf_path}: run `python -m training export` first")
     dest = dest or gguf_path.parent / "Modelfile"
-    text = render(gguf_path, analyse(read_gguf_template(gguf_path)), cfg, dest.parent)
+    found = gguf_strings(gguf_path, CHAT_TEMPLATE_KEY, PROMPT_STYLE_KEY)
+    jinja = found[CHAT_TEMPLATE_KEY]
+    if jinja is None:
+        raise ModelfileError(f"{gguf_path}: no {CHAT_TEMPLATE_KEY} in the GGUF metadata")
+    text = render(gguf_path, analyse(jinja), cfg, dest.parent, found[PROMPT_STYLE_KEY])
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, dest)

@@ -128,7 +128,10 @@ def run_all(cfg: TrainingConfig, out: Path, console: Console, resume: bool = Fal
         f"eval loss {_fmt(result.base_eval_loss)} -> {_fmt(result.eval_loss)}"
     )
     exported = timed("export", lambda: stage_export(cfg, out))
-    summary.notes["export"] = f"{exported.gguf.name} ({len(exported.fallbacks)} fallbacks)"
+    summary.notes["export"] = (
+        f"{exported.gguf.name} ({len(exported.fallbacks)} fallbacks; "
+        f"prompt style {exported.prompt_style})"
+    )
     summary.notes["modelfile"] = str(timed("modelfile", lambda: stage_modelfile(cfg, out)))
     summary.report = report = timed("eval", lambda: stage_eval(cfg, out))
     base, tuned = report["base"]["personas"]["all"], report["tuned"]["personas"]["all"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from payphone.log import setup_logging
 from payphone.memory import tune_malloc
 from payphone.models import ModelNotFound as ModelNotFoundError
 from payphone.settings_errors import SettingsError
+
+if TYPE_CHECKING:
+    from payphone.sim.echo_path import HandsetEcho
 
 EXIT_FAIL = 1
 EXIT_BAD_SETTINGS = 2
@@ -52,6 +55,32 @@ def settings_or_exit(config: Path | None, overrides: dict[str, Any] | None = Non
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"payphone: bad setting: {problem}", file=sys.stderr)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
+
+
+EchoDbOption = Annotated[
+    float | None,
+    typer.Option(
+        "--echo-db",
+        help="The earpiece leaks back into the mic this loud, -60 to 0 dB (default: no echo).",
+    ),
+]
+EchoDelayOption = Annotated[
+    float | None,
+    typer.Option(
+        "--echo-delay-ms", help="...this late, 0 to 200 ms (default 20; needs --echo-db)."
+    ),
+]
+
+
+def echo_or_exit(db: float | None, delay_ms: float | None) -> HandsetEcho | None:
+    """The simulated handset's echo from the command line; out of range: one line, exit 2."""
+    from payphone.sim.echo_path import EchoSettingError, echo_settings
+
+    try:
+        return echo_settings(db, delay_ms)
+    except EchoSettingError as exc:
+        print(f"payphone: bad setting: {exc}", file=sys.stderr)
         raise typer.Exit(EXIT_BAD_SETTINGS) from None
 
 
@@ -200,18 +229,21 @@ def simulate_command(
     interactive: Annotated[
         bool, typer.Option("--interactive", help="Keyboard and microphone.")
     ] = False,
+    echo_db: EchoDbOption = None,
+    echo_delay_ms: EchoDelayOption = None,
 ) -> None:
     """Drive a simulated phone through the real call loop and models from a YAML script."""
     import asyncio
 
     from payphone.sim.script import ScriptError
 
+    echo = echo_or_exit(echo_db, echo_delay_ms)
     if interactive:
         from payphone.sim.interactive import interactive as run_interactive
 
         settings = with_llm_overrides(state(ctx), llm, ollama_host, model)
         setup_logging("warning", settings.logging.format)
-        asyncio.run(run_interactive(settings, out_dir, out))
+        asyncio.run(run_interactive(settings, out_dir, out, echo))
         return
     if script is None:
         err.print("payphone: simulate needs a SCRIPT.yaml (or --interactive)")
@@ -225,7 +257,7 @@ def simulate_command(
     from payphone.sim.simulate import simulate
 
     try:
-        asyncio.run(simulate(settings, script, out_dir, fast, out))
+        asyncio.run(simulate(settings, script, out_dir, fast, out, echo))
     except ScriptError as exc:
         err.print(f"payphone: {exc}", markup=False, highlight=False)
         raise typer.Exit(EXIT_BAD_SETTINGS) from None
@@ -266,13 +298,32 @@ def personas_command(ctx: typer.Context) -> None:
         voice = f"{p.voice.model} x{p.voice.length_scale} {p.voice.effect}"
         table.add_row(p.key, p.number, p.name, voice, p.greeting)
     out.print(table)
+    out.print(f"system prompt: {_prompt_style(state(ctx).settings)}", markup=False, soft_wrap=True)
     for problem in book.errors:
         err.print(f"payphone: persona file problem: {problem}")
     if book.errors:
         raise typer.Exit(EXIT_FAIL)
 
 
-BENCHES = ("hangup", "stt", "vad", "tts", "llm", "latency", "turns", "soak")
+def _prompt_style(settings: Settings) -> str:
+    """`tag (why)` or `full (why)`: what calls send, asked of the model like the phone does."""
+    import asyncio
+
+    from payphone.llm.factory import chosen_prompt_style
+
+    try:
+        return asyncio.run(chosen_prompt_style(settings)).explain()
+    except Exception as exc:  # a missing model: `doctor` says more
+        return f"unknown: cannot read the model ({type(exc).__name__}: {exc})"
+
+
+BENCHES = ("hangup", "stt", "vad", "tts", "llm", "latency", "turns", "soak", "bargein")
+RIG_BENCHES = (
+    "hangup",
+    "turns",
+    "soak",
+    "bargein",
+)  # the ones that build a whole phone, with its handset
 
 
 @app.command("bench")
@@ -283,6 +334,8 @@ def bench_command(
         int | None,
         typer.Option("--trials", "--calls", min=1, help="Repetitions (soak: calls)."),
     ] = None,
+    echo_db: EchoDbOption = None,
+    echo_delay_ms: EchoDelayOption = None,
 ) -> None:
     """Benchmarks that print figures (JSON on the last line), never pass/fail."""
     import importlib
@@ -290,10 +343,20 @@ def bench_command(
     if name not in BENCHES:
         err.print(f"payphone: unknown bench {name!r}; choose one of: {', '.join(BENCHES)}")
         raise typer.Exit(EXIT_BAD_SETTINGS)
+    echo = echo_or_exit(echo_db, echo_delay_ms)
+    if echo is not None and name not in RIG_BENCHES:
+        print(
+            f"payphone: bad setting: --echo-db: bench {name} has no handset; "
+            f"only these take it: {', '.join(RIG_BENCHES)}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(EXIT_BAD_SETTINGS)
     module = importlib.import_module(f"payphone.bench.{name}")
     settings = state(ctx).settings
     setup_logging("warning", settings.logging.format)
-    options = {} if trials is None else {"trials": trials}
+    options: dict[str, Any] = {} if trials is None else {"trials": trials}
+    if echo is not None:
+        options["echo"] = echo
     result = module.main(settings, **options)
     print(json.dumps(result))
 

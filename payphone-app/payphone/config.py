@@ -68,6 +68,16 @@ class KeypadSettings(Group):
     scan_interval_ms: Annotated[int, Field(ge=1, le=100)] = 5
 
 
+class EchoSettings(Group):
+    """Echo cancellation: the earpiece's own voice taken out of the mic before VAD and STT
+    (WebRTC AEC3, `payphone.speech.echo_canceller`). Without it barge-in stays off."""
+
+    enabled: bool = True
+    # AEC3 finds the earpiece-to-mic delay itself; a hint (ms) only helps it start there
+    delay_ms: Annotated[int, Field(ge=0, le=500)] = 0
+    noise_suppression: bool = False
+
+
 class VadSettings(Group):
     aggressiveness: Annotated[int, Field(ge=0, le=3)] = 2
     frame_ms: Literal[10, 20, 30] = 30
@@ -79,6 +89,9 @@ class VadSettings(Group):
     min_utterance_ms: Annotated[int, Field(ge=0, le=5000)] = 200
     max_utterance_s: Annotated[float, Field(ge=1, le=60)] = 15.0
     barge_in: bool = False
+    # caller speech over the persona shorter than this (a backchannel: "mm-hm", "yeah", a cough)
+    # never stops it; longer speech stops the earpiece at once and becomes the next turn
+    barge_in_min_ms: Annotated[int, Field(ge=60, le=2000)] = 200
 
 
 class TurnSettings(Group):
@@ -94,6 +107,9 @@ class TurnSettings(Group):
     pause_ms: Annotated[int, Field(ge=60, le=1000)] = 180
     max_silence_ms: Annotated[int, Field(ge=300, le=5000)] = 1200
     speculate_ms: Annotated[int, Field(ge=100, le=5000)] = 500
+    # the model unsure, but the words a complete statement ("... I can barely hear you."):
+    # answered after this much silence instead of max_silence_ms
+    complete_ms: Annotated[int, Field(ge=100, le=5000)] = 800
     threads: Annotated[int, Field(ge=1, le=8)] = 1
 
 
@@ -121,7 +137,8 @@ class LlmSettings(Group):
     ollama_host: AnyHttpUrl = AnyHttpUrl("http://10.10.10.11:11434")
     ollama_model: Annotated[str, Field(min_length=1)] = "payphone-persona"
     keep_alive: str = "-1"
-    prompt_style: Literal["tag", "full"] = "full"
+    # auto: what the model says it was trained on (GGUF `payphone.prompt_style`), else full
+    prompt_style: Literal["auto", "tag", "full"] = "auto"
     connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
     first_token_timeout_s: Annotated[float, Field(gt=0, le=120)] = 8.0
     token_timeout_s: Annotated[float, Field(gt=0, le=60)] = 4.0
@@ -156,6 +173,25 @@ class CallSettings(Group):
     max_call_s: Annotated[float, Field(gt=0, le=7200)] = 600.0
     filler_after_s: Annotated[float, Field(gt=0, le=10)] = 1.2
     default_persona_key: Annotated[str, Field(pattern=r"^[0-9A-D]$")] = "0"
+
+
+# digits, optionally grouped by single spaces or hyphens ("988", "116 123", "13-11-14")
+HelpNumber = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9](?:[ -]?[0-9]){1,14}$",
+        description="2 to 15 digits, optionally grouped by spaces or hyphens",
+    ),
+]
+
+
+class HelpSettings(Group):
+    """Where a caller in crisis is sent. The phone itself (never the model) recognises talk of
+    suicide, self-harm, violence or a medical emergency and names these numbers, spoken digit by
+    digit, in the persona's voice. Always on; set your country's numbers."""
+
+    crisis_number: HelpNumber = "988"  # suicide, self-harm, emotional crisis (US: 988 Lifeline)
+    emergency_number: HelpNumber = "911"  # police, fire, ambulance
 
 
 class PersonaSettings(Group):
@@ -197,12 +233,14 @@ class Settings(BaseSettings):
     audio: AudioSettings = Field(default_factory=AudioSettings)
     hook: HookSettings = Field(default_factory=HookSettings)
     keypad: KeypadSettings = Field(default_factory=KeypadSettings)
+    echo: EchoSettings = Field(default_factory=EchoSettings)
     vad: VadSettings = Field(default_factory=VadSettings)
     turn: TurnSettings = Field(default_factory=TurnSettings)
     stt: SttSettings = Field(default_factory=SttSettings)
     tts: TtsSettings = Field(default_factory=TtsSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
     call: CallSettings = Field(default_factory=CallSettings)
+    help: HelpSettings = Field(default_factory=HelpSettings)
     personas: PersonaSettings = Field(default_factory=PersonaSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -28,6 +30,8 @@ from payphone.settings_errors import SettingsError
 Status = Literal["ok", "warn", "fail"]
 AUDIO_PROBE_TIMEOUT_S = 30.0
 GGUF_MAGIC = b"GGUF"
+SERVICE = "payphone.service"
+ASOUND_CARDS = Path("/proc/asound/cards")
 BUG_FIX = "unexpected: report it with this line and `python -m payphone config`"
 
 
@@ -82,12 +86,19 @@ def run_checks(config: Path | None) -> Iterator[Check]:
             yield fail("settings", problem, "edit the setting named, then `payphone config`")
         return
     source = config_file_in_use(config)
-    yield ok("settings", f"valid; file {source or '(none: defaults)'}, .env, PAYPHONE_* variables")
+    yield ok(
+        "settings",
+        f"valid; file {source or '(none: defaults)'}, .env, PAYPHONE_* variables; "
+        f"models.dir {settings.models.dir}",
+    )
     voices: list[str] = []
     yield from guarded("personas", lambda: check_personas(settings, voices))
+    yield from guarded("sound cards", check_sound_cards)
     yield from guarded("audio", lambda: check_audio(settings.audio))
     yield from guarded("gpio", lambda: check_gpio(settings))
     yield from guarded("models", lambda: check_models(settings, voices))
+    yield from guarded("echo", lambda: check_echo(settings))
+    yield from guarded("llm.prompt_style", lambda: check_prompt_style(settings))
     yield from guarded("ollama", lambda: asyncio.run(check_ollama(settings.llm)))
 
 
@@ -122,6 +133,34 @@ def check_personas(settings: Settings, voices: list[str]) -> list[Check]:
 
 
 # -- audio ------------------------------------------------------------------------------------
+
+
+def check_sound_cards(cards_file: Path = ASOUND_CARDS) -> list[Check]:
+    """The kernel's sound cards: the handset's USB card must be among them (PortAudio would
+    otherwise quietly open whatever else there is, such as HDMI)."""
+    if not cards_file.is_file():
+        return [ok("sound cards", f"not listed here (no {cards_file}: not Linux, or a container)")]
+    # ` 1 [Device         ]: USB-Audio - USB Audio Device`
+    found = re.findall(r"^\s*(\d+) \[(\S+)\s*\]: (\S+) - (.*)$", cards_file.read_text(), re.M)
+    names = ", ".join(f"{index}: {name} ({driver})" for index, name, driver, _ in found)
+    if not found:
+        return [
+            fail(
+                "sound cards",
+                "no sound card at all",
+                "plug in the handset's USB sound card; `aplay -l` must list it",
+            )
+        ]
+    if not any(driver == "USB-Audio" for _, _, driver, _ in found):
+        return [
+            warn(
+                "sound cards",
+                f"no USB sound card (have {names})",
+                "plug in the handset's USB sound card (`aplay -l` must list it); the Pi 5 has "
+                "no analogue audio of its own",
+            )
+        ]
+    return [ok("sound cards", names)]
 
 
 def check_audio(settings: AudioSettings) -> list[Check]:
@@ -174,22 +213,58 @@ def probe_audio(settings: AudioSettings) -> list[Check]:
         for direction in ("input", "output"):
             selector = settings.input_device if direction == "input" else settings.output_device
             name = f"audio {direction}"
+            here = _names(devices, direction)
             try:
                 index = find_device(pa, selector, direction)
+                if index is None:
+                    index = _alsa_default(pa, devices, direction)
             except DeviceNotFound as exc:
-                checks.append(
-                    fail(
-                        name,
-                        str(exc),
-                        f"set audio.{direction}_device to part of one of those names "
-                        "(or plug the card in)",
+                fix = f"set audio.{direction}_device to part of one of those names"
+                if selector in (None, ""):
+                    fix = (
+                        "plug in the USB sound card (`aplay -l` must list it) and make "
+                        f"/etc/asound.conf name it (see deploy/asound.conf), or {fix}"
                     )
-                )
+                checks.append(fail(name, str(exc), f"{fix} (or plug the card in)"))
                 continue
-            checks.append(_open(pa, settings, direction, index))
+            check = _open(pa, settings, direction, index)
+            what = "the ALSA default; " if selector in (None, "") else ""
+            checks.append(
+                replace(check, detail=f"{check.detail} ({what}{direction}s here: {here})")
+            )
         return checks
     finally:
         pa.terminate()
+
+
+def _names(devices: list[dict[str, Any]], direction: str) -> str:
+    channels = "maxInputChannels" if direction == "input" else "maxOutputChannels"
+    usable = [f"{d['index']}: {d['name']}" for d in devices if int(d[channels]) > 0]
+    return ", ".join(usable) or "none"
+
+
+def _alsa_default(pa: Any, devices: list[dict[str, Any]], direction: str) -> int | None:
+    """The ALSA `default` device for an empty audio.*_device. When it cannot open (its card is
+    unplugged, or /etc/asound.conf names a card that is not there) PortAudio leaves it out and
+    quietly makes another device the default: the first it finds, often HDMI. That is an error
+    here, not a success."""
+    from payphone.hardware.audio import DeviceNotFound
+
+    host = pa.get_default_host_api_info()
+    if host.get("name") != "ALSA":
+        return None  # another host API: its own default is the only notion there is
+    channels = "maxInputChannels" if direction == "input" else "maxOutputChannels"
+    for device in devices:
+        if device["name"] == "default" and int(device[channels]) > 0:
+            return int(device["index"])
+    fallback = host.get(f"default{direction.capitalize()}Device", -1)
+    instead = next((d["name"] for d in devices if d["index"] == fallback), None)
+    raise DeviceNotFound(
+        f"the ALSA default device has no {direction}: no sound card, or /etc/asound.conf names "
+        f"a card that is not there"
+        + (f"; PortAudio would quietly use {instead!r} instead" if instead else "")
+        + f" (have {_names(devices, direction)})"
+    )
 
 
 def _open(pa: Any, settings: AudioSettings, direction: str, index: int | None) -> Check:
@@ -269,24 +344,44 @@ def check_gpio(settings: Settings) -> list[Check]:
                     )
                 ]
             claimed[pin] = setting
+    with lgpio_work_dir():
+        return _open_pins(settings)
+
+
+@contextlib.contextmanager
+def lgpio_work_dir() -> Iterator[None]:
+    """lgpio makes its notification pipe in $LG_WD, else in the current directory, when it is
+    imported, and moves the process there. Doctor is often run (`sudo -u payphone ...`) from a
+    directory that user cannot write, and then lgpio, and with it the GPIO, fails: a private
+    temporary directory instead, and the process back where it was afterwards."""
+    try:
+        cwd: str | None = os.getcwd()
+    except OSError:  # the current directory may be gone
+        cwd = None
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get("LG_WD"):
+            work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="payphone-lgpio-"))
+            os.environ["LG_WD"] = work_dir
+            stack.callback(os.environ.pop, "LG_WD", None)
+        if cwd is not None:
+            stack.callback(os.chdir, cwd)  # first of the clean-ups: out of the directory
+        yield
+
+
+def _open_pins(settings: Settings) -> list[Check]:
     from gpiozero import Button, Device, DigitalInputDevice, DigitalOutputDevice
-    from gpiozero.exc import BadPinFactory, GPIOPinInUse, PinInvalidPin
+    from gpiozero.exc import BadPinFactory, GPIOPinInUse, PinFactoryFallback, PinInvalidPin
 
     opened: list[Any] = []
+    pin, setting = settings.hook.pin, "hook.pin"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # gpiozero warns for every factory it falls back from
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PinFactoryFallback)  # each says why a factory failed
             try:
                 hook = Button(settings.hook.pin, pull_up=settings.hook.pull_up, bounce_time=None)
-            except BadPinFactory as exc:
-                return [
-                    fail(
-                        "gpio",
-                        f"no GPIO on this machine ({exc})",
-                        "on the Pi: install the app with its `pi` extra (lgpio) and add the user "
-                        "to group gpio; off a Pi (tests, laptops): GPIOZERO_PIN_FACTORY=mock",
-                    )
-                ]
+            except BadPinFactory:
+                reasons = [str(w.message) for w in caught if w.category is PinFactoryFallback]
+                return [no_pin_factory(reasons)]
             opened.append(hook)
             for setting, pins in planned_pins(settings).items():
                 if setting == "hook.pin":
@@ -312,9 +407,81 @@ def check_gpio(settings: Settings) -> list[Check]:
                 "the service user needs group gpio",
             )
         ]
+    except Exception as exc:
+        if not is_lgpio_error(exc):
+            raise
+        return [lgpio_failure(exc, pin, setting)]
     finally:
         for device in opened:
             device.close()
+
+
+def is_lgpio_error(exc: BaseException) -> bool:
+    """lgpio reports everything as its own `lgpio.error` (not an OSError)."""
+    error = getattr(sys.modules.get("lgpio"), "error", None)
+    return isinstance(error, type) and isinstance(exc, error)
+
+
+def lgpio_failure(exc: Exception, pin: int, setting: str) -> Check:
+    """A pin lgpio would not claim: held by the running service (expected), or by another
+    program, or not reachable for this user."""
+    why = str(exc).strip("'\"")
+    if "busy" in why.lower():
+        if service_active():
+            return warn(
+                "gpio",
+                f"GPIO{pin} ({setting}) is in use by the running service ({SERVICE} is "
+                "active): the pins and the hook switch are not read while it runs",
+                "to read the hook switch: `sudo systemctl stop payphone`, run doctor, then "
+                "`sudo systemctl start payphone`",
+            )
+        return fail(
+            "gpio",
+            f"GPIO{pin} ({setting}) is busy: another program holds it ({SERVICE} is not running)",
+            "`gpioinfo` names the holder of each line: stop it, or choose another pin",
+        )
+    return fail(
+        "gpio",
+        f"GPIO{pin} ({setting}): lgpio: {why}",
+        "the service user needs group gpio (`ls -l /dev/gpiochip*`); on a Pi 5 the header is "
+        "gpiochip4 (or gpiochip0 on newer kernels)",
+    )
+
+
+def no_pin_factory(reasons: list[str]) -> Check:
+    """No gpiozero pin factory loaded: say why each failed, and the fix for the first reason
+    that has one (lgpio's is the one that matters on a Pi)."""
+    detail = "; ".join(reasons) or "gpiozero tried no pin factory"
+    text = detail.lower()
+    if ".lgd-nfy" in text:
+        fix = (
+            "lgpio could not make its notification pipe: set LG_WD to a directory this user "
+            "can write, or run from one"
+        )
+    elif "no module named 'lgpio'" in text:
+        fix = "on the Pi: install the app with its `pi` extra (pip install lgpio)"
+    elif "gpiochip" in text:
+        fix = "the user needs group gpio and a GPIO chip (`ls -l /dev/gpiochip*`): is this a Pi?"
+    elif "pi revision" in text:
+        fix = "this is not a Raspberry Pi (gpiozero finds no Pi model here)"
+    else:
+        fix = "on the Pi: install the app with its `pi` extra (lgpio) and add the user to gpio"
+    return fail(
+        "gpio",
+        f"no GPIO on this machine: {detail}",
+        f"{fix}; off a Pi (tests, laptops): GPIOZERO_PIN_FACTORY=mock",
+    )
+
+
+def service_active() -> bool:
+    """Whether the payphone service runs now (it then holds the pins and the sound card)."""
+    try:
+        done = subprocess.run(
+            ["systemctl", "is-active", "--quiet", SERVICE], timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
 
 
 def _other(state: str) -> str:
@@ -418,6 +585,45 @@ def _load_gguf(settings: Settings, path: Path) -> str:
     with quiet_stderr():  # llama.cpp writes context warnings straight to fd 2
         Llama(model_path=str(path), vocab_only=True, verbose=False)
     return f"GGUF v{version}, vocabulary loads"
+
+
+# -- echo cancellation ------------------------------------------------------------------------
+
+
+def check_echo(settings: Settings) -> list[Check]:
+    """The echo canceller loads and what a 10 ms block costs here; without it (a warning) the
+    phone still works, with barge-in off."""
+    import numpy as np
+
+    from payphone.speech.echo_canceller import EchoUnavailable, open_echo_canceller
+
+    if not settings.echo.enabled:
+        return [ok("echo", "off: echo.enabled = false (barge-in stays off)")]
+    rate = settings.vad.sample_rate
+    try:
+        canceller = open_echo_canceller(settings.echo, rate)
+    except EchoUnavailable as exc:
+        fix = "reinstall the app (`pip install pywebrtc-audio`); until then barge-in stays off"
+        return [warn("echo", f"no echo cancellation: {exc}", fix)]
+    noise = np.random.default_rng(0).integers(-3000, 3000, rate, dtype=np.int16)  # 1 s
+    for start in range(0, rate, canceller.block * 3):
+        frame = noise[start : start + canceller.block * 3]
+        canceller.process(frame, frame)
+    cost = f"{canceller.ms_per_block:.2f} ms CPU per 10 ms block"
+    return [ok("echo", f"WebRTC AEC3 loads at {rate} Hz; {cost}")]
+
+
+def check_prompt_style(settings: Settings) -> list[Check]:
+    """Which system prompt calls send: the setting, or the style the model declares."""
+    from payphone.llm.factory import chosen_prompt_style
+
+    try:
+        with quiet_stderr():  # llama.cpp reads the GGUF's vocabulary
+            chosen = asyncio.run(chosen_prompt_style(settings))
+    except Exception as exc:
+        detail = f"cannot read the model's prompt style: {type(exc).__name__}: {exc}"
+        return [warn("llm.prompt_style", detail, "see the model check above")]
+    return [ok("llm.prompt_style", chosen.explain())]
 
 
 # -- Ollama -----------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ class DownloadError(Exception):
     """A model file could not be fetched; the message names the URL and why."""
 
 
+class NotOnServer(DownloadError):
+    """The server has no such file (HTTP 404): for an optional file, or one of several names."""
+
+
 def download_files(files: Mapping[str, Path], timeout_s: float = 30.0) -> None:
     """Fetch each URL to its destination, atomically, with a progress bar on stderr."""
     columns = (
@@ -51,6 +55,8 @@ def _download_one(client: httpx.Client, progress: Progress, url: str, dest: Path
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out, client.stream("GET", url) as response:
+            if response.status_code == 404:
+                raise NotOnServer(f"{url}: HTTP 404")
             if response.status_code != 200:
                 raise DownloadError(f"{url}: HTTP {response.status_code}")
             total = int(response.headers.get("content-length", 0)) or None

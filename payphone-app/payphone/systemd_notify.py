@@ -5,8 +5,18 @@ A no-op when not started by systemd (no $NOTIFY_SOCKET), so the same code runs o
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
+import time
+from collections.abc import AsyncIterator
+
+# Each EXTEND_TIMEOUT_USEC moves systemd's start deadline to now + EXTEND_STEP_S; it is sent every
+# third of that, so a slow start (a big GGUF, a busy SD card) never runs into TimeoutStartSec.
+EXTEND_STEP_S = 60.0
+# ...but a start stuck for good must still fail: no more extensions after this long
+START_LIMIT_S = 1800.0
 
 
 class Notifier:
@@ -50,3 +60,25 @@ def watchdog_interval_s() -> float | None:
     if not usec or (pid and pid != str(os.getpid())):
         return None
     return int(usec) / 2_000_000
+
+
+async def _keep_extending(notifier: Notifier, step_s: float, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() + step_s / 3 < deadline:
+        await asyncio.sleep(step_s / 3)
+        notifier.extend_timeout(step_s)
+
+
+@contextlib.asynccontextmanager
+async def extending_start(
+    notifier: Notifier, step_s: float = EXTEND_STEP_S, limit_s: float = START_LIMIT_S
+) -> AsyncIterator[None]:
+    """Tell systemd "still starting" periodically while the block runs (one message is not
+    enough: it extends the deadline once, and loading can take longer than that)."""
+    notifier.extend_timeout(step_s)  # at once: the first thing systemd hears
+    task = asyncio.create_task(_keep_extending(notifier, step_s, limit_s), name="extend-start")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

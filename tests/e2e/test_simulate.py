@@ -32,10 +32,21 @@ async def say(path: Path, text: str) -> None:
 
 
 def check_schema(report: dict[str, object]) -> None:
-    assert set(report) == {"turns", "events", "reply_gaps_s"}
+    assert set(report) == {"turns", "events", "reply_gaps_s", "underruns", "earpiece_dropouts"}
     assert all(0 <= gap < 8 for gap in report["reply_gaps_s"])  # type: ignore[attr-defined]
+    assert report["earpiece_dropouts"] == 0  # the recording is as faithful as the earpiece
     for turn in report["turns"]:  # type: ignore[attr-defined]
-        assert set(turn) == {"persona", "heard", "reply", "fallback", "interrupted", "latency_ms"}
+        assert set(turn) == {
+            "persona",
+            "heard",
+            "reply",
+            "fallback",
+            "interrupted",
+            "help_line",
+            "latency_ms",
+            "underruns",
+        }
+        assert turn["help_line"] in (None, "crisis", "emergency")
         assert isinstance(turn["fallback"], bool) and isinstance(turn["interrupted"], bool)
         assert set(turn["latency_ms"]) == {
             "transcript_ready",

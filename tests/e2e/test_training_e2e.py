@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from payphone.llm.factory import read_gguf_style
 from training import export, modelfile
 from training.base_model import hf_folder, load_tokenizer, resolve
 from training.config import TrainingConfig, load_config
@@ -146,6 +147,9 @@ def test_tiny_run_exports_a_model_llama_cpp_answers_with(
 
     result = stage_export(cfg, out)
     assert result.gguf.name == f"{cfg.name}.Q8_0.gguf"
+    # the data's system messages are persona tags: the model says so, and the phone reads it
+    assert result.prompt_style == "tag"
+    assert read_gguf_style(result.gguf).style == "tag"
     llm = Llama(model_path=str(result.gguf), n_ctx=512, n_threads=2, seed=0, verbose=False)
     reply = llm.create_chat_completion(
         messages=PROMPTS[0],  # type: ignore[arg-type]
@@ -164,3 +168,4 @@ def test_tiny_run_exports_a_model_llama_cpp_answers_with(
     text = path.read_text()
     assert f"FROM ./{result.gguf.name}" in text
     assert "You are a helpful AI assistant named SmolLM" in text  # default system, as in Jinja
+    assert "# prompt style: tag (GGUF metadata payphone.prompt_style" in text

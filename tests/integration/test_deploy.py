@@ -8,6 +8,7 @@ only read-only queries.
 
 from __future__ import annotations
 
+import configparser
 import itertools
 import os
 import re
@@ -50,6 +51,7 @@ RECORDED = [
     "mktemp",
     "python3",
     "pip",
+    "sysctl",
 ]
 NFT_RULES = "/etc/nftables.d/payphone-ollama.nft"
 READ_ONLY = {"systemctl is-active --quiet payphone.service", "ollama --version"}
@@ -89,7 +91,9 @@ def test_the_unit_asks_systemd_for_what_the_service_needs() -> None:
         "Type=notify",
         "WatchdogSec=30s",
         "Restart=always",
-        "RestartSec=2",
+        "RestartSec=5",
+        "StartLimitIntervalSec=0",
+        "SyslogIdentifier=payphone",
         "KillSignal=SIGTERM",
         "TimeoutStopSec=10",
         "User=payphone",
@@ -147,7 +151,12 @@ def recorder(tmp_path: Path) -> tuple[dict[str, str], Path]:
     return env, log
 
 
-def dry_run(env: dict[str, str], script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def dry_run(
+    env: dict[str, str], script: Path, *args: str, root: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The script's --dry-run; `root` stands in for / where it looks at installed files."""
+    if root is not None:
+        env = {**env, "PAYPHONE_INSTALL_ROOT": str(root)}
     return subprocess.run(
         ["bash", str(script), "--dry-run", *args],
         capture_output=True,
@@ -180,7 +189,7 @@ def test_pi1_dry_run_prints_the_plan_and_changes_nothing(
         assert "/etc/payphone/payphone.toml" in out
         assert 'ollama_host = "http://10.0.0.2:11434"' in out  # the settings line it would set
     for step in (
-        f"-m pip install --disable-pip-version-check -q {REPO}[pi]",
+        f"-m pip install --disable-pip-version-check -q --only-binary=lgpio {REPO}[pi]",
         "-m payphone models --download",
         "systemctl enable payphone.service",
         "systemctl start payphone.service",
@@ -329,3 +338,184 @@ def test_pi2_firewall_rules_pass_nft_check(
     assert result.returncode == 0, f"{result.stderr}\n{rules}"
     assert "ip saddr 10.0.0.1 accept" in rules
     assert check(rules.replace("counter drop", "counter dorp")).returncode != 0
+
+
+# -- what a real Pi hits on day one (issue 15) --------------------------------------------------
+
+STATE = "/var/lib/payphone"
+PERSONA_GGUF = f"{STATE}/models/gguf/persona.gguf"
+
+
+def plan_lines(out: str) -> list[str]:
+    return [line.removeprefix("[dry-run] ") for line in out.splitlines()]
+
+
+def first_index(lines: list[str], fragment: str) -> int:
+    return next(i for i, line in enumerate(lines) if fragment in line)
+
+
+def test_one_pi_gguf_leaves_the_model_folders_to_the_service_user(
+    recorder: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    """`models --download` runs as payphone: models/ must be payphone's before it runs (an
+    `install -D` of the GGUF made it root's, and the download could not make models/whisper)."""
+    env, log = recorder
+    gguf = tmp_path / "persona.gguf"
+    gguf.write_bytes(b"GGUF")
+    out = plan(dry_run(env, DEPLOY / "one-pi-install.sh", "--gguf", str(gguf), root=tmp_path))
+    lines = plan_lines(out)
+
+    assert changed(log) == []
+    assert not [line for line in lines if line.startswith("install -D") and STATE in line]
+    owned = "install -d -o payphone -g payphone -m 0750 "
+    if not Path(STATE).exists():
+        for folder in (STATE, f"{STATE}/models", f"{STATE}/models/gguf"):
+            assert owned + folder in lines, out
+    model = first_index(lines, f"install -o payphone -g payphone -m 0640 {gguf} {PERSONA_GGUF}")
+    download = first_index(lines, "-m payphone models --download")
+    folders = [i for i, line in enumerate(lines) if line.startswith(owned)]
+    assert all(i < model < download for i in folders)
+
+
+ONE_PI_BEFORE = """\
+# an earlier one-Pi install: the demo model, and the operator's own sound card
+[audio]
+input_device = "USB"
+
+[llm]
+backend = "embedded"
+# For the embedded backend: a GGUF path, a demo name, or hf:OWNER/REPO/FILE.gguf.
+# gguf = "SmolLM2-135M-Instruct"
+gguf = "SmolLM2-135M-Instruct"
+"""
+
+
+def test_a_new_gguf_updates_the_existing_settings_and_keeps_a_backup(
+    recorder: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    env, log = recorder
+    installed = tmp_path / "etc" / "payphone" / "payphone.toml"
+    installed.parent.mkdir(parents=True)
+    installed.write_text(ONE_PI_BEFORE)
+    gguf = tmp_path / "persona-v2.gguf"
+    gguf.write_bytes(b"GGUF")
+    result = dry_run(env, DEPLOY / "one-pi-install.sh", "--gguf", str(gguf), root=tmp_path)
+    out = plan(result)
+
+    assert changed(log) == []
+    assert f"updating {installed} (the previous version is kept as {installed}.bak-" in (
+        result.stderr
+    )
+    assert f'+gguf = "{PERSONA_GGUF}"' in result.stderr  # the change, shown as a diff
+    assert re.search(
+        rf"^\[dry-run\] cp -p {installed} {installed}\.bak-\d{{8}}-\d{{6}}$", out, re.M
+    )
+    new = tmp_path / "new.toml"
+    new.write_text(written(out, str(installed)))
+    settings = load_settings(new)
+    assert settings.llm.backend == "embedded"
+    assert settings.llm.gguf == PERSONA_GGUF  # the service now loads the new model
+    assert settings.audio.input_device == "USB"  # the operator's own settings stay
+    assert "# an earlier one-Pi install" in new.read_text()
+    assert '# gguf = "SmolLM2-135M-Instruct"' in new.read_text()  # the active line was changed
+
+    installed.write_text(new.read_text())  # a second run with the same model changes nothing
+    again = dry_run(env, DEPLOY / "one-pi-install.sh", "--gguf", str(gguf), root=tmp_path)
+    assert "already says what this install needs, kept as it is" in again.stderr
+    assert f"cp -p {installed}" not in plan(again)
+
+
+def test_doctor_by_hand_finds_the_models_where_the_service_keeps_them(
+    recorder: tuple[dict[str, str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sudo -u payphone ... doctor` has no $STATE_DIRECTORY (systemd sets it for the service
+    only): the installed settings file must name the models folder for both."""
+    env, _ = recorder
+    out = plan(dry_run(env, DEPLOY / "pi1-install.sh", root=tmp_path))
+    settings_file = tmp_path / "payphone.toml"
+    settings_file.write_text(written(out, str(tmp_path / "etc/payphone/payphone.toml")))
+    monkeypatch.delenv("PAYPHONE_MODELS__DIR")  # the test suite's own
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)  # doctor, run by hand
+    by_hand = load_settings(settings_file).models.dir
+    monkeypatch.setenv("STATE_DIRECTORY", STATE)  # the unit's StateDirectory=payphone
+    service = load_settings(settings_file).models.dir
+
+    assert by_hand == service == Path(f"{STATE}/models")
+
+
+def test_pi1_installs_what_pyaudio_builds_with_and_takes_lgpio_as_a_wheel(
+    recorder: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    env, _ = recorder
+    nothing_installed = env["PATH"].split(":")[0] + "/dpkg-query"
+    Path(nothing_installed).write_text("#!/bin/sh\nexit 1\n")
+    Path(nothing_installed).chmod(0o755)
+    out = plan(dry_run(env, DEPLOY / "pi1-install.sh", root=tmp_path))
+
+    [apt] = [line for line in plan_lines(out) if " apt-get install " in line]
+    wanted = apt.split("--no-install-recommends ")[1].split()
+    assert {"build-essential", "python3-dev", "portaudio19-dev"} <= set(wanted)
+    assert "liblgpio-dev" not in wanted  # not in Debian bookworm: apt-get would stop here
+    assert "swig" not in wanted
+    assert f"--only-binary=lgpio {REPO}[pi]" in out
+
+
+def test_ollama_waits_for_the_network_in_unit_and_binds_before_the_link_is_up(
+    recorder: tuple[dict[str, str], Path], modelfile: Path, tmp_path: Path
+) -> None:
+    env, log = recorder
+    out = plan(dry_run(env, DEPLOY / "pi2-install.sh", "payphone-persona", str(modelfile)))
+    drop_in = written(out, "/etc/systemd/system/ollama.service.d/payphone.conf")
+
+    assert changed(log) == []
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string(drop_in)
+    assert unit["Unit"]["After"] == "network-online.target"
+    assert unit["Unit"]["Wants"] == "network-online.target"
+    assert "After" not in unit["Service"]
+    assert "Wants" not in unit["Service"]
+    sysctl = written(out, "/etc/sysctl.d/60-payphone-ollama.conf")
+    assert "net.ipv4.ip_nonlocal_bind = 1" in sysctl.splitlines()
+    assert "sysctl -q -p /etc/sysctl.d/60-payphone-ollama.conf" in out
+    lines = plan_lines(out)
+    assert first_index(lines, "sysctl -q -p") < first_index(lines, "restart ollama.service")
+
+    if shutil.which("systemd-analyze") is None:
+        return
+    # the drop-in on a stand-in for the ollama.service that Ollama's installer writes
+    (tmp_path / "ollama.service").write_text(
+        f"[Unit]\nDescription=Ollama\n[Service]\nExecStart={sys.executable} -c pass\n"
+        "[Install]\nWantedBy=default.target\n"
+    )
+    (tmp_path / "ollama.service.d").mkdir()
+    (tmp_path / "ollama.service.d" / "payphone.conf").write_text(drop_in)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "ollama.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout + result.stderr == ""
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="no systemd-analyze (apt package systemd)"
+)
+def test_the_unit_uses_no_restart_back_off_bookworm_lacks(tmp_path: Path) -> None:
+    """The unit's comment says systemd 252 has no RestartSteps=: on such a systemd, prove it."""
+    version = subprocess.run(
+        ["systemd-analyze", "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    text = UNIT.read_text()
+    keys = [line.split("=")[0] for line in text.splitlines() if not line.startswith("#")]
+    assert not {"RestartSteps", "RestartMaxDelaySec", "StartLimitBurst"} & set(keys)
+    if int(version.split()[1]) >= 254:
+        pytest.skip(f"systemd {version.split()[1]} has RestartSteps=")
+    stepped = text.replace("RestartSec=5\n", "RestartSec=5\nRestartSteps=5\n")
+    assert "Unknown key 'RestartSteps'" in verify(stepped, tmp_path).stderr

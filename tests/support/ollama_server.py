@@ -4,6 +4,9 @@ Endpoints: POST /api/chat (NDJSON stream, or one JSON object with `"stream": fal
 the empty-messages preload), GET /api/tags, GET /api/version, POST /api/show.
 Replies come from a script (fixed pieces at a fixed pace) or from a real model (any async
 `reply(messages, options)` generator, e.g. `embedded_reply(EmbeddedBackend)`).
+/api/show answers with a model's `model_info` the way Ollama builds it from the model's GGUF
+(`gguf_model_info(path)`: every metadata key but `general.name` and `tokenizer.chat_template`,
+arrays longer than 5 emptied), set per model with `model_info={name: ...}`.
 
 Faults for /api/chat, set with `server.fault = Fault(...)`: an HTTP status (404 model, 5xx), a
 request accepted and never answered (`hang`, plain requests too), a stall before the first
@@ -28,6 +31,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import h11
@@ -107,6 +111,21 @@ def embedded_reply(backend: ChatBackend) -> Reply:
     return reply
 
 
+def gguf_model_info(path: Path) -> dict[str, Any]:
+    """`model_info` as Ollama's show handler makes it from a GGUF (server/routes.go
+    GetModelInfo + getModelData, non-verbose): all key-value pairs, arrays of more than 5 items
+    as [], without `general.name` and `tokenizer.chat_template`."""
+    import gguf
+
+    info: dict[str, Any] = {}
+    for name, fld in gguf.GGUFReader(path).fields.items():
+        if name.startswith("GGUF.") or name in ("general.name", "tokenizer.chat_template"):
+            continue
+        is_array = fld.types and fld.types[0] == gguf.GGUFValueType.ARRAY
+        info[name] = [] if is_array and len(fld.data) > 5 else fld.contents()
+    return info
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
@@ -130,10 +149,12 @@ class OllamaProtocolServer:
         models: Sequence[str] = (DEFAULT_MODEL,),
         reply: Reply | None = None,
         fault: Fault | None = None,
+        model_info: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.models = [m if ":" in m else f"{m}:latest" for m in models]
+        self.model_info = {self._name(k): v for k, v in (model_info or {}).items()}
         self.reply = reply or scripted_reply(["Hello", " there", ",", " caller", "."])
         self.fault = fault or Fault()
         self.chats: list[ChatLog] = []
@@ -285,7 +306,7 @@ class OllamaProtocolServer:
             "parameters": "num_ctx 2048",
             "template": "{{ .Prompt }}",
             "details": self._details(),
-            "model_info": {"general.architecture": "llama"},
+            "model_info": self.model_info.get(name, {"general.architecture": "llama"}),
             "capabilities": ["completion"],
             "modified_at": _now(),
         }

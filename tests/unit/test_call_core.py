@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
+import structlog
 
 from payphone.call.assembly import PhoneStages
 from payphone.call.events import CallState, Heard, SpeechDropped, SpeechStarted
 from payphone.call.options import CallOptions
+from payphone.call.session import joined
 from payphone.config import CallSettings
 from payphone.llm.base import ChatOptions, LlmError, Message
 from payphone.llm.breaker import CIRCUIT_OPEN, BreakerState, CircuitBreaker
@@ -287,19 +289,27 @@ async def test_a_cough_after_a_pause_still_gets_the_answer() -> None:
         ("What time is it?", False, False),
         ("I need a taxi.", True, True),
         ("What time is it?", True, False),  # unsure, but Whisper heard a question
+        ("My car broke down and I need a taxi.", True, False),  # a complete statement
     ],
 )
 async def test_an_early_end_works_at_once_but_speaks_at_the_limit_when_unsure(
     said: str, tentative: bool, waits: bool
 ) -> None:
     """The model cut the turn 0.6 s before the silence limit; the words trail off, or the model
-    itself was unsure: the answer is ready early but not heard before the limit."""
+    itself was unsure: the answer is ready early but not heard before the limit (a complete
+    statement may be heard from `complete_at`, here 0.3 s)."""
     transcriber = ScriptedTranscriber(deque([said]), delay_s=0.01)
     backend = ScriptedBackend()
     rig = scripted_rig(transcriber, backend)
     task = await on_the_line(rig)  # greeted after the dial tone
     posted = time.monotonic()
-    heard = Heard(speech_burst(0.5), posted, limit_at=posted + 0.6, tentative=tentative)
+    heard = Heard(
+        speech_burst(0.5),
+        posted,
+        limit_at=posted + 0.6,
+        tentative=tentative,
+        complete_at=posted + 0.3,
+    )
     rig.calls[0].post(heard)
     async with asyncio.timeout(3):
         while not backend.requests:
@@ -321,4 +331,37 @@ async def test_a_held_turn_is_not_joined_across_a_persona_switch() -> None:
     await speak(rig, 0.4)
     await rig.wait_state(CallState.SPEAKING, timeout=5)
     assert transcriber.lengths[-1] < 0.6 * 16000  # only the new words, not the held ones
+    await switch_off(rig, task)
+
+
+async def test_a_joined_turn_keeps_the_eager_transcript_only_if_it_heard_the_same_audio() -> None:
+    loop = asyncio.get_running_loop()
+    eager: asyncio.Future[Transcript] = loop.create_future()
+    first = Heard(speech_burst(0.5), 1.0)
+    second = Heard(speech_burst(0.3), 2.0, transcript=eager, context=first.pcm)
+    one_turn = joined(first, second)
+    assert len(one_turn.pcm) == len(first.pcm) + len(second.pcm)
+    assert one_turn.transcript is eager  # Whisper already heard both halves
+    other = joined(Heard(speech_burst(0.2), 1.0), second)  # not the audio Whisper had
+    assert other.transcript is None
+    alone = joined(None, second)  # the held turn was answered meanwhile: this part alone
+    assert alone.transcript is None and len(alone.pcm) == len(second.pcm)
+    assert joined(None, first) is first
+
+
+async def test_without_an_echo_canceller_the_caller_cannot_talk_over_the_persona() -> None:
+    stages = PhoneStages(
+        ScriptedTranscriber(deque()),
+        ScriptedBackend(),
+        ToneSynthesizer(),
+        EnergyEndpointer,
+        barge_in_blocked="no echo canceller",
+    )
+    with structlog.testing.capture_logs() as logs:
+        rig = build_rig(stages, CallOptions(barge_in=True))
+    assert [e["reason"] for e in logs if e["event"] == "barge_in_off"] == ["no echo canceller"]
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.DIAL_TONE)
+    assert rig.calls[0].options.barge_in is False
     await switch_off(rig, task)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 
 from payphone.call.assembly import PhoneStages
 from payphone.call.events import CallState, SpeechStarted
+from payphone.call.listen import Endpointer
 from payphone.call.options import CallOptions
 from payphone.config import CallSettings
 from payphone.hardware.base import HookState
@@ -44,13 +47,14 @@ def make_rig(
     backend: ScriptedBackend | None = None,
     settings: CallSettings = FAST,
     barge_in: bool = False,
+    endpointer: Callable[[], Endpointer] = EnergyEndpointer,
     **kwargs: Any,
 ) -> tuple[Rig, ScriptedTranscriber, ScriptedBackend, ToneSynthesizer]:
     transcriber = ScriptedTranscriber(deque(texts or []))
     backend = backend or ScriptedBackend()
     synth = ToneSynthesizer()
     rig = build_rig(
-        PhoneStages(transcriber, backend, synth, EnergyEndpointer),
+        PhoneStages(transcriber, backend, synth, endpointer),
         CallOptions(settings, barge_in=barge_in),
         sink_speed=4.0,
         **kwargs,
@@ -96,7 +100,7 @@ async def test_off_hook_dial_tone_then_greeting_then_listening() -> None:
 
 
 async def test_speech_stops_dial_tone_and_a_turn_is_answered() -> None:
-    rig, _, backend, synth = make_rig(["what time is it"])
+    rig, _, backend, synth = make_rig(["hello?", "what time is it"])  # hello: over the dial tone
     task = await running(rig)
     rig.lift()
     await rig.wait_state(CallState.DIAL_TONE)
@@ -492,4 +496,68 @@ async def test_no_filler_when_the_answer_is_quick() -> None:
     await rig.wait_state(CallState.LISTENING, timeout=5)
     assert not rig.calls[0].log.turns[0].filler
     assert not any(filler in synth.spoken for filler in rig.calls[0].persona.fillers)
+    await switch_off(rig, task)
+
+
+LONG_REPLY = " ".join(["Well now, let me tell you all about the weather in this town."] * 4)
+
+
+async def test_talking_over_the_persona_stops_it_and_becomes_the_next_turn() -> None:
+    rig, *_ = make_rig(
+        ["tell me about the weather", "stop, what time is it"],
+        ScriptedBackend(reply=LONG_REPLY, token_delay_s=0.001),
+        barge_in=True,
+        endpointer=functools.partial(EnergyEndpointer, barge_in=True),
+    )
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)  # after the greeting
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING)
+    await asyncio.sleep(0.2)
+    said_at = time.monotonic()
+    await speak(rig, 0.6)  # far more than a backchannel
+    await rig.wait_state(CallState.LISTENING)
+    assert not rig.sink.playing
+    assert time.monotonic() - said_at < 0.6  # stopped while the caller was still talking
+    await rig.wait_state(CallState.SPEAKING)  # ...and their words were answered
+    call = rig.calls[0]
+    async with asyncio.timeout(10):
+        while len(call.log.turns) < 2:
+            await asyncio.sleep(0.01)
+    first, second = call.log.turns
+    assert first.interrupted and 0 < len(first.reply) < len(LONG_REPLY)
+    assert second.heard == "stop, what time is it"
+    assert any(e["event"] == "barge_in" for e in call.log.events)
+    history = [m["content"] for m in call.conversation.turns]
+    assert history[1].endswith("[the caller interrupted]")  # kept as far as it was heard
+    await switch_off(rig, task)
+
+
+async def test_a_backchannel_does_not_stop_the_persona() -> None:
+    rig, *_ = make_rig(
+        ["tell me about the weather", "mm-hm"],
+        ScriptedBackend(reply=LONG_REPLY, token_delay_s=0.001),
+        barge_in=True,
+        endpointer=functools.partial(EnergyEndpointer, barge_in=True),
+    )
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING)
+    await asyncio.sleep(0.2)
+    await speak(rig, 0.12)  # "mm-hm": four frames, under the backchannel limit
+    await rig.wait_state(CallState.LISTENING, timeout=10)
+    call = rig.calls[0]
+    [turn] = call.log.turns
+    assert not turn.interrupted and turn.reply == LONG_REPLY
+    ignored = [e for e in call.log.events if e["event"] == "speech_ignored"]
+    assert [e["reason"] for e in ignored] == ["backchannel"]
+    kinds = [e["event"] for e in call.log.events]
+    assert kinds.index("persona_paused") < kinds.index("persona_resumed")  # silent meanwhile
+    heard = rig.sink.heard_pcm()
+    loud = np.abs(heard) > 1000
+    gaps = np.diff(np.flatnonzero(loud))
+    assert gaps.max() > 0.05 * rig.sink.sample_rate  # the pause while the caller said "mm-hm"
     await switch_off(rig, task)

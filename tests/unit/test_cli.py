@@ -111,3 +111,23 @@ def test_llm_options_override_the_settings_without_touching_the_environment(
 @pytest.mark.parametrize("name", BENCHES)
 def test_every_bench_exists(name: str) -> None:
     assert callable(importlib.import_module(f"payphone.bench.{name}").main)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["simulate", "call.yaml", "--echo-db", "5"], "--echo-db"),
+        (["simulate", "--interactive", "--echo-db", "-10", "--echo-delay-ms", "500"],
+         "--echo-delay-ms"),
+        (["simulate", "call.yaml", "--echo-delay-ms", "20"], "--echo-delay-ms"),
+        (["bench", "hangup", "--echo-db", "-70"], "--echo-db"),
+        (["bench", "stt", "--echo-db", "-10"], "--echo-db"),
+    ],
+)  # fmt: skip
+def test_echo_settings_out_of_range_exit_2_naming_the_setting(args: list[str], named: str) -> None:
+    result = run_module("payphone", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"payphone: bad setting: {named}:")
+    assert "Traceback" not in result.stderr

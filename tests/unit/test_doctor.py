@@ -12,13 +12,16 @@ import asyncio
 import ctypes.util
 import os
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gpiozero import Button, Device
 from gpiozero.pins.mock import MockFactory
 
+from payphone import doctor as doctor_module
 from payphone.config import AudioSettings, Settings, load_settings
 from payphone.doctor import (
     Check,
@@ -27,6 +30,7 @@ from payphone.doctor import (
     check_models,
     check_ollama,
     check_personas,
+    check_sound_cards,
     exit_code,
     format_check,
     guarded,
@@ -340,3 +344,223 @@ def test_a_check_that_raises_is_a_failed_line_not_a_traceback() -> None:
     assert format_check(check).startswith("FAIL  audio: KeyError: 'maxInputChannels'\n      fix:")
     assert exit_code([Check("a", "ok", ""), Check("b", "warn", "", "x")]) == 0
     assert exit_code([Check("a", "ok", ""), check]) == 1
+
+
+# -- what a real Pi adds: lgpio, the running service, the ALSA default --------------------------
+
+
+class LgpioError(Exception):
+    """As lgpio's own `error`: not an OSError; str() is the repr of its text."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return repr(self.value)
+
+
+@pytest.fixture
+def busy_pins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Pins held by another process, as lgpio reports them: `lgpio.error('GPIO busy')`."""
+    lgpio = types.ModuleType("lgpio")
+    lgpio.error = LgpioError  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lgpio", lgpio)
+
+    class HeldElsewhere(MockFactory):
+        def pin(self, name: Any, pin_class: Any = None, **kwargs: Any) -> Any:
+            raise LgpioError("GPIO busy")
+
+    factory = HeldElsewhere()
+    monkeypatch.setattr(Device, "pin_factory", factory)
+    yield
+    factory.reset()
+
+
+def test_gpio_held_by_the_running_service_is_said_so(
+    busy_pins: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(doctor_module, "service_active", lambda: True)
+    [check] = check_gpio(settings_with(monkeypatch))
+
+    assert check.status == "warn", check  # expected while the service runs: not a failure
+    assert check.detail.startswith("GPIO17 (hook.pin) is in use by the running service")
+    assert "sudo systemctl stop payphone" in check.fix
+    print(format_check(check))
+
+
+def test_gpio_held_by_another_program_fails(
+    busy_pins: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(doctor_module, "service_active", lambda: False)
+    [check] = check_gpio(settings_with(monkeypatch))
+
+    assert check.status == "fail"
+    assert check.detail == (
+        "GPIO17 (hook.pin) is busy: another program holds it (payphone.service is not running)"
+    )
+    assert "gpioinfo" in check.fix
+
+
+@needs_alsa
+@pytest.mark.models
+def test_with_the_service_running_doctor_still_checks_everything_else(
+    busy_pins: None, null_alsa: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(doctor_module, "service_active", lambda: True)
+    monkeypatch.setenv("PAYPHONE_LLM__OLLAMA_HOST", f"http://127.0.0.1:{free_port()}")
+    checks = list(doctor_module.run_checks(None))
+
+    by_name = {c.name: c for c in checks}
+    assert by_name["gpio"].status == "warn"
+    assert "in use by the running service" in by_name["gpio"].detail
+    assert all(c.fix != doctor_module.BUG_FIX for c in checks), checks
+    for name in ("audio input", "audio output", "model stt.model", "model tts.voice"):
+        assert by_name[name].status == "ok", by_name[name]
+    assert exit_code(checks) == 0
+
+
+FAKE_LGPIO = '''
+"""Stands in for lgpio's import: its notification pipe goes in $LG_WD, else the current
+directory, and the process moves there; no /dev/gpiochip here."""
+import os
+
+class error(Exception):
+    def __init__(self, value):
+        self.value = value
+    def __str__(self):
+        return repr(self.value)
+
+_work = os.environ.get("LG_WD") or os.getcwd()
+try:
+    os.mkfifo(os.path.join(_work, ".lgd-nfy0"))
+except OSError:
+    pass  # the C library only logs this...
+os.chdir(_work)
+if not os.path.exists(".lgd-nfy0"):  # ...and Python's open() of the pipe then fails
+    raise FileNotFoundError(2, "No such file or directory", ".lgd-nfy-3")
+
+def gpiochip_open(chip):
+    raise error("can not open gpiochip")
+
+def __getattr__(name):  # the constants gpiozero reads (BOTH_EDGES, SET_BIAS_DISABLE, ...)
+    if name.isupper():
+        return 0
+    raise AttributeError(name)
+'''
+
+
+@pytest.fixture
+def fake_lgpio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """gpiozero's default pin factories, lgpio first, with a stand-in lgpio on the path."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "lgpio.py").write_text(FAKE_LGPIO)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
+    monkeypatch.delenv("LG_WD", raising=False)
+    monkeypatch.setattr(Device, "pin_factory", None)
+    for name in ("lgpio", "gpiozero.pins.lgpio"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    yield
+    for name in ("lgpio", "gpiozero.pins.lgpio"):
+        sys.modules.pop(name, None)
+
+
+def test_doctor_run_from_an_unwritable_directory_still_reaches_lgpio(
+    fake_lgpio: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if Path("/dev/gpiochip0").exists():
+        pytest.skip("this machine has GPIO")
+    monkeypatch.chdir("/proc")  # no one can make a pipe here (sudo -u payphone from /root)
+    [check] = check_gpio(settings_with(monkeypatch))
+
+    assert check.status == "fail"
+    # lgpio loaded (its pipe went elsewhere), and gpiozero said what is really wrong here
+    assert "Falling back from lgpio: unable to locate Pi revision" in check.detail, check.detail
+    assert ".lgd-nfy" not in check.detail
+    assert "this is not a Raspberry Pi" in check.fix
+    assert os.getcwd() == "/proc"  # lgpio moved the process; doctor moved it back
+    assert "LG_WD" not in os.environ
+    print(format_check(check))
+
+
+def test_lgpios_own_failure_is_shown_not_hidden(
+    fake_lgpio: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LG_WD", "/proc")  # an operator's LG_WD that cannot be written
+    [check] = check_gpio(settings_with(monkeypatch))
+
+    assert check.status == "fail"
+    assert "Falling back from lgpio: [Errno 2] No such file or directory: '.lgd-nfy-3'" in (
+        check.detail
+    )
+    assert "set LG_WD to a directory this user can write" in check.fix
+
+
+BROKEN_DEFAULT_ALSA = """
+pcm.payphone_mic { type null }
+pcm.hdmi { type null }
+pcm.default {
+    type file
+    slave.pcm { type null }
+    file "/dev/null"
+    infile "UNPLUGGED/mic.raw"
+    format "raw"
+}
+"""
+
+
+@needs_alsa
+def test_an_alsa_default_without_its_card_is_not_taken_for_a_sound_card(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "asound.conf"
+    # the default's capture side opens a file in a missing folder, as an unplugged card fails:
+    # PortAudio then leaves it out and quietly makes the first other input the default
+    conf.write_text(BROKEN_DEFAULT_ALSA.replace("UNPLUGGED", str(tmp_path / "unplugged")))
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(conf))
+    checks = check_audio(AudioSettings())
+
+    assert [c.status for c in checks] == ["fail", "ok"], checks
+    assert checks[0].detail.startswith("the ALSA default device has no input")
+    assert "PortAudio would quietly use 'payphone_mic' instead" in checks[0].detail
+    assert "(have 0: payphone_mic, 1: hdmi)" in checks[0].detail
+    assert "/etc/asound.conf" in checks[0].fix
+    assert checks[1].detail.startswith("'default' opens at 48000 Hz mono 16-bit")
+    assert "(the ALSA default; outputs here: 0: payphone_mic, 1: hdmi, 2: default)" in (
+        checks[1].detail
+    )
+
+
+CARDS_HDMI = """\
+ 0 [vc4hdmi0       ]: vc4-hdmi - vc4-hdmi-0
+                      vc4-hdmi-0
+ 1 [vc4hdmi1       ]: vc4-hdmi - vc4-hdmi-1
+                      vc4-hdmi-1
+"""
+CARDS_USB = (
+    CARDS_HDMI
+    + """\
+ 2 [Device         ]: USB-Audio - USB Audio Device
+                      C-Media Electronics Inc. USB Audio Device at usb-xhci-hcd.0-1, full speed
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("cards", "status", "detail"),
+    [
+        (CARDS_USB, "ok", "0: vc4hdmi0 (vc4-hdmi), 1: vc4hdmi1 (vc4-hdmi), 2: Device (USB-Audio)"),
+        (CARDS_HDMI, "warn", "no USB sound card (have 0: vc4hdmi0 (vc4-hdmi), 1: vc4hdmi1 "),
+        ("--- no soundcards ---\n", "fail", "no sound card at all"),
+    ],
+)
+def test_the_handsets_usb_card_must_be_among_the_sound_cards(
+    tmp_path: Path, cards: str, status: str, detail: str
+) -> None:
+    listing = tmp_path / "cards"
+    listing.write_text(cards)
+    [check] = check_sound_cards(listing)
+
+    assert check.status == status
+    assert check.detail.startswith(detail), check.detail

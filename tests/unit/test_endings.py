@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from payphone.call.endings import sounds_unfinished
+from payphone.call.endings import reads_complete, sounds_unfinished
 
 
 @pytest.mark.parametrize(
     "text",
-    ["My name is", "My name is.", "I was calling about the", "Could you, um", "So...", "and,"],
+    [
+        "My name is",
+        "My name is.",
+        "I was calling about the",
+        "Could you, um",
+        "So...",
+        "and,",
+        "I was wondering if you could",
+    ],
 )
 def test_trailing_transcripts_sound_unfinished(text: str) -> None:
     assert sounds_unfinished(text)
@@ -21,3 +29,19 @@ def test_trailing_transcripts_sound_unfinished(text: str) -> None:
 )
 def test_finished_transcripts_do_not(text: str) -> None:
     assert not sounds_unfinished(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "complete"),
+    [
+        ("Is anybody there? I can barely hear you.", True),
+        ("My car broke down and I need a tow truck!", True),
+        ("I was wondering.", False),  # a fragment Whisper closed with a full stop
+        ("So the thing is.", False),
+        ("What time does the library close?", False),  # a question: the turn model's call
+        ("I would like to speak to the.", False),
+        ("Well, I was going to say...", False),
+    ],
+)
+def test_a_complete_statement_reads_complete(text: str, complete: bool) -> None:
+    assert reads_complete(text) is complete

@@ -6,8 +6,10 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from payphone.sim.gaps import reply_gaps
+from payphone.sim.gaps import dropouts, reply_gaps
+from payphone.speech import tones
 
 RATE = 16000
 
@@ -43,3 +45,30 @@ def test_gaps_from_the_callers_last_sound_to_the_reply(tmp_path: Path) -> None:
     # 1.0-1.8 and 2.2-2.7 are one sentence with a pause: the reply at 3.2 is 0.5 s after it;
     # the key tone at 5.0 is not speech; the caller talking over the earpiece at 9.5 is no gap
     assert reply_gaps(path) == [0.5, 0.0]
+
+
+def test_dropouts_are_holes_in_sound_not_pauses_or_tone_cadences() -> None:
+    rate = 22050
+    t = np.arange(rate * 2) / rate
+    sound = (np.sin(2 * np.pi * 300 * t) * 6000).astype(np.int16)
+    assert dropouts(sound, rate) == []  # a sine's own zero crossings are single samples
+    holed = sound.copy()
+    for at_s in (0.25, 0.5, 0.75):
+        start = int(at_s * rate)
+        holed[start : start + 22] = 0  # 1 ms where a buffer came late
+    holed[int(1.2 * rate) : int(1.3 * rate)] = 0  # a 100 ms cadence gap is a pause
+    holed[int(1.6 * rate) :] = 0  # and silence after the sound ends
+    found = dropouts(holed, rate)
+    assert [at for at, _ in found] == [pytest.approx(s, abs=0.001) for s in (0.25, 0.5, 0.75)]
+    assert [ms for _, ms in found] == [1.0, 1.0, 1.0]
+
+
+def test_a_sound_cut_off_and_a_tone_starting_just_after_is_no_dropout() -> None:
+    rate = 22050
+    dial = tones.render(tones.DIAL, rate, 0.3)
+    cut = int(0.21 * rate)  # mid-wave: a stop
+    key = tones.dtmf("0", rate, 0.1)  # ramps in, as every tone does
+    gap = np.zeros(55, dtype=np.int16)
+    assert dropouts(np.concatenate([dial[:cut], gap, key]), rate) == []
+    late = np.concatenate([dial[:cut], gap, dial[cut:]])  # the same tone, a buffer placed late
+    assert len(dropouts(late, rate)) == 1

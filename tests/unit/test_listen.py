@@ -7,6 +7,7 @@ tests) so each verdict is known: these tests are about what the listener does wi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 
@@ -93,6 +94,7 @@ def test_an_unfinished_sounding_sentence_starts_silently_and_speaks_at_the_limit
     waited = silence_ms_at(at, last_voiced(clip))
     assert TURN.speculate_ms <= waited < TURN.max_silence_ms  # the work starts early...
     assert heard.tentative
+    assert heard.complete_at == pytest.approx(heard.speech_end + TURN.complete_ms / 1000)
     left = TURN.max_silence_ms - TURN.speculate_ms
     assert heard.limit_at - before >= left / 1000 * 0.9  # ...to be heard at the limit
 
@@ -174,3 +176,35 @@ async def test_the_eager_transcript_is_dropped_when_the_caller_goes_on(
     await asyncio.sleep(0)
     assert eager.cancelled() and heard.transcript is not eager
     assert len(heard.pcm) > 1.5 * len(speech)  # one utterance, both parts
+
+
+async def test_words_after_a_silent_start_are_judged_with_the_held_words_before_them(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    """The second half ("... if you could help me") alone sounds like a fragment;
+    the verdict and Whisper get both halves, as the call will join them."""
+    whisper = CountingTranscriber()
+    model = ScriptedTurnModel(0.1)  # "not finished": each pause starts the turn silently
+    listener = VadListener(app_settings.vad, TURN, model, whisper)
+    [(_, first)] = feed(listener, np.concatenate([silence(0.5), speech, silence(0.6)]))
+    assert len(first.context) == 0
+    [(_, second)] = feed(listener, np.concatenate([speech, silence(0.6)]))
+    assert np.array_equal(second.context, first.pcm)  # what the call will join it to
+    assert model.asked[-1] >= len(first.pcm) + len(speech)  # the verdict heard both halves
+    assert second.transcript is not None
+    await second.transcript
+    assert whisper.given[-1] >= len(first.pcm) + len(speech)  # so did Whisper
+
+
+async def test_words_after_the_held_turns_limit_start_afresh(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    model = ScriptedTurnModel(0.1)
+    listener = VadListener(app_settings.vad, TURN, model)
+    feed(listener, np.concatenate([silence(0.5), speech, silence(0.6)]))
+    held = listener._held
+    assert held is not None
+    listener._held = dataclasses.replace(held, limit_at=time.monotonic() - 60)  # long answered
+    [(_, later)] = feed(listener, np.concatenate([speech, silence(0.6)]))
+    assert len(later.context) == 0
+    assert model.asked[-1] < len(held.pcm) + len(speech)

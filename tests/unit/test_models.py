@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -214,3 +217,86 @@ def test_bootstrap_installs_the_demo_packages_the_messages_name() -> None:
     found = re.search(r"^demo_models=\((.*)\)$", script, re.M)
     assert found is not None
     assert found.group(1).split() == DEMO_PACKAGES.split()
+
+
+# -- Whisper repositories laid out as the hub has them ----------------------------------------
+
+
+def hub_whisper_repo(root: Path, repo: str, vocabulary: str, preprocessor: bool) -> Path:
+    """A copy of the demo Whisper model as `repo` on the local hub, its vocabulary in either
+    format (vocabulary.txt: older repositories; vocabulary.json: distil-*, large-v3, turbo)."""
+    source = resolve_whisper(load_settings())
+    folder = root / repo / "resolve" / "main"
+    folder.mkdir(parents=True)
+    for name in ("config.json", "model.bin", "tokenizer.json"):
+        shutil.copy(source / name, folder / name)
+    tokens = (source / "vocabulary.txt").read_text(encoding="utf-8").splitlines()
+    if vocabulary == "vocabulary.json":
+        (folder / vocabulary).write_text(json.dumps(tokens), encoding="utf-8")
+    else:
+        (folder / vocabulary).write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    if preprocessor:
+        config = {"feature_size": 80, "sampling_rate": 16000, "hop_length": 160, "n_fft": 400}
+        (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.models
+def test_distil_small_en_downloads_with_its_own_files_and_loads(
+    hub: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faster_whisper import WhisperModel
+
+    url, root = hub
+    hub_whisper_repo(root, "Systran/faster-distil-whisper-small.en", "vocabulary.json", True)
+    monkeypatch.setenv("PAYPHONE_MODELS__HUB_URL", url)
+    monkeypatch.setenv("PAYPHONE_STT__MODEL", "distil-small.en")
+    settings = load_settings()
+
+    [whisper] = [r for r in resolve_all(settings, [], True) if r.setting.key == "stt.model"]
+
+    assert whisper.error is None, whisper.error
+    assert whisper.path == settings.models.dir / "whisper" / "distil-small.en"
+    assert sorted(p.name for p in whisper.path.iterdir()) == [
+        "config.json",
+        "model.bin",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "vocabulary.json",
+    ]
+    WhisperModel(str(whisper.path), device="cpu", compute_type="int8", cpu_threads=1)
+
+
+def test_a_failed_whisper_download_is_a_line_naming_the_setting_not_a_crash(
+    hub: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, root = hub
+    repo = "Systran/faster-distil-whisper-small.en"
+    folder = hub_whisper_repo(root, repo, "vocabulary.json", preprocessor=False)
+    (folder / "model.bin").unlink()  # a repository that is not a CTranslate2 model
+    monkeypatch.setenv("PAYPHONE_MODELS__HUB_URL", url)
+    monkeypatch.setenv("PAYPHONE_STT__MODEL", "distil-small.en")
+    settings = load_settings()
+
+    [whisper] = [r for r in resolve_all(settings, [], True) if r.setting.key == "stt.model"]
+
+    assert whisper.path is None
+    assert whisper.error is not None
+    assert whisper.error.startswith(
+        "stt.model (PAYPHONE_STT__MODEL) = 'distil-small.en': Whisper model download failed: "
+        f"{url}/Systran/faster-distil-whisper-small.en/resolve/main: no model.bin there"
+    )
+    assert "models.hub_url" in whisper.error
+    assert not (settings.models.dir / "whisper" / "distil-small.en" / "model.bin").exists()
+
+    proc = subprocess.run(  # what the installer runs
+        [sys.executable, "-m", "payphone", "models", "--download"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO / "payphone-app"), "COLUMNS": "300"},
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "Whisper model download failed" in proc.stdout

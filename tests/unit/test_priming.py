@@ -14,6 +14,7 @@ from payphone.personas.loader import (
     SHIPPED_DIR,
     load_personas,
 )
+from payphone.sim.stand_ins import ScriptedBackend
 from training.dataset import load_dir
 from training.persona_classifier import PersonaClassifier
 
@@ -83,8 +84,12 @@ def test_a_call_sends_examples_only_with_the_full_prompt(style: str, with_exampl
         prompt_style = style
         history_tokens = 1024
 
+    class Deps:
+        backend = ScriptedBackend()  # declares no prompt style: the setting decides
+
     fake = Call.__new__(Call)
     fake.options = Options()  # type: ignore[assignment]
+    fake.deps = Deps()  # type: ignore[assignment]
     convo = fake._conversation_for(mae)
     assert convo.system_prompt == choose_system_prompt(style, mae.prompt_tag, mae.prompt)  # type: ignore[arg-type]
     assert bool(convo.examples) is with_examples

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from payphone.llm.prompt_style import PROMPT_STYLE_KEY
 from training import evaluate, export, modelfile
 from training.base_model import BaseModelError, resolve
 from training.config import CONFIG_DIR, ConfigError, ModelfileStage, load_config
@@ -309,3 +310,99 @@ def test_smol_template_constant_is_the_demo_gguf_template() -> None:
         pytest.skip(str(exc))
     assert source.gguf is not None
     assert modelfile.read_gguf_template(source.gguf) == SMOL_TEMPLATE
+
+
+# --- the prompt contract in the exported model -----------------------------------------------
+
+COPYING_CONVERTER = """
+import shutil, sys
+out = sys.argv[sys.argv.index("--outfile") + 1]
+shutil.copyfile({source!r}, out)  # stands in for the converted model (a real GGUF)
+"""
+
+
+def write_train_data(path: Path, systems: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        json.dumps(
+            {"messages": [{"role": "system", "content": s}, {"role": "user", "content": "hi"}]}
+        )
+        for s in systems
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_the_trained_prompt_style_is_read_from_the_training_data(tmp_path: Path) -> None:
+    from payphone.personas.loader import load_personas
+
+    mae, jones = list(load_personas())[:2]
+    data = tmp_path / "train.jsonl"
+    write_train_data(data, [mae.prompt_tag, jones.prompt_tag])
+    assert export.trained_prompt_style(data) == "tag"
+    write_train_data(data, [mae.prompt, jones.prompt, mae.prompt_tag])
+    assert export.trained_prompt_style(data) == "full"
+    write_train_data(data, ["You are a pirate."])
+    with pytest.raises(export.ExportError, match="prompt style the model learnt is unknown"):
+        export.trained_prompt_style(data)
+    with pytest.raises(export.ExportError, match="python -m training data"):
+        export.trained_prompt_style(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.models
+@pytest.mark.slow
+def test_export_writes_the_prompt_style_into_both_ggufs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key goes into the float GGUF and llama.cpp's quantizer carries it into the served
+    one; llama.cpp reads it back."""
+    from payphone.llm.factory import read_gguf_style
+    from training.train import Paths
+
+    source = resolve("SmolLM2-135M-Instruct").gguf
+    assert source is not None
+    llama_dir = tmp_path / "llama.cpp"
+    llama_dir.mkdir()
+    (llama_dir / export.CONVERT_SCRIPT).write_text(COPYING_CONVERTER.format(source=str(source)))
+    monkeypatch.setenv(export.LLAMA_CPP_ENV, str(llama_dir))
+    cfg = load_config()
+    # the stand-in "float" file is already Q4_1: quantizing to Q4_1 copies every tensor
+    cfg = cfg.model_copy(update={"export": cfg.export.model_copy(update={"quant": "Q4_1"})})
+    result = export.export_folder(cfg, Paths(tmp_path), tmp_path, "persona", prompt_style="tag")
+    assert result.float_gguf is not None
+    for path in (result.float_gguf, result.gguf):  # read back by llama.cpp, not by gguf
+        assert read_gguf_style(path).style == "tag", path
+    assert read_gguf_style(source).style is None  # the packaged model itself is untouched
+
+
+def test_a_failed_tagging_leaves_the_previous_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.train import Paths
+
+    llama_dir = tmp_path / "llama.cpp"
+    llama_dir.mkdir()
+    (llama_dir / export.CONVERT_SCRIPT).write_text(  # exits 0 with a file that is no GGUF
+        "import sys\nout = sys.argv[sys.argv.index('--outfile') + 1]\n"
+        "open(out, 'wb').write(b'GGUF' + b'x' * 64)\n"
+    )
+    monkeypatch.setenv(export.LLAMA_CPP_ENV, str(llama_dir))
+    cfg = load_config()
+    float_path, quant_path = export.gguf_names(cfg, Paths(tmp_path), "persona")
+    quant_path.parent.mkdir(parents=True)
+    for path in (float_path, quant_path):
+        path.write_bytes(b"the previous model")
+    with pytest.raises(export.ExportError, match=PROMPT_STYLE_KEY):
+        export.export_folder(cfg, Paths(tmp_path), tmp_path, "persona", prompt_style="tag")
+    assert float_path.read_bytes() == quant_path.read_bytes() == b"the previous model"
+    assert sorted(p.name for p in quant_path.parent.iterdir()) == sorted(
+        [float_path.name, quant_path.name]
+    )
+
+
+def test_modelfile_names_the_prompt_style(tmp_path: Path) -> None:
+    chat, cfg = modelfile.analyse(SMOL_TEMPLATE), ModelfileStage()
+    text = modelfile.render(tmp_path / "p.gguf", chat, cfg, tmp_path, prompt_style="tag")
+    assert f"# prompt style: tag (GGUF metadata {PROMPT_STYLE_KEY}" in text.splitlines()[1]
+    text = modelfile.render(tmp_path / "base.gguf", chat, cfg, tmp_path)
+    assert "# prompt style: none in the GGUF" in text.splitlines()[1]

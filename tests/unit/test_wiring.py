@@ -32,8 +32,14 @@ from payphone.sim.stand_ins import (
 SETTINGS = Settings.model_validate(
     {
         "llm": {"prompt_style": "tag", "history_tokens": 333},
-        "vad": {"barge_in": True, "hangover_ms": 700},
-        "turn": {"pause_ms": 240, "speculate_ms": 600, "max_silence_ms": 1500, "threshold": 0.7},
+        "vad": {"barge_in": True, "hangover_ms": 700, "barge_in_min_ms": 330},
+        "turn": {
+            "pause_ms": 240,
+            "speculate_ms": 600,
+            "max_silence_ms": 1500,
+            "threshold": 0.7,
+            "complete_ms": 900,
+        },
         "call": {"dial_tone_s": 0.2, "max_call_s": 99, "default_persona_key": "2"},
         "keypad": {"source": "none"},
     }

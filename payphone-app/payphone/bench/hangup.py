@@ -18,6 +18,7 @@ from payphone.call.events import CallState
 from payphone.call.options import CallOptions
 from payphone.config import AudioSettings, CallSettings, Settings
 from payphone.hardware.base import HookState
+from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.stand_ins import (
     EnergyEndpointer,
@@ -119,6 +120,7 @@ def _rig(
     reply: str,
     device_gone: bool = False,
     unsure_s: float = 0,
+    echo: HandsetEcho | None = None,
 ) -> Rig:
     transcriber = ScriptedTranscriber(deque(["hello"] * 10_000), delay_s=transcribe_s)
     backend = ScriptedBackend(reply=reply, token_delay_s=0.02)
@@ -134,7 +136,16 @@ def _rig(
         CallOptions(SETTINGS),
         debounce_ms=settings.hook.debounce_ms,
         earpiece=earpiece,
+        echo=None if device_gone else echo,  # an unplugged earpiece has nothing to leak
     )
+
+
+async def _give_up(rig: Rig) -> None:
+    """A trial whose state never came: hang up and wait for the phone to be idle again."""
+    rig.replace()
+    await rig.wait_hook(HookState.ON_HOOK)
+    while rig.phone.call is not None:
+        await asyncio.sleep(0.01)
 
 
 async def _loop_lag(lags: list[float]) -> None:
@@ -145,7 +156,7 @@ async def _loop_lag(lags: list[float]) -> None:
         lags.append((time.monotonic() - before - 0.01) * 1000)
 
 
-async def _run(settings: Settings, trials: int) -> dict[str, float]:
+async def _run(settings: Settings, trials: int, echo: HandsetEcho | None) -> dict[str, float]:
     long_reply = "Well now " + " ".join(["listen"] * 200) + "."
     scenarios: list[tuple[str, float, str, Callable[[Rig], Awaitable[tuple[float, float]]]]] = [
         ("speaking", 0.05, "Sure thing. " * 100, _trial_speaking),
@@ -155,15 +166,22 @@ async def _run(settings: Settings, trials: int) -> dict[str, float]:
         ("no_device", 0.05, long_reply, _trial_device_gone),
     ]
     result: dict[str, float] = {"trials": trials, "debounce_ms": settings.hook.debounce_ms}
+    if echo is not None:
+        result |= {"echo_db": echo.db, "echo_delay_ms": echo.delay_ms}
     for name, stt_s, reply, trial in scenarios:
         unsure_s = 5.0 if name == "speculative" else 0.0
-        rig = _rig(settings, stt_s, reply, device_gone=name == "no_device", unsure_s=unsure_s)
+        gone = name == "no_device"
+        rig = _rig(settings, stt_s, reply, device_gone=gone, unsure_s=unsure_s, echo=echo)
         task = await rig.start()
         lags: list[float] = []
         lag_task = asyncio.create_task(_loop_lag(lags))
         silent, ended = [], []
         for _ in range(trials):
-            quiet_ms, done_ms = await trial(rig)
+            try:
+                quiet_ms, done_ms = await trial(rig)
+            except TimeoutError:  # with an echo the phone may hear itself and go another way
+                await _give_up(rig)
+                continue
             silent.append(quiet_ms)
             ended.append(done_ms)
         lag_task.cancel()
@@ -172,6 +190,11 @@ async def _run(settings: Settings, trials: int) -> dict[str, float]:
         await rig.phone.sink.aclose()
         await rig.sink.aclose()
         rig.hook.close()
+        if len(silent) < trials:
+            result[f"{name}_reached"] = len(silent)
+        if not silent:
+            print(f"hang-up while {name:11s}: never reached in {trials} trials")
+            continue
         print(
             f"hang-up while {name:11s}: silent p50 {percentile(silent, 50):6.1f} ms "
             f"p99 {percentile(silent, 99):6.1f} ms | tasks ended "
@@ -182,7 +205,7 @@ async def _run(settings: Settings, trials: int) -> dict[str, float]:
         result[f"{name}_p99_ms"] = percentile(silent, 99)
         result[f"{name}_tasks_p99_ms"] = percentile(ended, 99)
         result[f"{name}_loop_lag_max_ms"] = round(max(lags), 1)
-    rig = _rig(settings, 0.05, "Hello.")
+    rig = _rig(settings, 0.05, "Hello.", echo=echo)
     task = await rig.start()
     keys = [await _trial_key(rig) for _ in range(trials)]
     task.cancel()
@@ -195,5 +218,6 @@ async def _run(settings: Settings, trials: int) -> dict[str, float]:
     return result
 
 
-def main(settings: Settings, trials: int = 50) -> dict[str, float]:
-    return asyncio.run(_run(settings, trials))
+def main(settings: Settings, trials: int = 50, echo: HandsetEcho | None = None) -> dict[str, float]:
+    """`echo`: the earpiece leaks back into the mic (the phone's own voice on the line)."""
+    return asyncio.run(_run(settings, trials, echo))

@@ -103,7 +103,8 @@ async def _ask(
         ),
         filler_after_s=60.0,
     )
-    conversation = Conversation(system_prompt(settings, persona), settings.llm.history_tokens)
+    prompt = system_prompt(settings, persona, stages.backend.declared_prompt_style)
+    conversation = Conversation(prompt, settings.llm.history_tokens)
     record = await Turn(deps, persona, conversation, Heard(question, time.monotonic())).run()
     await sink.aclose()
     assert record is not None, "the bench question was not heard as speech"

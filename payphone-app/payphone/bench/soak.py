@@ -25,6 +25,7 @@ from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.log import setup_logging
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
+from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.simulate import speak_as_caller
 from payphone.stages import load_stages
@@ -117,7 +118,9 @@ async def _one_call(rig: Rig, rng: random.Random, speech: list[Pcm]) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _run(settings: Settings, calls: int, seed: int) -> dict[str, float]:
+async def _run(
+    settings: Settings, calls: int, seed: int, echo: HandsetEcho | None
+) -> dict[str, float]:
     counter = ErrorCounter()
     setup_logging("warning", "json", counter)
     loop_errors: list[str] = []
@@ -134,8 +137,9 @@ async def _run(settings: Settings, calls: int, seed: int) -> dict[str, float]:
         replace(stages.for_phone(settings.vad, settings.turn), backend=backend),
         replace(CallOptions.from_settings(settings), call=call_settings),
         personas=book,
-        sink_speed=4.0,
+        sink_speed=4.0 if echo is None else 1.0,  # an echo needs the earpiece in real time
         keep_heard=False,  # a recording of 200 calls is not a leak of the phone's
+        echo=echo,
     )
     task = await rig.start()
     started = time.monotonic()
@@ -173,6 +177,8 @@ async def _run(settings: Settings, calls: int, seed: int) -> dict[str, float]:
         "rss_growth_pct": round((rss_end - rss_start) / rss_start * 100, 2) if rss_start else 0.0,
         "wall_s": round(time.monotonic() - started, 1),
     }
+    if echo is not None:
+        result |= {"echo_db": echo.db, "echo_delay_ms": echo.delay_ms}
     for line in [*counter.error_lines, *loop_errors][:10]:
         print("error:", line)
     print(
@@ -184,5 +190,8 @@ async def _run(settings: Settings, calls: int, seed: int) -> dict[str, float]:
     return result
 
 
-def main(settings: Settings, trials: int = 200, seed: int = 7) -> dict[str, float]:
-    return asyncio.run(_run(settings, trials, seed))
+def main(
+    settings: Settings, trials: int = 200, seed: int = 7, echo: HandsetEcho | None = None
+) -> dict[str, float]:
+    """`echo`: the earpiece leaks back into the mic (and plays in real time, not 4x)."""
+    return asyncio.run(_run(settings, trials, seed, echo))

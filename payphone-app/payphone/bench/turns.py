@@ -33,6 +33,7 @@ from payphone.call.options import CallOptions
 from payphone.config import Settings
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
+from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.runner import MIC_RATE, to_mic_rate
 from payphone.speech.base import VoiceSpec
@@ -156,10 +157,12 @@ async def _turn(rig: Rig, line: Line) -> TurnFigure:
     )
 
 
-async def _pipeline(stages: Stages, settings: Settings, lines: list[Line]) -> list[TurnFigure]:
+async def _pipeline(
+    stages: Stages, settings: Settings, lines: list[Line], echo: HandsetEcho | None
+) -> list[TurnFigure]:
     quick = settings.call.model_copy(update={"dial_tone_s": 0.3, "idle_prompt_s": 60})
     options = dataclasses.replace(CallOptions.from_settings(settings), call=quick)
-    rig = build_rig(stages.for_phone(settings.vad, settings.turn), options)
+    rig = build_rig(stages.for_phone(settings.vad, settings.turn), options, echo=echo)
     task = await rig.start()
     figures = []
     try:
@@ -197,7 +200,7 @@ def _summary(name: str, figures: list[TurnFigure]) -> dict[str, Any]:
     return result
 
 
-async def _run(settings: Settings, trials: int) -> dict[str, Any]:
+async def _run(settings: Settings, trials: int, echo: HandsetEcho | None) -> dict[str, Any]:
     book = load_personas(settings.personas.user_dir)
     stages = await load_stages(settings, book.operator, list(book))
     try:
@@ -205,13 +208,15 @@ async def _run(settings: Settings, trials: int) -> dict[str, Any]:
         model = "none" if stages.turn_model is None else settings.turn.model
         print(f"{len(lines)} caller lines; end-of-turn model: {model}", flush=True)
         result: dict[str, Any] = {"lines": len(lines), "turn_model": model}
+        if echo is not None:
+            result |= {"echo_db": echo.db, "echo_delay_ms": echo.delay_ms}
         if stages.turn_model is not None:
             result["turn_model_pipeline"] = _summary(
-                "turn model", await _pipeline(stages, settings, lines)
+                "turn model", await _pipeline(stages, settings, lines, echo)
             )
         silence_only = dataclasses.replace(stages, turn_model=None)
         result["silence_rule"] = _summary(
-            "silence rule", await _pipeline(silence_only, settings, lines)
+            "silence rule", await _pipeline(silence_only, settings, lines, echo)
         )
     finally:
         await stages.aclose()
@@ -222,6 +227,11 @@ async def _run(settings: Settings, trials: int) -> dict[str, Any]:
     return result
 
 
-def main(settings: Settings, trials: int = len(LINES) * len(SPEEDS) + 2 * len(PAUSED)) -> Any:
-    """Run both pipelines over `trials` caller lines (34 by default)."""
-    return asyncio.run(_run(settings, trials))
+def main(
+    settings: Settings,
+    trials: int = len(LINES) * len(SPEEDS) + 2 * len(PAUSED),
+    echo: HandsetEcho | None = None,
+) -> Any:
+    """Run both pipelines over `trials` caller lines (34 by default); `echo`: the earpiece
+    leaks back into the mic."""
+    return asyncio.run(_run(settings, trials, echo))

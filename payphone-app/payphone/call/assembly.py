@@ -8,6 +8,7 @@ that reaches the call in one mode reaches it in every mode.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,9 +21,13 @@ from payphone.call.session import Call
 from payphone.call.turn import Speakable, TurnDeps
 from payphone.hardware.base import AudioSink, AudioSource, HookSwitch, Keypad
 from payphone.llm.base import ChatBackend, ChatOptions
+from payphone.log import get_logger
 from payphone.personas.loader import PersonaBook
 from payphone.reply.speakable import make_speakable
 from payphone.speech.base import Synthesizer, Transcriber
+from payphone.speech.echo_canceller import EchoCanceller
+
+log = get_logger("assembly")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,9 @@ class PhoneStages:
     make_endpointer: Callable[[], Endpointer]
     speakable: Speakable = field(default_factory=make_speakable)
     chat: ChatOptions = field(default_factory=ChatOptions)
+    echo: EchoCanceller | None = None  # cleans the mic of the earpiece's voice before the VAD
+    # why the caller cannot talk over the persona here, whatever vad.barge_in says (None: they can)
+    barge_in_blocked: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,10 @@ def build_phone(
     on_state: Callable[[CallState], None] | None = None,
 ) -> Phone:
     """A phone whose every call gets the same stages, lines and options."""
+    if options.barge_in and stages.barge_in_blocked is not None:
+        # without echo cancelling the persona's own voice would stop it: keep the mic gated
+        log.warning("barge_in_off", reason=stages.barge_in_blocked)
+        options = dataclasses.replace(options, barge_in=False)
     deps = TurnDeps(
         transcriber=stages.transcriber,
         backend=stages.backend,
@@ -66,6 +78,7 @@ def build_phone(
         lines=lines or LineBook(stages.synthesizer),
         speakable=stages.speakable,
         options=stages.chat,
+        help=options.help,
         filler_after_s=options.call.filler_after_s,
     )
 
@@ -75,4 +88,11 @@ def build_phone(
             on_call(call)
         return call
 
-    return Phone(hardware.hook, hardware.keypads, hardware.source, hardware.sink, make_call)
+    return Phone(
+        hardware.hook,
+        hardware.keypads,
+        hardware.source,
+        hardware.sink,
+        make_call,
+        echo=stages.echo,
+    )

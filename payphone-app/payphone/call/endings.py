@@ -16,7 +16,9 @@ DETERMINERS = ("a", "an", "the", "my", "your", "his", "her", "our", "their", "th
 CONJUNCTIONS = ("and", "but", "or", "nor", "so", "because", "if", "when", "while", "than")
 PREPOSITIONS = ("to", "of", "in", "on", "at", "by", "for", "with", "from", "into", "about", "as")
 OTHERS = ("is", "are", "was", "were", "like", "um", "uh", "er", "erm", "ah")
-CANNOT_END = frozenset(DETERMINERS + CONJUNCTIONS + PREPOSITIONS + OTHERS)
+MODALS = ("could", "would", "should")  # "I was wondering if you could"
+CANNOT_END = frozenset(DETERMINERS + CONJUNCTIONS + PREPOSITIONS + OTHERS + MODALS)
+COMPLETE_MIN_WORDS = 5  # "I was wondering." is a fragment Whisper closed with a full stop
 _WORD = re.compile(r"[A-Za-z']+")
 
 
@@ -36,3 +38,13 @@ def sounds_unfinished(text: str) -> bool:
         return False
     words = _WORD.findall(stripped.lower())  # "My name is." still stops on "is"
     return bool(words) and words[-1] in CANNOT_END
+
+
+def reads_complete(text: str) -> bool:
+    """A whole statement: closed by a full stop or an exclamation mark, long enough not to be a
+    fragment Whisper punctuated, and not trailing off. The turn model may hear such a sentence
+    as unsure (a flat ending); the words then let it be answered before the silence limit."""
+    stripped = text.strip()
+    if not stripped.endswith((".", "!")) or stripped.endswith(TRAILING):
+        return False
+    return len(_WORD.findall(stripped)) >= COMPLETE_MIN_WORDS and not sounds_unfinished(stripped)

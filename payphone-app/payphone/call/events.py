@@ -26,6 +26,14 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True)
+class SpeechSustained:
+    """The caller has now spoken `vad.barge_in_min_ms` of voiced audio in this utterance: more
+    than a backchannel. Over the persona's voice (with barge-in) it stops the earpiece."""
+
+    at: float
+
+
+@dataclass(frozen=True)
 class SpeechDropped:
     """Speech started but made no utterance (a cough, a blip, a knock on the handset)."""
 
@@ -41,6 +49,12 @@ class Heard:
     "not finished" (the turn starts anyway, silently, after `turn.speculate_ms`), or when the
     words trail off ("my name is", "and,"). Such a turn works at once but makes no sound before
     `limit_at`; if the caller goes on meanwhile, their words join it.
+
+    `complete_at`: a tentative turn whose words read as a complete statement is heard from then
+    (`turn.complete_ms` after the caller stopped) instead of at `limit_at`.
+
+    `context`: the audio of the held turn these words continue, as the listener expects the call
+    to join them; the eager `transcript` is of `context` + `pcm`.
     """
 
     pcm: Pcm = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int16))
@@ -49,10 +63,21 @@ class Heard:
     tentative: bool = False
     # Whisper already at work on this audio since the pause (eager): the turn awaits it
     transcript: asyncio.Future[Transcript] | None = field(default=None, repr=False, compare=False)
+    context: Pcm = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int16))
+    complete_at: float = 0.0
 
     @property
     def seconds(self) -> float:
         return round(len(self.pcm) / HEARD_RATE, 2)
+
+
+@dataclass(frozen=True)
+class HelpNeeded:
+    """Words said before the greeting (over the dial tone) call for the help line: they are
+    the call's first turn, whatever is playing."""
+
+    heard: Heard
+    transcript: Transcript
 
 
 class Timer(enum.Enum):
@@ -74,7 +99,18 @@ class ActivityDone:
     token: int
 
 
-CallEvent = KeyPress | SpeechStarted | SpeechDropped | Heard | TimerFired | ActivityDone
+# what the mic's endpointer says, frame by frame
+MicEvent = SpeechStarted | SpeechSustained | SpeechDropped | Heard
+CallEvent = (
+    KeyPress
+    | SpeechStarted
+    | SpeechSustained
+    | SpeechDropped
+    | Heard
+    | HelpNeeded
+    | TimerFired
+    | ActivityDone
+)
 
 
 class CallState(enum.Enum):

@@ -9,6 +9,12 @@ silence, whatever the model said: after `turn.speculate_ms` of silence the turn 
 silently (transcript, model, first sentence), and speaks only at that limit unless the caller goes
 on. Without a model the silence rule (`vad.hangover_ms`) decides.
 
+A caller who goes on after such a silent start ("I was wondering ... if you could help me")
+makes a new utterance, and the call joins it to the held one. The model and Whisper must hear
+that whole sentence too, not only its second half, which on its own sounds like a fragment: the
+listener keeps the audio of a turn that started silently until its limit has passed and gives it
+as `context` to the next utterance (verdict and eager transcript are on context + utterance).
+
 The model's answer is picked up on the next mic frame (≤ one frame later), so `feed` stays
 synchronous and cheap on the event loop.
 """
@@ -21,7 +27,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from payphone.call.events import Heard, SpeechDropped, SpeechStarted
+import numpy as np
+
+from payphone.call.events import (
+    HEARD_RATE,
+    Heard,
+    MicEvent,
+    SpeechDropped,
+    SpeechStarted,
+    SpeechSustained,
+)
 from payphone.config import TurnSettings, VadSettings
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
@@ -37,7 +52,7 @@ TURN_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turn-model")
 class Endpointer(Protocol):
     """Cuts mic frames into utterances; `playing`: our own voice is in the earpiece."""
 
-    def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | SpeechDropped | Heard]: ...
+    def feed(self, pcm: Pcm, playing: bool) -> list[MicEvent]: ...
 
 
 class TurnModel(Protocol):
@@ -57,6 +72,7 @@ class _Check:
     mark: int  # the utterance's last voiced frame when the check was asked
     pause_ms: int
     verdict: Future[Verdict]
+    context: Pcm  # the held turn's audio, before this utterance (empty: none)
     transcript: asyncio.Future[Transcript] | None = None  # Whisper on the same audio, eagerly
     logged: bool = False
 
@@ -64,6 +80,14 @@ class _Check:
         """The caller spoke again: the eager transcript is of no use any more."""
         if self.transcript is not None:
             self.transcript.cancel()
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A turn cut at a pause: the call joins the caller's next words to it until `limit_at`."""
+
+    pcm: Pcm
+    limit_at: float
 
 
 class VadListener:
@@ -83,13 +107,21 @@ class VadListener:
         self._vad = VadEndpointer(settings, hangover_ms=hangover)
         self._check: _Check | None = None
         self._was_speaking = False
+        self._held: _Held | None = None  # the last silent start, until its limit has passed
+        self._sustain_ms = settings.barge_in_min_ms
+        self._sustained = False  # SpeechSustained sent for the utterance in progress
 
-    def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | SpeechDropped | Heard]:
+    def feed(self, pcm: Pcm, playing: bool) -> list[MicEvent]:
         self._vad.gate(playing)
-        events: list[SpeechStarted | SpeechDropped | Heard] = []
+        events: list[MicEvent] = []
         ended = self._vad.feed(pcm)
         if self._vad.in_speech and not self._was_speaking:
             events.append(SpeechStarted(time.monotonic()))
+        if not self._vad.in_speech:
+            self._sustained = False
+        elif not self._sustained and self._vad.voiced_ms >= self._sustain_ms:
+            self._sustained = True
+            events.append(SpeechSustained(time.monotonic()))
         heard = [Heard(u.pcm, u.end_monotonic) for u in ended] + self._end_of_turn()
         if self._was_speaking and not self._vad.in_speech and not heard:
             events.append(SpeechDropped(time.monotonic()))  # a blip, or gated by our voice
@@ -137,11 +169,23 @@ class VadListener:
         """At a pause: the turn model's verdict, and Whisper on the same audio (eager work the
         turn uses when this pause ends it)."""
         audio = self._vad.speech_so_far()  # a copy, taken on the loop
-        check = _Check(mark, pause, TURN_THREAD.submit(_verdict, model, audio))
+        context = self._context(len(audio))
+        if len(context):
+            audio = np.concatenate([context, audio])
+        check = _Check(mark, pause, TURN_THREAD.submit(_verdict, model, audio), context)
         if self._transcriber is not None:
             check.transcript = asyncio.ensure_future(self._transcriber.transcribe(audio))
             check.transcript.add_done_callback(_quiet)
         return check
+
+    def _context(self, samples: int) -> Pcm:
+        """The held turn's audio, when this utterance began before that turn's limit (so the
+        call will join them); else nothing."""
+        held, started = self._held, time.monotonic() - samples / HEARD_RATE
+        if held is None or started > held.limit_at:
+            self._held = None
+            return np.zeros(0, dtype=np.int16)
+        return held.pcm
 
     def _forget(self) -> None:
         if self._check is not None:
@@ -156,9 +200,18 @@ class VadListener:
             return []
         left_s = max(0.0, (self._turn.max_silence_ms - pause_ms) / 1000)
         limit_at = time.monotonic() + left_s
-        return [
-            Heard(utterance.pcm, utterance.end_monotonic, limit_at, tentative, check.transcript)
-        ]
+        heard = Heard(
+            utterance.pcm,
+            utterance.end_monotonic,
+            limit_at,
+            tentative,
+            check.transcript,
+            complete_at=utterance.end_monotonic + self._turn.complete_ms / 1000,
+            context=check.context,
+        )
+        whole = np.concatenate([check.context, utterance.pcm]) if len(check.context) else None
+        self._held = _Held(utterance.pcm if whole is None else whole, limit_at)
+        return [heard]
 
 
 def _quiet(future: asyncio.Future[Transcript]) -> None:

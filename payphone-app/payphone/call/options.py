@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from payphone.config import CallSettings, Settings
+from payphone.config import CallSettings, HelpSettings, Settings
+from payphone.llm.prompt_style import PromptStyleSetting
 from payphone.personas.loader import Persona, PersonaBook
 
 
@@ -14,9 +15,10 @@ class CallOptions:
     """Everything a call takes from the settings, typed."""
 
     call: CallSettings = field(default_factory=CallSettings)
-    prompt_style: Literal["tag", "full"] = "full"
+    prompt_style: PromptStyleSetting = "auto"  # auto: the style the model declares
     history_tokens: int = 1024
     barge_in: bool = False
+    help: HelpSettings = field(default_factory=HelpSettings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CallOptions:
@@ -25,6 +27,7 @@ class CallOptions:
             prompt_style=settings.llm.prompt_style,
             history_tokens=settings.llm.history_tokens,
             barge_in=settings.vad.barge_in,
+            help=settings.help,
         )
 
     def as_report(self) -> dict[str, Any]:
@@ -34,6 +37,7 @@ class CallOptions:
             "history_tokens": self.history_tokens,
             "barge_in": self.barge_in,
             "call": self.call.model_dump(),
+            "help": self.help.model_dump(),
         }
 
 

@@ -19,6 +19,7 @@ from payphone.hardware.base import AudioSink, AudioSource, HookState, HookSwitch
 from payphone.log import bind_call, get_logger, ms
 from payphone.pcm import Pcm
 from payphone.speech.dtmf_keypad import InbandKeypad
+from payphone.speech.echo_canceller import EchoCanceller
 
 log = get_logger("phone")
 
@@ -37,6 +38,7 @@ class Phone:
         source: AudioSource,
         sink: AudioSink,
         make_call: CallFactory,
+        echo: EchoCanceller | None = None,
     ) -> None:
         self.hook = hook
         self.keypads = list(keypads)
@@ -44,6 +46,7 @@ class Phone:
         self.source = source
         self.sink = sink
         self.make_call = make_call
+        self.echo = echo
         self.call: Call | None = None
         self.calls_taken = 0
         self._call_task: asyncio.Task[None] | None = None
@@ -77,12 +80,23 @@ class Phone:
                 log.debug("key_on_hook_ignored", key=key)
 
     async def _pump_mic(self) -> None:
-        async for frame in self.source.frames():
-            await asyncio.sleep(0)  # a backlog must not starve hang-up, signals and the watchdog
-            try:
-                self._hear(frame)
-            except Exception as exc:  # one bad frame must not take the phone down
-                log.exception("mic_frame_failed", error=repr(exc))
+        if self.echo is None:
+            async for frame in self.source.frames():
+                await self._take(frame)
+            return
+        async for frame, played in self.source.frames_with_reference():
+            await self._take(frame, played)
+
+    async def _take(self, frame: Pcm, played: Pcm | None = None) -> None:
+        """One mic frame, cleaned of the earpiece's echo when the phone cancels it (AEC3 costs
+        well under a millisecond a frame, so it runs here, in frame order)."""
+        await asyncio.sleep(0)  # a backlog must not starve hang-up, signals and the watchdog
+        try:
+            if self.echo is not None:
+                frame = self.echo.process(frame, played)
+            self._hear(frame)
+        except Exception as exc:  # one bad frame must not take the phone down
+            log.exception("mic_frame_failed", error=repr(exc))
 
     def _hear(self, frame: Pcm) -> None:
         call = self.call

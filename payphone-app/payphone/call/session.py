@@ -26,14 +26,17 @@ from typing import Any
 import numpy as np
 import structlog
 
+from payphone.call.crisis import recognise
 from payphone.call.events import (
     ActivityDone,
     CallEvent,
     CallState,
     Heard,
+    HelpNeeded,
     KeyPress,
     SpeechDropped,
     SpeechStarted,
+    SpeechSustained,
     Timer,
     TimerFired,
 )
@@ -42,11 +45,13 @@ from payphone.call.options import CallOptions, first_persona
 from payphone.call.player import play_and_wait, play_frames
 from payphone.call.turn import Turn, TurnDeps, TurnRecord, sit_tones
 from payphone.llm.base import LlmError
-from payphone.llm.history import Conversation, choose_system_prompt
+from payphone.llm.history import Conversation
+from payphone.llm.prompt_style import choose
 from payphone.log import get_logger
 from payphone.pcm import Pcm
 from payphone.personas.loader import OPERATOR_KEY, Persona, PersonaBook
 from payphone.speech import tones
+from payphone.speech.base import Transcript
 
 log = get_logger("call")
 
@@ -71,13 +76,37 @@ ACTIVITIES: dict[str, tuple[CallState, bool]] = {
     "goodbye": (CallState.GOODBYE, False),  # goodbye, then the howler until on-hook
 }
 # where what the caller says starts a turn: while the persona is still thinking (nothing said
-# yet) the caller's next words join the turn they belong to; over its voice only with barge-in
+# yet) the caller's next words join the turn they belong to
 HEARS_SPEECH = frozenset({CallState.LISTENING, CallState.THINKING})
-BARGE_IN_STATES = frozenset({CallState.SPEAKING})
+# where the persona's voice stops for the caller's (with barge-in): speech longer than a
+# backchannel (SpeechSustained) stops it and is then heard as in LISTENING
+BARGE_IN_STATES = frozenset({CallState.SPEAKING, CallState.GREETING})
 # where the call takes no more input: only hanging up ends it
 FINAL = frozenset({CallState.GOODBYE, CallState.HOWLER, CallState.ENDED})
 # where the earpiece plays nothing the mic could take for the caller (tones are not speech)
 OPEN_MIC = frozenset({CallState.DIAL_TONE, CallState.DIALING, CallState.LISTENING})
+
+
+def _ready(transcript: Transcript) -> asyncio.Future[Transcript]:
+    """A transcript already made, as the eager one a turn awaits."""
+    done: asyncio.Future[Transcript] = asyncio.get_running_loop().create_future()
+    done.set_result(transcript)
+    return done
+
+
+def joined(earlier: Heard | None, heard: Heard) -> Heard:
+    """The caller went on before hearing any answer: one turn, all of what they said. The eager
+    transcript stays when it was made on exactly that audio (the listener's `context` is the
+    held turn's), else Whisper hears the whole again."""
+    empty = np.zeros(0, dtype=np.int16)
+    if earlier is None:
+        if len(heard.context) == 0:
+            return heard
+        return dataclasses.replace(heard, context=empty, transcript=None)  # answered meanwhile
+    same = len(heard.context) == len(earlier.pcm)
+    pcm = np.concatenate([earlier.pcm, heard.pcm])
+    transcript = heard.transcript if same else None
+    return dataclasses.replace(heard, pcm=pcm, context=empty, transcript=transcript)
 
 
 @dataclass
@@ -228,10 +257,15 @@ class Call:
                 await self._on_key(key)
             case SpeechStarted():
                 await self._on_speech_started()
+            case SpeechSustained():
+                await self._on_speech_sustained()
             case SpeechDropped():
                 self._on_speech_dropped()
             case Heard():
                 self._on_heard(event)
+            case HelpNeeded(heard=heard, transcript=transcript):
+                self.log.event("help_needed_before_greeting")
+                self._start_turn(dataclasses.replace(heard, transcript=_ready(transcript)))
 
     # -- events -------------------------------------------------------------------------------
 
@@ -266,7 +300,12 @@ class Call:
 
     async def _on_speech_started(self) -> None:
         self._idle_stage = 0
-        if self.state is CallState.THINKING and self._turn is not None:
+        if self.options.barge_in and self.state in BARGE_IN_STATES:
+            # the caller speaks over the persona: fall silent at once, as a person would; more
+            # than a backchannel (SpeechSustained) stops it, anything less lets it go on
+            self.deps.sink.mute(True)
+            self.log.event("persona_paused")
+        elif self.state is CallState.THINKING and self._turn is not None:
             # the caller goes on before any answer: hold what they said, join what follows
             self._held = self._turn.heard
             self.log.event("turn_held")
@@ -281,8 +320,21 @@ class Call:
             # push the idle deadline back; a blip the VAD then drops must not stop the timer
             self._arm(Timer.IDLE, self.settings.idle_prompt_s)
 
+    async def _on_speech_sustained(self) -> None:
+        """More than a backchannel over the persona's voice (with barge-in): stop it now, as a
+        person would; what the caller says becomes the next turn, and the history keeps the
+        reply as far as it was heard."""
+        if self.options.barge_in and self.state in BARGE_IN_STATES:
+            self.log.event("barge_in", over=self._activity_name)
+            log.info("barge_in", over=self._activity_name)
+            await self._stop_activity()
+            self._listen()
+
     def _on_speech_dropped(self) -> None:
-        """The caller's "going on" was a cough or a knock: answer what they had said."""
+        """The caller's "going on" was a cough or a knock: answer what they had said (or, over
+        the persona's voice, let it go on)."""
+        if self.state in BARGE_IN_STATES:
+            self._resume_persona("blip")
         held, self._held = self._held, None
         if held is not None and self.state is CallState.LISTENING:
             self.log.event("turn_resumed")
@@ -294,22 +346,39 @@ class Call:
             self.log.event("hello_heard")
             self._disarm(Timer.DIAL_TONE)
             self._start("greeting", self._greet)
+            self._track(asyncio.ensure_future(self._check_first_words(heard)))
             return
-        hears = HEARS_SPEECH | (BARGE_IN_STATES if self.options.barge_in else frozenset())
-        if self.state not in hears:
-            reason = "persona speaking" if self.state in BARGE_IN_STATES else self.state.value
+        if self.state not in HEARS_SPEECH:
+            reason = self.state.value
+            if self.state in BARGE_IN_STATES:  # too short to stop the persona (no barge-in)
+                reason = "backchannel" if self.options.barge_in else "persona speaking"
+                self._resume_persona(reason)
             self.log.event("speech_ignored", reason=reason, seconds=heard.seconds)
             log.info("speech_ignored", reason=reason, seconds=heard.seconds)
             return
         earlier, self._held = self._held, None
         if self.state is CallState.THINKING and self._turn is not None:
             earlier = self._turn.heard  # both parts came before the hold could
-        if earlier is not None:
-            # the caller went on before hearing any answer: one turn, all of what they said
-            pcm = np.concatenate([earlier.pcm, heard.pcm])
-            heard = dataclasses.replace(heard, pcm=pcm, transcript=None)
+        heard = joined(earlier, heard)
         self.log.event("turn_started", joined=earlier is not None, seconds=heard.seconds)
         self._start_turn(heard)
+
+    async def _check_first_words(self, heard: Heard) -> None:
+        """Words said over the dial tone only bring the greeting, unless they call for help
+        ("I want to end it all" as the first thing said): then they are the first turn."""
+        try:
+            transcript = await self.deps.transcriber.transcribe(heard.pcm)
+        except Exception as exc:  # the greeting goes on; nothing else depends on this
+            log.warning("first_words_unheard", error=repr(exc))
+            return
+        if transcript.is_speech and recognise(transcript.text) is not None:
+            self.post(HelpNeeded(heard, transcript))
+
+    def _resume_persona(self, why: str) -> None:
+        """Speech over the persona that was less than a barge-in: it sounds again."""
+        if self.options.barge_in:
+            self.deps.sink.mute(False)
+            self.log.event("persona_resumed", why=why)
 
     def _start_turn(self, heard: Heard) -> None:
         self._disarm(Timer.IDLE)
@@ -337,6 +406,7 @@ class Call:
     # -- what the caller hears ----------------------------------------------------------------
 
     def _listen(self) -> None:
+        self.deps.sink.mute(False)  # a reply that ended while the caller spoke over it
         self._set_state(CallState.LISTENING)
         self._activity_name = ""
         wait = (
@@ -454,6 +524,7 @@ class Call:
         """Replace the current activity with a new one (the old one is interrupted first)."""
         previous = self._activity
         self.interrupt()
+        self.deps.sink.mute(False)
         if previous is not None and previous.done():
             previous = None
         if name != "turn":
@@ -530,6 +601,7 @@ class Call:
     def _conversation_for(self, persona: Persona) -> Conversation:
         """The persona's memory; its example exchanges only with the full prompt (a model tuned
         on the tag learned the voice from its data and never saw examples in its prompts)."""
-        prompt = choose_system_prompt(self.options.prompt_style, persona.prompt_tag, persona.prompt)
+        chosen = choose(self.options.prompt_style, self.deps.backend.declared_prompt_style)
+        prompt = chosen.system_prompt(persona.prompt_tag, persona.prompt)
         examples = persona.example_pairs if prompt == persona.prompt else ()
         return Conversation(prompt, self.options.history_tokens, examples=examples)

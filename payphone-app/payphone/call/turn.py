@@ -18,10 +18,12 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from payphone.call.endings import asks, sounds_unfinished
+from payphone.call.crisis import HelpLine, help_for
+from payphone.call.endings import asks, reads_complete, sounds_unfinished
 from payphone.call.events import Heard
 from payphone.call.lines import LineBook
 from payphone.call.player import play_and_wait
+from payphone.config import HelpSettings
 from payphone.hardware.base import AudioSink
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError
 from payphone.llm.history import Conversation
@@ -74,6 +76,7 @@ class TurnRecord:
     cause: str | None = None
     interrupted: bool = False
     filler: bool = False
+    help_line: str | None = None  # "crisis" / "emergency": the phone's help line, not the model
     latency_ms: dict[str, float] = field(default_factory=dict)
 
     def mark(self, name: str) -> None:
@@ -86,6 +89,7 @@ class TurnRecord:
             "reply": self.reply,
             "fallback": self.fallback,
             "interrupted": self.interrupted,
+            "help_line": self.help_line,
             "latency_ms": {name: self.latency_ms.get(name) for name in MARKS},
         }
 
@@ -101,6 +105,7 @@ class TurnDeps:
     lines: LineBook
     speakable: Speakable
     options: ChatOptions = field(default_factory=ChatOptions)
+    help: HelpSettings = field(default_factory=HelpSettings)
     filler_after_s: float = 1.2
     chunk_queue: int = 4
     pcm_queue: int = 32
@@ -141,7 +146,10 @@ class Turn:
             rec.heard = transcript.text.strip()
             self._speak_not_before(rec.heard)
             self.conversation.add_user(rec.heard)
-            await self._reply_with_fallbacks()
+            if (help_line := help_for(rec.heard, self.persona, self.deps.help)) is not None:
+                await self._give_help(help_line)
+            else:
+                await self._reply_with_fallbacks()
         except asyncio.CancelledError:
             self._cut_off()
             raise
@@ -154,7 +162,7 @@ class Turn:
         rec.mark("reply_done")
         log.info(
             "turn_done",
-            heard=rec.heard,
+            heard=rec.heard if rec.help_line is None else "(withheld: help line)",
             reply=rec.reply,
             fallback=rec.fallback,
             cause=rec.cause,
@@ -165,11 +173,14 @@ class Turn:
     def _speak_not_before(self, text: str) -> None:
         """Cut before the silence limit but maybe unfinished (the turn model was unsure and the
         words are no question, or the words trail off: "My name is"): work now, speak at the
-        limit. If the caller goes on meanwhile, the call cancels this turn and their words join
-        it."""
-        unsure = sounds_unfinished(text) or (self.heard.tentative and not asks(text))
-        if unsure and self.heard.limit_at > time.monotonic():
-            self._not_before = self.heard.limit_at
+        limit, or a little sooner when the words are a complete statement. If the caller goes on
+        meanwhile, the call cancels this turn and their words join it."""
+        heard = self.heard
+        unsure = sounds_unfinished(text) or (heard.tentative and not asks(text))
+        if unsure and heard.limit_at > time.monotonic():
+            self._not_before = heard.limit_at
+            if heard.tentative and heard.complete_at and reads_complete(text):
+                self._not_before = min(heard.limit_at, heard.complete_at)
             wait_ms = ms(self._not_before - time.monotonic())
             log.info(
                 "turn_speaks_later", heard=text, tentative=self.heard.tentative, wait_ms=wait_ms
@@ -181,6 +192,23 @@ class Turn:
         rec.fallback, rec.cause, rec.reply = True, cause, ""
         self.conversation.discard_unanswered()
         await self._say(await self.deps.lines.line(self.persona, "apology"))
+
+    async def _give_help(self, help_line: HelpLine) -> None:
+        """A caller in crisis: the persona's fixed help line, never the model's words. It goes
+        into the history like a reply, so the model goes on knowing what was said; the log
+        names the kind of line, never the caller's words."""
+        rec = self.record
+        rec.help_line = help_line.kind
+        log.info("help_line_given", kind=help_line.kind, persona=self.persona.id)
+        pcm = await self.deps.lines.render(self.persona, help_line.text)
+        await asyncio.sleep(max(0.0, self._not_before - time.monotonic()))
+        self._spoken.append(help_line.text)  # cut off from here on: kept as heard, interrupted
+        rec.mark("first_audio")
+        if self.on_audible is not None:
+            self.on_audible()
+        await self._say(pcm)
+        rec.reply = help_line.text
+        self.conversation.add_assistant(rec.reply)
 
     async def _reply_with_fallbacks(self) -> None:
         try:

@@ -274,6 +274,7 @@ class PyAudioSink(AudioSink):
         self._thread: threading.Thread | None = None
         self._generation = 0
         self._down = False
+        self._muted = False  # read by the playback thread: zeros go out instead of the audio
         self.frames_written = 0
 
     def _new_resampler(self) -> Any:
@@ -348,7 +349,12 @@ class PyAudioSink(AudioSink):
             self._changed.clear()
             await self._changed.wait()
 
+    def mute(self, muted: bool) -> None:
+        """Write silence instead of the queued audio (which keeps its pace), or sound again."""
+        self._muted = muted
+
     def stop(self) -> None:
+        self._muted = False
         with self._cond:
             self._generation += 1
             self._queue.clear()
@@ -395,7 +401,8 @@ class PyAudioSink(AudioSink):
                     self._notify(loop)
                     started = time.monotonic()
                     try:
-                        device.stream.write(piece.tobytes(), exception_on_underflow=False)
+                        sound = np.zeros_like(piece) if self._muted else piece
+                        device.stream.write(sound.tobytes(), exception_on_underflow=False)
                     finally:
                         self._writing = False
                     self.frames_written += len(piece)

@@ -23,6 +23,12 @@ class AudioSource(ABC):
     def frames(self) -> AsyncIterator[Pcm]:
         """Frames of exactly `frame_samples` samples, as they arrive."""
 
+    async def frames_with_reference(self) -> AsyncIterator[tuple[Pcm, Pcm | None]]:
+        """Each frame with what the earpiece played over the same span (an echo canceller's
+        reference, same rate and length), or None where this source cannot tell."""
+        async for frame in self.frames():
+            yield frame, None
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release the device."""
 
@@ -43,6 +49,13 @@ class AudioSink(ABC):
     @abstractmethod
     def stop(self) -> None:
         """Drop everything queued at once: silence within one buffer. Safe in cancel handlers."""
+
+    def mute(self, muted: bool) -> None:
+        """Silence the earpiece at once without dropping what is queued, or sound again (the
+        caller may be talking over the persona; it may have been only "mm-hm"). What plays while
+        muted is lost, as if heard. A sink that cannot mute stops instead."""
+        if muted:
+            self.stop()
 
     @property
     @abstractmethod

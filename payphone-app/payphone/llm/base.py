@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
+from payphone.llm.prompt_style import Declared
+
 
 class Message(TypedDict):
     role: Literal["system", "user", "assistant"]
@@ -42,6 +44,11 @@ class ChatBackend(ABC):
 
     @abstractmethod
     def stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[str]: ...
+
+    @property
+    def declared_prompt_style(self) -> Declared | None:
+        """What the model says it was trained on (`payphone.prompt_style`); None until known."""
+        return None
 
     async def warm_up(  # noqa: B027 - optional hook
         self, system_prompt: str, examples: Sequence[Message] = ()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
+from payphone.llm.prompt_style import Declared
 from payphone.log import get_logger, ms
 
 log = get_logger("payphone.llm.breaker")
@@ -28,6 +29,9 @@ log = get_logger("payphone.llm.breaker")
 CIRCUIT_OPEN = "circuit_open"
 
 Probe = Callable[[], Awaitable[None]]
+# a prompt to prime, or how to make it once the probe has reached the model (which may say
+# what prompt style it was trained on)
+SystemPrompt = str | Callable[[], str]
 
 
 class BreakerState(StrEnum):
@@ -89,7 +93,7 @@ class CircuitBreaker(ChatBackend):
         self._last_detail = ""
         self._opened_at: float | None = None
         self._probes = 0
-        self._system_prompt: str | None = None
+        self._system_prompt: SystemPrompt | None = None
         self._examples: tuple[Message, ...] = ()
         self._prober: asyncio.Task[None] | None = None
         self._closed_event = asyncio.Event()
@@ -110,19 +114,26 @@ class CircuitBreaker(ChatBackend):
     def state(self) -> BreakerState:
         return self._state
 
+    @property
+    def declared_prompt_style(self) -> Declared | None:
+        return self.backend.declared_prompt_style
+
     async def wait_closed(self) -> None:
         """Return once the breaker is closed (tests, and start-up code that wants to wait)."""
         await self._closed_event.wait()
 
     async def start(
-        self, system_prompt: str | None = None, *, background: bool = False
+        self, system_prompt: SystemPrompt | None = None, *, background: bool = False
     ) -> BreakerStatus:
         """Probe once and warm up; on failure start degraded (open) and keep probing.
 
         `background`: return at once (state starting) and do all that in a task.
+        `system_prompt` may be a function: it is called after each successful probe, so the
+        prompt can depend on what the probe learnt about the model (its prompt style).
         """
         if system_prompt is not None:
             self._system_prompt = system_prompt
+            self._examples = ()  # a call primes its persona's examples at pick-up
         if background:
             self._state = BreakerState.STARTING
             self._closed_event.clear()
@@ -139,8 +150,11 @@ class CircuitBreaker(ChatBackend):
     async def _up(self) -> None:
         """The backend answers its probe and has the last system prompt primed."""
         await self._probe()
-        if self._system_prompt is not None:
-            await self.backend.warm_up(self._system_prompt, self._examples)
+        prompt = self._system_prompt
+        if callable(prompt):
+            prompt = prompt()
+        if prompt is not None:
+            await self.backend.warm_up(prompt, self._examples)
 
     async def _start_up(self) -> None:
         try:

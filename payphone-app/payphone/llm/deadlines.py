@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.llm.ollama_backend import STALL_FIRST_TOKEN, STALL_MID_STREAM
+from payphone.llm.prompt_style import Declared
 from payphone.log import get_logger
 
 log = get_logger("payphone.llm.deadlines")
@@ -26,6 +27,10 @@ class Deadlines(ChatBackend):
         self.backend = backend
         self.first_token_s = first_token_s
         self.token_s = token_s
+
+    @property
+    def declared_prompt_style(self) -> Declared | None:
+        return self.backend.declared_prompt_style
 
     async def stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[str]:
         inner = self.backend.stream(messages, options)

@@ -30,6 +30,7 @@ from typing import Any
 
 from payphone.bridge import ThreadStream
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
+from payphone.llm.prompt_style import Declared, declared_style
 from payphone.log import get_logger, ms
 from payphone.streams import HIT_LIMIT
 
@@ -98,6 +99,11 @@ class EmbeddedBackend(ChatBackend):
         self._stop: threading.Event | None = None  # the running generation's stop flag
         self._abort_callback: Any = None  # kept alive while llama.cpp holds it
         self.last_stats: GenerationStats | None = None
+        self._declared: Declared | None = None  # read from the GGUF's metadata at load
+
+    @property
+    def declared_prompt_style(self) -> Declared | None:
+        return self._declared
 
     async def load(self) -> None:
         """Load the GGUF once (in a thread; ~0.1 s for the demo model, seconds for a persona)."""
@@ -125,11 +131,13 @@ class EmbeddedBackend(ChatBackend):
             _route_llama_logs(llama_cpp)
             self._abort_callback = llama_cpp.ggml_abort_callback(self._should_abort)
             llama_cpp.llama_set_abort_callback(self._llm._ctx.ctx, self._abort_callback, None)
+            self._declared = declared_style(self._llm.metadata, f"GGUF {self.model_path.name}")
             log.info(
                 "llm_loaded",
                 backend="embedded",
                 model=self.model_path.name,
                 chat_format=self._llm.chat_format,
+                prompt_style=self._declared.style,
                 load_ms=ms(time.perf_counter() - started),
             )
 

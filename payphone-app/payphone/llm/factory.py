@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from payphone.config import LlmSettings
-from payphone.llm.base import ChatBackend, ChatOptions
+from payphone.config import LlmSettings, Settings
+from payphone.llm.base import ChatBackend, ChatOptions, LlmError
 from payphone.llm.breaker import CircuitBreaker
 from payphone.llm.deadlines import Deadlines
 from payphone.llm.embedded import EmbeddedBackend
-from payphone.llm.history import Conversation, TokenCounter, choose_system_prompt, estimate_tokens
+from payphone.llm.history import Conversation, TokenCounter, estimate_tokens
 from payphone.llm.ollama_backend import OllamaBackend, keep_alive_value
+from payphone.llm.prompt_style import (
+    PROMPT_STYLE_KEY,
+    ChosenStyle,
+    Declared,
+    choose,
+    declared_style,
+)
 
 
 def chat_options(llm: LlmSettings) -> ChatOptions:
@@ -58,8 +66,56 @@ def build_backend(llm: LlmSettings, gguf: Path | None = None) -> CircuitBreaker:
 
 
 def conversation(
-    llm: LlmSettings, tag: str, prompt: str, count_tokens: TokenCounter = estimate_tokens
+    llm: LlmSettings,
+    tag: str,
+    prompt: str,
+    count_tokens: TokenCounter = estimate_tokens,
+    declared: Declared | None = None,
 ) -> Conversation:
-    """A new call's memory for a persona: its tag or full prompt per `llm.prompt_style`."""
-    system = choose_system_prompt(llm.prompt_style, tag, prompt)
+    """A new call's memory for a persona: its tag or full prompt per `llm.prompt_style` and,
+    for "auto", what the model `declared` (a backend's `declared_prompt_style`)."""
+    system = choose(llm.prompt_style, declared).system_prompt(tag, prompt)
     return Conversation(system, llm.history_tokens, count_tokens)
+
+
+def read_gguf_style(gguf: Path) -> Declared:
+    """The prompt style a GGUF declares, read by llama.cpp with the vocabulary only (no weights,
+    no context: ~0.1 s and nothing written to stderr)."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp._logger import set_verbose
+
+    set_verbose(False)
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), params)
+    if not model:
+        raise ValueError(f"{gguf}: llama.cpp cannot read this GGUF")
+    try:
+        value = ctypes.create_string_buffer(64)
+        found = llama_cpp.llama_model_meta_val_str(model, PROMPT_STYLE_KEY.encode(), value, 64)
+    finally:
+        llama_cpp.llama_model_free(model)
+    metadata = {PROMPT_STYLE_KEY: value.value.decode()} if found >= 0 else {}
+    return declared_style(metadata, f"GGUF {gguf.name}")
+
+
+async def chosen_prompt_style(settings: Settings) -> ChosenStyle:
+    """The style calls would use, asking the configured model as the phone does (`doctor`,
+    `personas`): the GGUF's metadata, or Ollama's `show` for the model on Pi #2."""
+    llm = settings.llm
+    if llm.prompt_style != "auto":
+        return choose(llm.prompt_style, None)
+    if llm.backend == "embedded":
+        from payphone.models import resolve_gguf
+
+        return choose("auto", await asyncio.to_thread(read_gguf_style, resolve_gguf(settings)))
+    backend = build_ollama(llm)
+    backend.probe_timeout_s = llm.connect_timeout_s
+    try:
+        return choose("auto", await backend.ask_prompt_style())
+    except LlmError as exc:
+        return ChosenStyle("full", f"default: cannot ask Ollama for {llm.ollama_model} ({exc})")
+    finally:
+        await backend.aclose()

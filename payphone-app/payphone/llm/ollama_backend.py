@@ -23,6 +23,7 @@ import ollama
 import pydantic
 
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
+from payphone.llm.prompt_style import Declared, declared_style
 from payphone.log import get_logger, ms
 from payphone.streams import HIT_LIMIT
 
@@ -137,6 +138,11 @@ class OllamaBackend(ChatBackend):
             connect=connect_timeout_s, read=None, write=connect_timeout_s, pool=connect_timeout_s
         )
         self._client = ollama.AsyncClient(host=host, timeout=timeout)
+        self._declared: Declared | None = None  # asked once, at the first successful probe
+
+    @property
+    def declared_prompt_style(self) -> Declared | None:
+        return self._declared
 
     def _options(self, options: ChatOptions) -> dict[str, Any]:
         opts: dict[str, Any] = {
@@ -279,9 +285,33 @@ class OllamaBackend(ChatBackend):
         return wanted in await self.list_models()
 
     async def probe(self) -> None:
-        """Health check for the breaker and `doctor`: the server answers and has the model."""
+        """Health check for the breaker and `doctor`: the server answers and has the model.
+
+        The first time it does, ask which prompt style the model was trained on.
+        """
         if not await self.has_model():
             raise LlmError(MODEL_NOT_FOUND, f"{self.model} is not on {self.host}")
+        if self._declared is None:
+            try:
+                await self.ask_prompt_style()
+            except LlmError as exc:  # the model still chats; ask again at the next probe
+                log.warning("llm_prompt_style_unknown", model=self.model, cause=exc.cause)
+
+    async def ask_prompt_style(self) -> Declared:
+        """`ollama show`: its `model_info` lists the GGUF's metadata, `payphone.prompt_style`
+        among it (Ollama keeps every key of the GGUF it was given)."""
+        try:
+            async with asyncio.timeout(self.probe_timeout_s):
+                shown = await self._client.show(self.model)
+        except TimeoutError:
+            raise LlmError(
+                PROBE_TIMEOUT, f"/api/show: no answer within {self.probe_timeout_s:g} s"
+            ) from None
+        except Exception as exc:
+            raise classify(exc) from exc
+        self._declared = declared_style(shown.modelinfo, f"Ollama model {self.model}")
+        log.info("llm_prompt_style_declared", model=self.model, style=self._declared.style)
+        return self._declared
 
     async def aclose(self) -> None:
         await self._client.close()

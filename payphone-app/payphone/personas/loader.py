@@ -7,13 +7,14 @@ reported with its path and field, and the others still load.
 from __future__ import annotations
 
 import re
+import string
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from payphone.speech.base import VoiceSpec
 
@@ -58,6 +59,48 @@ class Example(BaseModel):
         return reply
 
 
+HELP_PLACEHOLDERS = ("crisis_number", "emergency_number")
+DEFAULT_CRISIS_LINE = (
+    "I'm really glad you told me. You don't have to go through this alone. Please call the crisis "
+    "line, any time, day or night, and talk with someone who can help. The number is "
+    "{crisis_number}. If you're in danger right now, the emergency number is {emergency_number}. "
+    "I'm still here with you."
+)
+DEFAULT_EMERGENCY_LINE = (
+    "That sounds like an emergency. Please call for help right now, or ask someone near you to "
+    "call. The number is {emergency_number}. I'm staying right here on the line."
+)
+
+
+class HelpLines(BaseModel):
+    """What the persona says to a caller in crisis (`call/crisis.py` decides when), in its own
+    words. The numbers are placeholders filled from the `[help]` settings, never written here,
+    so a persona file can never send a caller to a wrong number."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    crisis: Annotated[str, Field(min_length=1)] = DEFAULT_CRISIS_LINE
+    emergency: Annotated[str, Field(min_length=1)] = DEFAULT_EMERGENCY_LINE
+
+    @field_validator("crisis", "emergency")
+    @classmethod
+    def _numbers_come_from_settings(cls, text: str, info: ValidationInfo) -> str:
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"broken placeholder ({exc})") from None
+        allowed = ", ".join(f"{{{name}}}" for name in HELP_PLACEHOLDERS)
+        if names - set(HELP_PLACEHOLDERS):
+            unknown = ", ".join(sorted(f"{{{n}}}" for n in names - set(HELP_PLACEHOLDERS)))
+            raise ValueError(f"unknown placeholder {unknown}; allowed: {allowed}")
+        if re.search(r"\d", text):
+            raise ValueError(f"no digits: write {allowed}; the numbers come from [help] settings")
+        needed = f"{info.field_name}_number"
+        if needed not in names:
+            raise ValueError(f"must name the number as {{{needed}}}")
+        return text
+
+
 class Persona(BaseModel):
     """One character on the line."""
 
@@ -81,6 +124,7 @@ class Persona(BaseModel):
     )
     fillers: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     voice: VoiceFields = Field(default_factory=VoiceFields)
+    help: HelpLines = Field(default_factory=HelpLines)
     examples: Annotated[list[Example], Field(max_length=MAX_EXAMPLES)] = Field(default_factory=list)
 
     @property

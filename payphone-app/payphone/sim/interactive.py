@@ -16,6 +16,7 @@ from rich.console import Console
 from payphone.call.options import CallOptions, first_persona
 from payphone.config import Settings
 from payphone.personas.loader import load_personas
+from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.recording import MicTape, build_report, write_call_wav, write_report
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.runner import MIC_RATE, ScriptRunner
@@ -89,7 +90,10 @@ async def _speakers(settings: Settings, rig: Rig) -> None:
         await speakers.aclose()
 
 
-async def interactive(settings: Settings, out_dir: object, console: Console) -> None:
+async def interactive(
+    settings: Settings, out_dir: object, console: Console, echo: HandsetEcho | None = None
+) -> None:
+    """Run the keyboard loop; `echo`: the earpiece leaks back into the mouthpiece."""
     from pathlib import Path
 
     out = Path(str(out_dir))
@@ -104,6 +108,7 @@ async def interactive(settings: Settings, out_dir: object, console: Console) -> 
         CallOptions.from_settings(settings),
         personas=book,
         live_mic=mic,
+        echo=echo,
     )
     task = await rig.start()
     tape = MicTape(MIC_RATE)
@@ -147,8 +152,8 @@ async def interactive(settings: Settings, out_dir: object, console: Console) -> 
         await rig.sink.aclose()
         rig.hook.close()
         await stages.aclose()
-    report = build_report([call.log for call in rig.calls])
-    write_call_wav(out / "call.wav", rig.sink.heard, tape, rig.sink.sample_rate)
+    report = build_report([call.log for call in rig.calls], rig.sink.underruns)
+    write_call_wav(out / "call.wav", rig.sink, tape)
     write_report(out / "report.json", report)
     print_summary(report, console)
     console.print(f"recording: {out / 'call.wav'}; report: {out / 'report.json'}")

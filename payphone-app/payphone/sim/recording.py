@@ -1,7 +1,8 @@
 """What a simulated call leaves behind: `call.wav` and `report.json`.
 
 `call.wav` is stereo at the earpiece's rate: left is what the caller heard, right what they said,
-each placed at the moment it happened, so the recording shows the real gaps and overlaps.
+each placed at the moment it happened, so the recording shows the real gaps and overlaps (and
+the earpiece's real underruns, which `report.json` counts per turn).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import soxr
 
 from payphone.call.session import CallLog
-from payphone.hardware.memory_audio import HeardBuffer
+from payphone.hardware.memory_audio import MemorySink, Underrun
 from payphone.pcm import Pcm
 
 
@@ -33,25 +34,35 @@ class MicTape:
         self.pieces.append((time.monotonic(), pcm))
 
 
-def _place(track: np.ndarray, at_s: float, pcm: np.ndarray, rate: int) -> np.ndarray:
-    start = max(0, round(at_s * rate))
-    end = start + len(pcm)
-    if end > len(track):
-        track = np.concatenate([track, np.zeros(end - len(track), dtype=np.int32)])
-    track[start:end] += pcm.astype(np.int32)
+def _track(pieces: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """Mix (first sample, pcm) pieces onto one int32 track; anything before sample 0 is cut."""
+    length = max((at + len(pcm) for at, pcm in pieces), default=0)
+    track = np.zeros(max(0, length), dtype=np.int32)
+    for at, pcm in pieces:
+        skip = max(0, -at)
+        if skip < len(pcm):
+            track[at + skip : at + len(pcm)] += pcm[skip:].astype(np.int32)
     return track
 
 
-def write_call_wav(path: Path, heard: list[HeardBuffer], tape: MicTape, rate: int) -> float:
-    """Write the stereo recording; returns its length in seconds."""
-    left = np.zeros(0, dtype=np.int32)
-    for buffer in heard:
-        left = _place(left, buffer.at - tape.started, buffer.pcm, rate)
-    right = np.zeros(0, dtype=np.int32)
+def write_call_wav(path: Path, sink: MemorySink, tape: MicTape) -> float:
+    """Write the stereo recording at the earpiece's rate; returns its length in seconds.
+
+    The earpiece's buffers lie on its own sample clock, end to end as they were heard, and the
+    clock is placed on the tape's once: no rounding per buffer, so the recording adds no gaps or
+    overlaps of its own. Needs a real-time earpiece (`speed` 1).
+    """
+    if sink.speed != 1:
+        raise ValueError(f"a call recording needs a real-time earpiece, not speed {sink.speed}")
+    rate = sink.sample_rate
+    offset = round((sink.epoch - tape.started) * rate)
+    left = _track([(offset + buffer.sample, buffer.pcm) for buffer in sink.heard])
+    caller = []
     for at, pcm in tape.pieces:
         if tape.rate != rate:
             pcm = soxr.resample(pcm.astype(np.float32), tape.rate, rate)
-        right = _place(right, at - tape.started, np.asarray(pcm), rate)
+        caller.append((round((at - tape.started) * rate), np.asarray(pcm)))
+    right = _track(caller)
     length = max(len(left), len(right))
     stereo = np.zeros((length, 2), dtype=np.int32)
     stereo[: len(left), 0] = left
@@ -66,11 +77,29 @@ def write_call_wav(path: Path, heard: list[HeardBuffer], tape: MicTape, rate: in
     return length / rate
 
 
-def build_report(calls: list[CallLog]) -> dict[str, Any]:
-    """The report's schema: every turn of every call in order, and every event with its call."""
-    turns = [turn.as_report() for call in calls for turn in call.turns]
+def build_report(calls: list[CallLog], underruns: list[Underrun] | None = None) -> dict[str, Any]:
+    """The report's schema: every turn of every call in order (with the earpiece underruns in it),
+    every event with its call, and every underrun with its call and time in the call."""
+    found = underruns or []
+    turns: list[dict[str, Any]] = []
+    listed: list[dict[str, Any]] = []
+    for index, call in enumerate(calls):
+        ends = calls[index + 1].started if index + 1 < len(calls) else float("inf")
+        mine = [u for u in found if call.started <= u.at < ends]
+        listed += [
+            {
+                "call_id": call.call_id,
+                "t_ms": round((u.at - call.started) * 1000),
+                "gap_ms": round(u.gap_s * 1000, 1),
+            }
+            for u in mine
+        ]
+        for number, turn in enumerate(call.turns):
+            until = call.turns[number + 1].speech_end if number + 1 < len(call.turns) else ends
+            inside = sum(turn.speech_end <= u.at < until for u in mine)
+            turns.append({**turn.as_report(), "underruns": inside})
     events = [{"call_id": call.call_id, **event} for call in calls for event in call.events]
-    return {"turns": turns, "events": events}
+    return {"turns": turns, "events": events, "underruns": listed}
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:

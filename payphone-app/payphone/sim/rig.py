@@ -2,7 +2,7 @@
 
 Tests, `bench hangup` and the simulator build their phones here, so each drives the real call
 loop the same way: lift and replace the handset on a mock hook pin, press keys, speak into the
-in-memory mic, and listen to the in-memory earpiece.
+in-memory mic, and listen to the in-memory earpiece (optionally leaking back into the mic).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from payphone.hardware.hook import GpioHookSwitch
 from payphone.hardware.keypad import QueueKeypad
 from payphone.hardware.memory_audio import MemorySink, MemorySource
 from payphone.personas.loader import PersonaBook, load_personas
+from payphone.sim.echo_path import HandsetEcho
+from payphone.sim.handset import Handset
 
 HOOK_PIN = 17
 
@@ -37,6 +39,7 @@ class Rig:
     mic: MemorySource
     sink: MemorySink
     pins: MockFactory
+    handset: Handset
     states: list[CallState] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
 
@@ -77,26 +80,34 @@ def build_rig(
     live_mic: bool = False,
     keep_heard: bool = True,
     earpiece: AudioSink | None = None,
+    echo: HandsetEcho | None = None,
+    keep_mic: bool = False,
 ) -> Rig:
     """Assemble a phone on mock pins; start `rig.phone.run()` in a task to switch it on.
 
     `earpiece`: another sink for the phone (e.g. a PyAudio sink whose device is gone) instead
     of the recording one; `rig.sink` then hears nothing.
+    `echo`: the earpiece leaks back into the mouthpiece (`sim/echo_path.py`); the phone then
+    hears `rig.handset`, which keeps the mic on a sample clock beside the earpiece's.
+    `keep_mic`: `rig.handset.delivered` keeps every frame the phone heard.
     """
+    if echo is not None and earpiece is not None:
+        raise ValueError("the echo comes from the rig's own earpiece: no other `earpiece` with it")
     pins = MockFactory()
     hook = GpioHookSwitch(HOOK_PIN, "normally_open", debounce_ms=debounce_ms, pin_factory=pins)
     keypad = QueueKeypad()
     mic = MemorySource(16000, mic_frame_ms, live=live_mic)
     sink = MemorySink(stages.synthesizer.sample_rate, speed=sink_speed, keep_heard=keep_heard)
+    handset = Handset(mic, sink, echo, keep=keep_mic)
     calls: list[Call] = []
     states: list[CallState] = []
     phone = build_phone(
         stages,
-        PhoneHardware(hook, [keypad, *(extra_keypads or [])], mic, earpiece or sink),
+        PhoneHardware(hook, [keypad, *(extra_keypads or [])], handset, earpiece or sink),
         personas or load_personas(),
         options or CallOptions(),
         lines=lines,
         on_call=calls.append,
         on_state=states.append,
     )
-    return Rig(phone, hook, keypad, mic, sink, pins, states, calls)
+    return Rig(phone, hook, keypad, mic, sink, pins, handset, states, calls)

@@ -25,6 +25,7 @@ from payphone.hardware.base import HookState
 from payphone.log import get_logger
 from payphone.pcm import Pcm
 from payphone.personas.loader import PersonaBook
+from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.recording import MicTape
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.script import Step
@@ -145,9 +146,22 @@ async def run_script(
     *,
     personas: PersonaBook,
     fast: bool = False,
+    sink_speed: float = 1.0,
+    echo: HandsetEcho | None = None,
 ) -> SimResult:
-    """Play the script on a fresh simulated phone; hangs up at the end if the script did not."""
-    rig = build_rig(stages, options, personas=personas, extra_keypads=[InbandKeypad(MIC_RATE)])
+    """Play the script on a fresh simulated phone; hangs up at the end if the script did not.
+
+    `sink_speed` > 1 plays the earpiece that many times faster (tests with long replies).
+    `echo`: the earpiece leaks back into the mic (the caller's audio then reaches the phone on
+    the mic's real-time clock, also with `fast`)."""
+    rig = build_rig(
+        stages,
+        options,
+        personas=personas,
+        extra_keypads=[InbandKeypad(MIC_RATE)],
+        sink_speed=sink_speed,
+        echo=echo,
+    )
     task = await rig.start()
     tape = MicTape(MIC_RATE)
     runner = ScriptRunner(rig, tape, fast)

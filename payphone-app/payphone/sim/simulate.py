@@ -24,7 +24,8 @@ from payphone.config import Settings
 from payphone.models import resolve_gguf, resolve_voice
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
-from payphone.sim.gaps import reply_gaps
+from payphone.sim.echo_path import HandsetEcho
+from payphone.sim.gaps import recording_dropouts, reply_gaps
 from payphone.sim.recording import build_report, write_call_wav, write_report
 from payphone.sim.runner import run_script, to_mic_rate
 from payphone.sim.script import load_script
@@ -52,9 +53,15 @@ def answering_model(settings: Settings) -> str:
 
 
 async def simulate(
-    settings: Settings, script: Path, out_dir: Path, fast: bool, console: Console
+    settings: Settings,
+    script: Path,
+    out_dir: Path,
+    fast: bool,
+    console: Console,
+    echo: HandsetEcho | None = None,
 ) -> dict[str, Any]:
-    """Run one script end to end; returns the report."""
+    """Run one script end to end (with the earpiece leaking into the mic with `echo`); returns
+    the report."""
     steps = load_script(script)
     book = load_personas(settings.personas.user_dir)
     for problem in book.errors:
@@ -72,14 +79,19 @@ async def simulate(
             CallOptions.from_settings(settings),
             personas=book,
             fast=fast,
+            echo=echo,
         )
     finally:
         await stages.aclose()
-    report = {"model": answering_model(settings), **build_report(result.calls)}
-    seconds = write_call_wav(
-        out_dir / "call.wav", result.rig.sink.heard, result.tape, result.rig.sink.sample_rate
-    )
+    report = {
+        "model": answering_model(settings),
+        **build_report(result.calls, result.rig.sink.underruns),
+    }
+    seconds = write_call_wav(out_dir / "call.wav", result.rig.sink, result.tape)
     report["reply_gaps_s"] = await asyncio.to_thread(reply_gaps, out_dir / "call.wav")
+    report["earpiece_dropouts"] = len(
+        await asyncio.to_thread(recording_dropouts, out_dir / "call.wav")
+    )
     write_report(out_dir / "report.json", report)
     print_summary(report, console)
     console.print(f"model: {report['model']}")
@@ -96,6 +108,8 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         latency = turn["latency_ms"]
         first_audio = latency.get("first_audio")
         note = "fallback" if turn["fallback"] else ("cut off" if turn["interrupted"] else "")
+        if turn.get("help_line"):
+            note = f"help line ({turn['help_line']}) {note}".strip()
         table.add_row(
             str(index),
             turn["persona"],
@@ -107,6 +121,11 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     console.print(table)
     calls = len({e["call_id"] for e in report["events"]})
     console.print(f"{calls} call(s), {len(report['turns'])} turn(s)")
+    if report.get("underruns") or report.get("earpiece_dropouts"):
+        console.print(
+            f"earpiece: {len(report.get('underruns', []))} underrun(s) (the reply could not keep "
+            f"up), {report.get('earpiece_dropouts', 0)} dropout(s) in call.wav"
+        )
     gaps = report.get("reply_gaps_s")
     if gaps:
         heard = ", ".join(f"{gap:.2f}" for gap in gaps)

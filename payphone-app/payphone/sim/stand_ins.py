@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from payphone.call.events import Heard, SpeechDropped, SpeechStarted
+from payphone.call.events import Heard, MicEvent, SpeechStarted, SpeechSustained
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.pcm import Pcm
 from payphone.speech.base import Synthesizer, Transcriber, Transcript, VoiceSpec
@@ -34,6 +34,8 @@ class EnergyEndpointer:
 
     `unsure_s` > 0: every utterance is cut as the turn model cuts an unsure one (tentative, to
     be heard only that much later), so the loop's speculative path can be driven and timed.
+    `sustain_frames` loud frames in one utterance are more than a backchannel (barge-in).
+    `barge_in`: the mic is heard while our voice plays (as if echo-free); else it is gated.
     """
 
     def __init__(
@@ -42,22 +44,30 @@ class EnergyEndpointer:
         hangover_frames: int = 5,
         frame_s: float = 0.03,
         unsure_s: float = 0.0,
+        sustain_frames: int = 7,
+        barge_in: bool = False,
     ):
         self.threshold = threshold
+        self.sustain_frames = sustain_frames
+        self.barge_in = barge_in
         self.hangover = hangover_frames
         self.frame_s = frame_s
         self.unsure_s = unsure_s
         self._speech: list[Pcm] = []
         self._quiet = 0
 
-    def feed(self, pcm: Pcm, playing: bool) -> list[SpeechStarted | SpeechDropped | Heard]:
-        loud = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > self.threshold and not playing
+    def feed(self, pcm: Pcm, playing: bool) -> list[MicEvent]:
+        level = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
+        loud = level > self.threshold and (self.barge_in or not playing)
         now = time.monotonic()
         if loud:
             started = not self._speech
             self._speech.append(pcm)
             self._quiet = 0
-            return [SpeechStarted(now)] if started else []
+            events: list[MicEvent] = [SpeechStarted(now)] if started else []
+            if len(self._speech) == self.sustain_frames:
+                events.append(SpeechSustained(now))  # more than a backchannel
+            return events
         if not self._speech:
             return []
         self._quiet += 1

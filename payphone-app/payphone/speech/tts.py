@@ -33,9 +33,10 @@ from payphone.speech.effects import Audio, EffectChain, Leveler, build_chain, pi
 
 log = get_logger("payphone.speech.tts")
 
+# words of a long, slow reply (three syllables and more), for the warm-up sentence
 WARM_UP_WORDS = (
-    "extraordinarily complicated telecommunications unquestionably international "
-    "responsibility particularly unbelievable conversation metropolitan intercontinental"
+    "remember wonderful telephone beautiful afternoon together operator "
+    "neighbourhood everybody yesterday certainly detective"
 )
 
 
@@ -63,8 +64,8 @@ def load_voice(onnx: Path) -> PiperVoice:
 
 
 def warm_up_text(words: int) -> str:
-    """A sentence of `words` long words: more phonemes per word than any reply chunk of that
-    many words is likely to hold, so synthesising it sets the arena's high-water mark."""
+    """A sentence of `words` long words, as long as a reply chunk of that many words gets, so
+    synthesising it sets the arena's high-water mark."""
     pool = WARM_UP_WORDS.split()
     return " ".join(pool[i % len(pool)] for i in range(words)) + "."
 
@@ -167,7 +168,7 @@ class PiperSynthesizer(Synthesizer):
             path = self._paths[model] = self._resolve_voice(model)
         return path
 
-    async def load(self, voices: Iterable[VoiceSpec] = (), longest_words: int = 40) -> None:
+    async def load(self, voices: Iterable[VoiceSpec], longest_words: int) -> None:
         """Load every voice the personas use at start-up, and run each once on the longest
         chunk (`longest_words`, the chunker's hard limit) at its slowest speed: ONNX Runtime's
         first run and its arena's growth both happen here, not in a caller's first reply."""

@@ -292,6 +292,14 @@ class VadEndpointer:
         return 0 if self._speech is None else self._speech.unvoiced_run * self.frame_ms
 
     @property
+    def voiced_ms(self) -> int:
+        """Voiced audio in the utterance in progress (0 when idle): how long the caller has
+        really spoken, pauses not counted."""
+        if self._speech is None:
+            return 0
+        return sum(f.voiced for f in self._speech.frames) * self.frame_ms
+
+    @property
     def speech_mark(self) -> int | None:
         """The last voiced frame of the utterance in progress: it changes when the caller speaks
         again, so a decision taken on an earlier pause can be recognised as stale."""
