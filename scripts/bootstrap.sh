@@ -13,7 +13,8 @@ if [ "${1:-}" = "--test" ]; then mode="test"; fi
 VENV=${PAYPHONE_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 apt_packages=(portaudio19-dev libasound2-plugins build-essential cmake pkg-config)
-test_apt_packages=(espeak-ng shellcheck systemd golang-go nftables)
+# chromium: the status page's browser test (Playwright drives it; no browser download)
+test_apt_packages=(espeak-ng shellcheck systemd golang-go nftables chromium)
 extras="embedded"
 if [ "$mode" = test ]; then
   apt_packages+=("${test_apt_packages[@]}")

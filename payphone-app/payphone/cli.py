@@ -231,6 +231,10 @@ def simulate_command(
     ] = False,
     echo_db: EchoDbOption = None,
     echo_delay_ms: EchoDelayOption = None,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="Serve the status page during the call at HOST:PORT."),
+    ] = None,
 ) -> None:
     """Drive a simulated phone through the real call loop and models from a YAML script."""
     import asyncio
@@ -248,7 +252,7 @@ def simulate_command(
     if script is None:
         err.print("payphone: simulate needs a SCRIPT.yaml (or --interactive)")
         raise typer.Exit(EXIT_BAD_SETTINGS)
-    settings = with_llm_overrides(state(ctx), llm, ollama_host, model)
+    settings = with_llm_overrides(state(ctx), llm, ollama_host, model, status)
     configure_logging(
         settings.model_copy(
             update={"logging": settings.logging.model_copy(update={"level": "warning"})}
@@ -257,7 +261,7 @@ def simulate_command(
     from payphone.sim.simulate import simulate
 
     try:
-        asyncio.run(simulate(settings, script, out_dir, fast, out, echo))
+        asyncio.run(simulate(settings, script, out_dir, fast, out, echo, status=status is not None))
     except ScriptError as exc:
         err.print(f"payphone: {exc}", markup=False, highlight=False)
         raise typer.Exit(EXIT_BAD_SETTINGS) from None
@@ -267,16 +271,24 @@ def simulate_command(
 
 
 def with_llm_overrides(
-    st: State, llm: str | None, ollama_host: str | None, model: str | None
+    st: State,
+    llm: str | None,
+    ollama_host: str | None,
+    model: str | None,
+    status: str | None = None,
 ) -> Settings:
-    """Command-line LLM choices, validated like any other setting (exit 2 when bad)."""
+    """Command-line LLM choices (and `--status`), validated like any setting (exit 2 when bad)."""
     chosen = {
         "backend": llm,
         "ollama_host": ollama_host,
         "gguf": str(Path(model).resolve()) if model else None,
     }
-    overrides = {key: value for key, value in chosen.items() if value is not None}
-    return settings_or_exit(st.config, {"llm": overrides})
+    overrides: dict[str, Any] = {
+        "llm": {key: value for key, value in chosen.items() if value is not None}
+    }
+    if status is not None:
+        overrides["status"] = {"listen": [status]}
+    return settings_or_exit(st.config, overrides)
 
 
 @app.command("doctor")

@@ -7,12 +7,23 @@ groups joined with `__`, e.g. `PAYPHONE_VAD__AGGRESSIVENESS=2`). A bad value is 
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -89,9 +100,10 @@ class VadSettings(Group):
     min_utterance_ms: Annotated[int, Field(ge=0, le=5000)] = 200
     max_utterance_s: Annotated[float, Field(ge=1, le=60)] = 15.0
     barge_in: bool = False
-    # caller speech over the persona shorter than this (a backchannel: "mm-hm", "yeah", a cough)
-    # never stops it; longer speech stops the earpiece at once and becomes the next turn
-    barge_in_min_ms: Annotated[int, Field(ge=60, le=2000)] = 200
+    # the persona falls silent as soon as the caller speaks over it; this much voiced speech
+    # stops it for good (a barge-in). Shorter speech is judged by its words: a backchannel
+    # ("mm-hm", "yeah, okay", a cough) lets it go on, a short request ("Stop.") takes the turn
+    barge_in_min_ms: Annotated[int, Field(ge=60, le=3000)] = 700
 
 
 class TurnSettings(Group):
@@ -209,6 +221,72 @@ class ModelSettings(Group):
     allow_download: bool = False
 
 
+def _host_port(text: str) -> str:
+    """`127.0.0.1:8080`, `[fd00::1]:8080` or `localhost:8080`: an address this machine has."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:8080")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare != "localhost":
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            raise ValueError(
+                f"{host or '(empty)'} is not an IP address (or localhost); "
+                "e.g. 127.0.0.1:8080 or the private link's 10.10.10.10:8080"
+            ) from None
+    return f"{host}:{int(port)}"
+
+
+def _one_or_many(value: Any) -> Any:
+    """`listen = "127.0.0.1:8080"` or a list; a comma-separated string (env) is a list too."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _token(text: str) -> str:
+    """Empty, or a secret that can ride in a URL (`?token=`) and a `Bearer` header as it is."""
+    if text and not re.fullmatch(r"[A-Za-z0-9._~-]{16,}", text):
+        raise ValueError(
+            "a token is 16 or more of A-Z a-z 0-9 . _ ~ - (e.g. from `openssl rand -hex 16`)"
+        )
+    return text
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+
+
+class StatusSettings(Group):
+    """The operator's status page, `/metrics` and `/healthz`, served by the service itself.
+
+    Read-only. Listens on localhost only unless told otherwise (add the private link's address
+    to reach it from the bar's back office); all interfaces (0.0.0.0) only with a token.
+    """
+
+    token: Annotated[
+        str,
+        AfterValidator(_token),
+        Field(description="empty = no token; else 16+ URL-safe characters"),
+    ] = ""
+    listen: Annotated[list[HostPort], BeforeValidator(_one_or_many)] = Field(
+        default_factory=lambda: ["127.0.0.1:8080"],
+        description="HOST:PORT addresses to serve on; empty = no status page",
+    )
+    # transcripts are personal data: status_page = shown for the last calls only, in memory;
+    # off = never kept; journal = also written to the log
+    transcripts: Literal["status_page", "off", "journal"] = "status_page"
+    keep_calls: Annotated[int, Field(ge=1, le=100)] = 20
+
+    @field_validator("listen")
+    @classmethod
+    def _wildcard_needs_token(cls, listen: list[str], info: ValidationInfo) -> list[str]:
+        wildcard = [a for a in listen if a.rpartition(":")[0].strip("[]") in ("0.0.0.0", "::")]
+        if wildcard and not info.data.get("token"):
+            raise ValueError(f"{wildcard[0]} listens on every network: set [status] token too")
+        return listen
+
+
 class LoggingSettings(Group):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -244,6 +322,7 @@ class Settings(BaseSettings):
     personas: PersonaSettings = Field(default_factory=PersonaSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    status: StatusSettings = Field(default_factory=StatusSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from payphone.call.assembly import PhoneHardware, build_phone
@@ -24,7 +25,15 @@ from payphone.hardware.keypad import MatrixKeypad, Mt8870Keypad
 from payphone.log import get_logger, ms
 from payphone.personas.loader import PersonaBook, load_personas
 from payphone.speech.dtmf_keypad import InbandKeypad
-from payphone.stages import load_stages
+from payphone.stages import Stages, load_stages
+from payphone.status.health import SoundCardWatch, fixed
+from payphone.status.page import (
+    StatusPage,
+    devices_words,
+    gpio_words,
+    llm_watch,
+    models_words,
+)
 from payphone.systemd_notify import Notifier, extending_start, watchdog_interval_s
 
 log = get_logger("service")
@@ -54,6 +63,14 @@ def build_keypads(settings: KeypadSettings, pin_factory: Any = None) -> list[Key
     return []
 
 
+def pin_factory_name() -> str:
+    """gpiozero's pin factory in use (lgpio on a Pi 5, MockFactory in tests)."""
+    from gpiozero import Device
+
+    factory = Device.pin_factory
+    return type(factory).__name__ if factory is not None else "no pin factory"
+
+
 async def feed_watchdog(notifier: Notifier, interval_s: float) -> None:
     """Ping systemd from the loop: if the loop stalls, the pings stop and systemd restarts us."""
     while True:
@@ -80,6 +97,26 @@ class Service:
             self.book.errors = fresh.errors
         log.info("personas_reloaded", count=len(self.book.personas))
 
+    def status_page(self, stages: Stages, source: PyAudioSource, sink: PyAudioSink) -> StatusPage:
+        """The status page and health checks; the health line goes to `systemctl status`."""
+        settings = self.settings
+        gguf = settings.llm.gguf if settings.llm.backend == "embedded" else ""
+        return StatusPage(
+            settings.status,
+            checks={
+                "audio": SoundCardWatch(
+                    lambda: source.frames_captured,
+                    lambda: sink.device_ok,
+                    devices_words(settings),
+                ),
+                "gpio": fixed("gpio", gpio_words(settings, pin_factory_name())),
+                "models": fixed("models", models_words(settings) + ": loaded"),
+            },
+            llm=llm_watch(settings.llm, lambda: stages.backend.status, Path(gguf).name),
+            phone={"devices": devices_words(settings)},
+            on_health=lambda health: self.notifier.status(health.line),
+        )
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
@@ -96,8 +133,11 @@ class Service:
             lines = LineBook(stages.synthesizer)
             rendered = await lines.prerender(self.book)
             rendered += await prerender_help(lines, self.book, settings.help)
-            sink = PyAudioSink(settings.audio, stages.synthesizer.sample_rate)
-            source = PyAudioSource(settings.audio, MIC_RATE, settings.vad.frame_ms)
+            sink = PyAudioSink(
+                settings.audio, stages.synthesizer.sample_rate, reference_rate=MIC_RATE
+            )
+            # the mic's frames come with what the earpiece really played: the echo reference
+            source = PyAudioSource(settings.audio, MIC_RATE, settings.vad.frame_ms, tap=sink.tap)
             hook = GpioHookSwitch(
                 settings.hook.pin,
                 settings.hook.switch,
@@ -105,24 +145,27 @@ class Service:
                 debounce_ms=settings.hook.debounce_ms,
             )
             keypads = build_keypads(settings.keypad)
+            page = self.status_page(stages, source, sink)
             phone = build_phone(
                 stages.for_phone(settings.vad, settings.turn),
                 PhoneHardware(hook, keypads, source, sink),
                 self.book,
                 CallOptions.from_settings(settings),
                 lines=lines,
+                on_call=page.on_call,
+                on_state=page.on_state,
             )
-            status = f"ready: llm {settings.llm.backend} {stages.llm_status.state}"
-            self.notifier.ready(status)
+            self.notifier.ready(page.health.line)
         log.info(
             "service_ready",
             load_ms=ms(time.monotonic() - started),
             lines=rendered,
             llm_state=str(stages.llm_status.state),
             llm_cause=stages.llm_status.last_cause,
+            health=page.health.line,
         )
         interval = watchdog_interval_s()
-        async with asyncio.TaskGroup() as tg:
+        async with page.serving(), asyncio.TaskGroup() as tg:
             phone_task = tg.create_task(phone.run(), name="phone")
             dog = tg.create_task(feed_watchdog(self.notifier, interval)) if interval else None
             await self.stop.wait()

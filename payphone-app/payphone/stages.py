@@ -53,7 +53,9 @@ class Stages:
             self.transcriber,
             self.backend,
             self.synthesizer,
-            lambda: VadListener(vad, turn, self.turn_model, self.transcriber),
+            lambda: VadListener(
+                vad, turn, self.turn_model, self.transcriber, echo_cancelled=self.echo is not None
+            ),
             self.speakable,
             self.options,
             self.echo,

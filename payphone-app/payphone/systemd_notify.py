@@ -1,4 +1,4 @@
-"""systemd's notify protocol in a dozen lines: READY, WATCHDOG, STATUS, EXTEND_TIMEOUT_USEC.
+"""systemd's notify protocol in a few lines: READY, WATCHDOG, STATUS, EXTEND_TIMEOUT_USEC.
 
 A no-op when not started by systemd (no $NOTIFY_SOCKET), so the same code runs on a laptop.
 """
@@ -22,6 +22,7 @@ START_LIMIT_S = 1800.0
 class Notifier:
     def __init__(self, address: str | None = None) -> None:
         self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+        self.last_status = ""
 
     @property
     def enabled(self) -> bool:
@@ -41,7 +42,15 @@ class Notifier:
         return True
 
     def ready(self, status: str) -> bool:
+        self.last_status = status
         return self.send(ready=1, status=status)
+
+    def status(self, text: str) -> bool:
+        """The one line `systemctl status` shows; sent only when it changes."""
+        if text == self.last_status:
+            return False
+        self.last_status = text
+        return self.send(status=text)
 
     def watchdog(self) -> bool:
         return self.send(watchdog=1)

@@ -119,10 +119,14 @@ def test_a_sentence_is_speech_at_the_output_rate(
     assert np.abs(pcm).max() <= 32767 * 10 ** (-1 / 20) + 2  # the limiter's -1 dBFS ceiling
 
 
-def test_voices_run_on_the_onnx_arena(settings: Settings) -> None:
-    """The arena keeps Piper fast; its high-water mark is pushed at start-up (`load`)."""
+def test_voices_run_on_the_onnx_arena_and_give_it_back_after_each_sentence(
+    settings: Settings,
+) -> None:
+    """The arena keeps Piper fast; shrinking it after each run keeps RSS flat (`load_voice`)."""
     voice = load_voice(resolve_voice(settings))
     assert voice.session.get_session_options().enable_cpu_mem_arena is True
+    shrink = voice.session._shrink.get_run_config_entry("memory.enable_memory_arena_shrinkage")
+    assert shrink == "cpu:0"
     assert voice.config.sample_rate == 22050
 
 

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import REPO
+from tests.support.ollama_server import free_port
 
 pytestmark = [
     pytest.mark.models,
@@ -44,6 +46,7 @@ DEVICE_RATE = 48000
 BLOCK_S = 0.02
 F_SETPIPE_SZ = 1031
 READY_LIMIT_S = 300.0  # loading Whisper, Piper and the GGUF on a busy 2-core CI machine
+STATUS_PORT = free_port()
 HANG_LIMIT_S = 30.0  # only to end a hung test; the stop time is printed, not judged
 
 
@@ -164,6 +167,7 @@ def service(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[Any], NotifySocke
         "PYTHONUNBUFFERED": "1",
         "PYTHONFAULTHANDLER": "1",  # a crash in native code leaves its Python stack in the log
         "PYTHONPATH": str(REPO),
+        "PAYPHONE_STATUS__LISTEN": json.dumps([f"127.0.0.1:{STATUS_PORT}"]),
     }
     with PacedMicrophone(fifo), log.open("w") as out:
         proc = subprocess.Popen(
@@ -192,7 +196,8 @@ def test_service_notifies_systemd_reloads_and_stops_cleanly(
     ready_at = next(t for t, f in notify.messages if "READY" in f)
     assert notify.messages[0][1].get("EXTEND_TIMEOUT_USEC"), "extends the start timeout first"
     ready = next(f for _, f in notify.messages if "READY" in f)
-    assert ready["STATUS"].startswith("ready: llm embedded")
+    assert ready["STATUS"].startswith("healthy: "), ready["STATUS"]  # systemctl status shows it
+    assert "sound card working" in ready["STATUS"] and "SmolLM2" in ready["STATUS"]
 
     notify.wait_for("WATCHDOG", 3, 30.0, proc)  # pinged from the running loop
     assert proc.poll() is None, f"service exited with {proc.returncode}: {log.read_text()[-1500:]}"
@@ -200,6 +205,13 @@ def test_service_notifies_systemd_reloads_and_stops_cleanly(
     assert len(pings) >= 3
     assert pings[-1] > ready_at
     assert wait_for_event(log, "call_started", 30.0), "off-hook at start: a call is on the line"
+    status = f"http://127.0.0.1:{STATUS_PORT}"
+    with urllib.request.urlopen(status + "/healthz", timeout=5) as response:
+        assert response.status == 200 and response.read().decode().startswith("healthy: ")
+    with urllib.request.urlopen(status + "/api/status", timeout=5) as response:
+        assert json.loads(response.read())["now"]["state"] != "idle"  # the caller on the line
+    with urllib.request.urlopen(status + "/metrics", timeout=5) as response:
+        assert "payphone_calls_total 1.0" in response.read().decode()
 
     proc.send_signal(signal.SIGHUP)
     assert wait_for_event(log, "personas_reloaded", 30.0)

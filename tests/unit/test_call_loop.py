@@ -561,3 +561,27 @@ async def test_a_backchannel_does_not_stop_the_persona() -> None:
     gaps = np.diff(np.flatnonzero(loud))
     assert gaps.max() > 0.05 * rig.sink.sample_rate  # the pause while the caller said "mm-hm"
     await switch_off(rig, task)
+
+
+async def test_a_short_request_over_the_persona_takes_the_turn() -> None:
+    rig, *_ = make_rig(
+        ["tell me about the weather", "Stop."],
+        ScriptedBackend(reply=LONG_REPLY, token_delay_s=0.001),
+        barge_in=True,
+        endpointer=functools.partial(EnergyEndpointer, barge_in=True),
+    )
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING)
+    await speak(rig, 0.12)  # as short as "mm-hm", but Whisper hears a request
+    await rig.wait_state(CallState.THINKING, timeout=5)
+    call = rig.calls[0]
+    async with asyncio.timeout(10):
+        while len(call.log.turns) < 2:
+            await asyncio.sleep(0.01)
+    first, second = call.log.turns
+    assert first.interrupted and second.heard == "Stop."
+    assert any(e["event"] == "barge_in" and e.get("short") for e in call.log.events)
+    await switch_off(rig, task)

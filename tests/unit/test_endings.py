@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from payphone.call.endings import reads_complete, sounds_unfinished
+from payphone.call.endings import is_backchannel, reads_complete, sounds_unfinished
 
 
 @pytest.mark.parametrize(
@@ -45,3 +45,15 @@ def test_finished_transcripts_do_not(text: str) -> None:
 )
 def test_a_complete_statement_reads_complete(text: str, complete: bool) -> None:
     assert reads_complete(text) is complete
+
+
+@pytest.mark.parametrize(
+    "text", ["Mm-hm.", "Yeah.", "Uh-huh.", "Okay, right.", "I see.", "", "Hmm?"]
+)
+def test_a_listeners_noises_are_a_backchannel(text: str) -> None:
+    assert is_backchannel(text)
+
+
+@pytest.mark.parametrize("text", ["Stop.", "Wait!", "No.", "Yeah, but what time is it?", "Sorry?"])
+def test_a_short_request_is_not(text: str) -> None:
+    assert not is_backchannel(text)

@@ -10,7 +10,7 @@ import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from gpiozero.pins.mock import MockFactory
@@ -20,6 +20,7 @@ from payphone.call.assembly import PhoneStages
 from payphone.call.options import CallOptions
 from payphone.config import Settings, TurnSettings, VadSettings
 from payphone.hardware.memory_audio import MemorySink, MemorySource
+from payphone.hardware.played_tap import PlayedTap
 from payphone.llm.breaker import BreakerState, BreakerStatus
 from payphone.personas.loader import Persona
 from payphone.sim.stand_ins import (
@@ -132,10 +133,21 @@ async def test_the_service_passes_every_setting_to_the_call(
     pins = MockFactory()  # the hook pin's pull-up reads high: off-hook, a call starts at once
     monkeypatch.setattr(service, "load_stages", scripted_load)
     monkeypatch.setattr(service, "build_phone", spy)
-    monkeypatch.setattr(service, "PyAudioSink", lambda audio, rate: MemorySink(rate))
-    monkeypatch.setattr(
-        service, "PyAudioSource", lambda audio, rate, frame_ms: MemorySource(rate, frame_ms)
-    )
+    sinks: list[Any] = []
+    taps: list[Any] = []
+
+    def earpiece(audio: Any, rate: int, reference_rate: int) -> MemorySink:
+        sink: Any = MemorySink(rate)
+        sink.tap = PlayedTap(audio.device_rate, reference_rate)  # the real one's echo reference
+        sinks.append(sink)
+        return cast(MemorySink, sink)
+
+    def mic(audio: Any, rate: int, frame_ms: int, tap: Any) -> MemorySource:
+        taps.append(tap)
+        return MemorySource(rate, frame_ms)
+
+    monkeypatch.setattr(service, "PyAudioSink", earpiece)
+    monkeypatch.setattr(service, "PyAudioSource", mic)
     monkeypatch.setattr(
         service,
         "GpioHookSwitch",
@@ -147,6 +159,7 @@ async def test_the_service_passes_every_setting_to_the_call(
         while not phones or phones[0].call is None:
             await asyncio.sleep(0.01)
     call = phones[0].call
+    assert taps == [sinks[0].tap]  # the mic's echo reference is the earpiece's own output
     await asyncio.sleep(0.1)
     svc.stop.set()
     assert await asyncio.wait_for(running, 10) == 0

@@ -221,6 +221,8 @@ async def _quiet(rig: Rig) -> None:
 
 
 async def _run(settings: Settings, trials: int, echo: HandsetEcho) -> dict[str, Any]:
+    vad = settings.vad.model_copy(update={"barge_in": True})
+    settings = settings.model_copy(update={"vad": vad})
     book = load_personas(settings.personas.user_dir)
     stages = await load_stages(settings, book.operator, list(book))
     if stages.echo is None:
@@ -241,9 +243,7 @@ async def _run(settings: Settings, trials: int, echo: HandsetEcho) -> dict[str, 
             stages.for_phone(settings.vad, settings.turn), backend=backend
         )
         quick = settings.call.model_copy(update={"dial_tone_s": 0.3, "idle_prompt_s": 120})
-        options = dataclasses.replace(
-            CallOptions.from_settings(settings), call=quick, barge_in=True
-        )
+        options = dataclasses.replace(CallOptions.from_settings(settings), call=quick)
         rig = build_rig(phone_stages, options, echo=echo)
         canceller = stages.echo
         task = await rig.start()
@@ -293,6 +293,9 @@ def _summary(trials: list[Trial], clean: dict[str, str], ms_per_block: float) ->
     wer_echo = word_error_rate([t.text for t in heard], [t.heard or "" for t in heard])
     wer_clean = word_error_rate(list(clean), list(clean.values()))
     erle = 10 * np.log10(echo_in / echo_out) if echo_out > 0 else None
+    false = [t for t in others if t.barged or t.turn_started]
+    for t in false:
+        print(f"  false barge-in: {t.kind} {t.text!r}, heard as {t.heard!r}", flush=True)
     result: dict[str, Any] = {
         "replies": len(trials),
         "reached": len(reached),

@@ -80,6 +80,7 @@ def build_phone(
         options=stages.chat,
         help=options.help,
         filler_after_s=options.call.filler_after_s,
+        log_transcripts=options.log_transcripts,
     )
 
     def make_call(call_id: str) -> Call:

@@ -48,3 +48,19 @@ def reads_complete(text: str) -> bool:
     if not stripped.endswith((".", "!")) or stripped.endswith(TRAILING):
         return False
     return len(_WORD.findall(stripped)) >= COMPLETE_MIN_WORDS and not sounds_unfinished(stripped)
+
+
+# what a listener says to show they are still there, not to take the turn
+BACKCHANNEL_WORDS = frozenset(
+    (
+        *("mm", "mmm", "mhm", "hmm", "hm", "uh", "huh", "uhhuh", "um", "ah", "oh", "wow"),
+        *("yeah", "yes", "yep", "yup", "ok", "okay", "right", "sure", "alright", "really"),
+        *("i", "see", "got", "it", "go", "on"),  # "I see", "got it", "go on"
+    )
+)
+
+
+def is_backchannel(text: str) -> bool:
+    """ "Mm-hm.", "Yeah, okay.", "Right." (or nothing at all): a listener's noises, no request."""
+    words = _WORD.findall(text.lower().replace("-", " "))
+    return len(words) <= 4 and all(word in BACKCHANNEL_WORDS for word in words)

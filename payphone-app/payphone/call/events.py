@@ -80,6 +80,15 @@ class HelpNeeded:
     transcript: Transcript
 
 
+@dataclass(frozen=True)
+class ShortSpeech:
+    """Speech over the persona too short for a barge-in, and what Whisper made of it: a
+    backchannel lets the persona go on; a short request ("Stop.", "Sorry?") takes the turn."""
+
+    heard: Heard
+    transcript: Transcript
+
+
 class Timer(enum.Enum):
     DIAL_TONE = "dial_tone"
     IDLE = "idle"
@@ -108,6 +117,7 @@ CallEvent = (
     | SpeechDropped
     | Heard
     | HelpNeeded
+    | ShortSpeech
     | TimerFired
     | ActivityDone
 )

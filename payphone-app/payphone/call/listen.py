@@ -99,12 +99,13 @@ class VadListener:
         turn: TurnSettings | None = None,
         model: TurnModel | None = None,
         transcriber: Transcriber | None = None,
+        echo_cancelled: bool = False,
     ) -> None:
         self._turn = turn or TurnSettings()
         self._model = model
         self._transcriber = transcriber
         hangover = self._turn.max_silence_ms if model is not None else settings.hangover_ms
-        self._vad = VadEndpointer(settings, hangover_ms=hangover)
+        self._vad = VadEndpointer(settings, hangover_ms=hangover, echo_cancelled=echo_cancelled)
         self._check: _Check | None = None
         self._was_speaking = False
         self._held: _Held | None = None  # the last silent start, until its limit has passed

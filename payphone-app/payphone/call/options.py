@@ -19,6 +19,7 @@ class CallOptions:
     history_tokens: int = 1024
     barge_in: bool = False
     help: HelpSettings = field(default_factory=HelpSettings)
+    log_transcripts: bool = False  # personal data: in the journal only with status.transcripts
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CallOptions:
@@ -28,6 +29,7 @@ class CallOptions:
             history_tokens=settings.llm.history_tokens,
             barge_in=settings.vad.barge_in,
             help=settings.help,
+            log_transcripts=settings.status.transcripts == "journal",
         )
 
     def as_report(self) -> dict[str, Any]:
@@ -36,6 +38,7 @@ class CallOptions:
             "prompt_style": self.prompt_style,
             "history_tokens": self.history_tokens,
             "barge_in": self.barge_in,
+            "log_transcripts": self.log_transcripts,
             "call": self.call.model_dump(),
             "help": self.help.model_dump(),
         }

@@ -27,6 +27,7 @@ import numpy as np
 import structlog
 
 from payphone.call.crisis import recognise
+from payphone.call.endings import is_backchannel
 from payphone.call.events import (
     ActivityDone,
     CallEvent,
@@ -34,6 +35,7 @@ from payphone.call.events import (
     Heard,
     HelpNeeded,
     KeyPress,
+    ShortSpeech,
     SpeechDropped,
     SpeechStarted,
     SpeechSustained,
@@ -263,6 +265,8 @@ class Call:
                 self._on_speech_dropped()
             case Heard():
                 self._on_heard(event)
+            case ShortSpeech(heard=heard, transcript=transcript):
+                self._on_short_speech(heard, transcript)
             case HelpNeeded(heard=heard, transcript=transcript):
                 self.log.event("help_needed_before_greeting")
                 self._start_turn(dataclasses.replace(heard, transcript=_ready(transcript)))
@@ -349,10 +353,11 @@ class Call:
             self._track(asyncio.ensure_future(self._check_first_words(heard)))
             return
         if self.state not in HEARS_SPEECH:
-            reason = self.state.value
-            if self.state in BARGE_IN_STATES:  # too short to stop the persona (no barge-in)
-                reason = "backchannel" if self.options.barge_in else "persona speaking"
-                self._resume_persona(reason)
+            if self.options.barge_in and self.state in BARGE_IN_STATES:
+                # shorter than a barge-in: the persona stays silent until Whisper says what it was
+                self._track(asyncio.ensure_future(self._judge_short_speech(heard)))
+                return
+            reason = "persona speaking" if self.state in BARGE_IN_STATES else self.state.value
             self.log.event("speech_ignored", reason=reason, seconds=heard.seconds)
             log.info("speech_ignored", reason=reason, seconds=heard.seconds)
             return
@@ -373,6 +378,28 @@ class Call:
             return
         if transcript.is_speech and recognise(transcript.text) is not None:
             self.post(HelpNeeded(heard, transcript))
+
+    async def _judge_short_speech(self, heard: Heard) -> None:
+        try:
+            transcript = await (heard.transcript or self.deps.transcriber.transcribe(heard.pcm))
+        except Exception as exc:  # unheard: taken for a backchannel, the persona goes on
+            log.warning("short_speech_unheard", error=repr(exc))
+            transcript = Transcript("", 1.0, 0.0)
+        self.post(ShortSpeech(heard, transcript))
+
+    def _on_short_speech(self, heard: Heard, transcript: Transcript) -> None:
+        text = transcript.text.strip() if transcript.is_speech else ""
+        if is_backchannel(text):
+            self.log.event("speech_ignored", reason="backchannel", seconds=heard.seconds)
+            log.info("speech_ignored", reason="backchannel", seconds=heard.seconds)
+            if self.state in BARGE_IN_STATES:
+                self._resume_persona("backchannel")
+            return
+        if self.state not in BARGE_IN_STATES and self.state is not CallState.LISTENING:
+            return  # a key, a switch or a goodbye came first
+        self.log.event("barge_in", over=self._activity_name, short=True)
+        log.info("barge_in", over=self._activity_name, short=True)
+        self._start_turn(dataclasses.replace(heard, transcript=_ready(transcript)))
 
     def _resume_persona(self, why: str) -> None:
         """Speech over the persona that was less than a barge-in: it sounds again."""

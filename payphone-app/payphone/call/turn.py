@@ -107,6 +107,7 @@ class TurnDeps:
     options: ChatOptions = field(default_factory=ChatOptions)
     help: HelpSettings = field(default_factory=HelpSettings)
     filler_after_s: float = 1.2
+    log_transcripts: bool = False  # what the caller said is personal data: see `words`
     chunk_queue: int = 4
     pcm_queue: int = 32
 
@@ -154,7 +155,7 @@ class Turn:
             self._cut_off()
             raise
         except NothingSpoken:
-            log.warning("nothing_speakable", reply="".join(self._reply)[:200])
+            log.warning("nothing_speakable", **self._words(reply="".join(self._reply)[:200]))
             await self._apologize(NOTHING_SPOKEN)
         except Exception as exc:  # a broken stage ends the turn, never the call
             log.exception("turn_failed", error=repr(exc))
@@ -162,8 +163,10 @@ class Turn:
         rec.mark("reply_done")
         log.info(
             "turn_done",
-            heard=rec.heard if rec.help_line is None else "(withheld: help line)",
-            reply=rec.reply,
+            **self._words(
+                heard=rec.heard if rec.help_line is None else "(withheld: help line)",
+                reply=rec.reply,
+            ),
             fallback=rec.fallback,
             cause=rec.cause,
             **{f"{k}_ms": v for k, v in rec.latency_ms.items()},
@@ -183,8 +186,19 @@ class Turn:
                 self._not_before = min(heard.limit_at, heard.complete_at)
             wait_ms = ms(self._not_before - time.monotonic())
             log.info(
-                "turn_speaks_later", heard=text, tentative=self.heard.tentative, wait_ms=wait_ms
+                "turn_speaks_later",
+                **self._words(heard=text),
+                tentative=self.heard.tentative,
+                wait_ms=wait_ms,
             )
+
+    def _words(self, **texts: str) -> dict[str, str | int]:
+        """Transcripts for a log line only with `status.transcripts = "journal"`; else their
+        word counts (a stranger's words are personal data; the status page keeps them in memory).
+        """
+        if self.deps.log_transcripts:
+            return dict(texts)
+        return {f"{name}_words": len(text.split()) for name, text in texts.items()}
 
     async def _apologize(self, cause: str) -> None:
         """A failed turn: the persona's apology, and nothing of it in the history."""

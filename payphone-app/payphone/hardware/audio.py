@@ -8,6 +8,11 @@ A device that is missing or goes away (a USB sound card unplugged) raises OSErro
 the thread logs it, closes everything, and opens the device again with exponential back-off up
 to `audio.retry_max_s`. PortAudio lists devices only when it initialises, so each attempt starts
 a fresh PyAudio instance and a re-plugged card is found again.
+
+The echo canceller's reference: the sink hands every buffer it wrote to its `PlayedTap` with the
+moment it starts to sound, and a source given that tap pairs each mic frame with what sounded over
+the frame's own instants (`frames_with_reference`). Both moments come from the device's buffer
+fill measured right after each read or write (`_Device.output_starts_at`, `input_starts_at`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import soxr
 
 from payphone.config import AudioSettings
 from payphone.hardware.base import AudioSink, AudioSource
+from payphone.hardware.played_tap import PlayedTap, StreamClock
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
 
@@ -34,6 +40,18 @@ log = get_logger("payphone.hardware.audio")
 Direction = Literal["input", "output"]
 FIRST_RETRY_S = 0.25
 BACKLOG_WARN_FRAMES = 32
+# The reference must lead the echo: AEC3 finds and follows an echo that comes some ms after its
+# reference, never one that comes before it. So each frame is paired with what sounded from this
+# much AFTER the frame's own start. Every timing error left is on the leading side already (the
+# DAC's and ADC's own delays, invisible to PortAudio, and the acoustic path all make the echo
+# later); the lead covers what is not: a fill reading that is a little off, a driver that moves
+# its pointer in jumps. Reading later instants works while the earpiece's output buffer reaches
+# further ahead than the lead: its audio is in the tap that long before it sounds (~40 ms with the
+# default 20 ms buffers; with `audio.buffer_ms` under ~10 a frame's reference ends in zeros).
+REFERENCE_LEAD_MS = 15.0
+# The capture stream runs for days: its start is the lowest estimate of the last ~5 s of reads, so
+# the device's clock drifting from the system's (~0.5 ms per 5 s at 100 ppm) or an overrun shows.
+CAPTURE_CLOCK_READS = 250
 
 
 class DeviceNotFound(OSError):
@@ -89,6 +107,7 @@ class _Device:
         self.block = settings.device_rate * settings.buffer_ms // 1000
         self.pa: Any = None
         self.stream: Any = None
+        self.buffer_frames = 0  # the output buffer's size, measured when it is opened empty
 
     def open(self) -> None:
         with _PORTAUDIO:
@@ -111,11 +130,19 @@ class _Device:
                 **{self.direction: True, f"{self.direction}_device_index": index},
             )
             name = self.pa.get_device_info_by_index(index)["name"] if index is not None else None
+            if self.direction == "output":
+                latency = float(self.stream.get_output_latency())
+                self.buffer_frames = int(self.stream.get_write_available()) or (
+                    round(latency * self.settings.device_rate) + self.block
+                )
+            else:
+                latency = float(self.stream.get_input_latency())
             log.info(
                 f"audio_{self.direction}_open",
                 device=name or "default",
                 device_rate=self.settings.device_rate,
                 buffer_ms=self.settings.buffer_ms,
+                latency_ms=ms(latency),
             )
         except BaseException:
             self._close()
@@ -124,6 +151,37 @@ class _Device:
     def close(self) -> None:
         with _PORTAUDIO:
             self._close()
+
+    def output_starts_at(self, frames: int) -> float:
+        """When the first of the `frames` a blocking write just handed over starts to sound.
+
+        After the write the device buffer holds `buffer_frames` minus what is writable, the new
+        frames last, so they start once the rest ahead of them has played: PortAudio's output
+        latency (buffer size less one period, for ALSA) corrected by the buffer's real fill.
+        The fill is read before the clock, so every error makes the estimate late, never early
+        (a pause between the two; a driver that moves its pointer a period at a time): the tap
+        keeps the earliest. Not counted: the DAC's own delay (the sound is later still).
+        """
+        writable = int(self.stream.get_write_available())
+        now = time.monotonic()
+        if writable < 0:  # a PortAudio error code: take the buffer as empty, the early side (a
+            writable = self.buffer_frames  # tap that is early only makes the reference lead)
+        queued = max(0, self.buffer_frames - writable)
+        return now + (queued - frames) / self.settings.device_rate
+
+    def input_starts_at(self, frames: int) -> float:
+        """When the first of the `frames` a blocking read just returned was captured.
+
+        The frames readable now were captured after them, so the read's newest frame is that
+        much older than now. PortAudio's input latency is what the buffer can hold, not what it
+        holds; the fill is measured instead, before the clock, so every error makes the estimate
+        late, never early (the source keeps the earliest). Not counted: the ADC's own delay.
+        """
+        later = int(self.stream.get_read_available())
+        now = time.monotonic()
+        if later < 0:  # a PortAudio error code: take nothing as waiting, the late side (a frame
+            later = 0  # dated late only makes its reference lead)
+        return now - (later + frames) / self.settings.device_rate
 
     def _close(self) -> None:
         stream, pa = self.stream, self.pa
@@ -160,15 +218,30 @@ class PyAudioSource(AudioSource):
 
     Frames go to the loop with `call_soon_threadsafe` into an unbounded queue: none is dropped.
     If the consumer falls behind, the backlog grows and is logged (at each doubling).
+
+    With a `tap` (the earpiece's `PyAudioSink.tap`), each frame comes with the reference for the
+    echo canceller: what the earpiece sounded over the frame's instants, `reference_lead_ms`
+    later (so the reference leads the echo; see REFERENCE_LEAD_MS). A frame's instants are
+    counted from its stream's start on the monotonic clock (`StreamClock` over every read), so
+    they never jitter from frame to frame.
     """
 
     def __init__(
-        self, settings: AudioSettings, sample_rate: int = 16000, frame_ms: int = 30
+        self,
+        settings: AudioSettings,
+        sample_rate: int = 16000,
+        frame_ms: int = 30,
+        tap: PlayedTap | None = None,
+        reference_lead_ms: float = REFERENCE_LEAD_MS,
     ) -> None:
+        if tap is not None and tap.sample_rate != sample_rate:
+            raise ValueError(f"the tap's rate {tap.sample_rate} is not the mic's {sample_rate}")
         self.settings = settings
         self.sample_rate = sample_rate
         self.frame_samples = sample_rate * frame_ms // 1000
-        self._queue: asyncio.Queue[Pcm] = asyncio.Queue()
+        self.tap = tap
+        self.reference_lead_s = reference_lead_ms / 1000.0
+        self._queue: asyncio.Queue[tuple[Pcm, Pcm | None]] = asyncio.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warn_at = BACKLOG_WARN_FRAMES
@@ -186,6 +259,16 @@ class PyAudioSource(AudioSource):
     async def frames(self) -> AsyncIterator[Pcm]:
         self.start()
         while True:
+            frame, _ = await self._queue.get()
+            yield frame
+
+    async def frames_with_reference(self) -> AsyncIterator[tuple[Pcm, Pcm | None]]:
+        """Each frame with what the earpiece sounded meanwhile (None without a tap).
+
+        Frames and pairs come from one queue: read either this or `frames()`, not both.
+        """
+        self.start()
+        while True:
             yield await self._queue.get()
 
     @property
@@ -193,7 +276,7 @@ class PyAudioSource(AudioSource):
         """Frames captured but not yet taken by the consumer."""
         return self._queue.qsize()
 
-    def _deliver(self, frames: list[Pcm]) -> None:
+    def _deliver(self, frames: list[tuple[Pcm, Pcm | None]]) -> None:
         for frame in frames:
             self._queue.put_nowait(frame)
         size = self._queue.qsize()
@@ -207,29 +290,51 @@ class PyAudioSource(AudioSource):
         elif size < BACKLOG_WARN_FRAMES:
             self._warn_at = BACKLOG_WARN_FRAMES
 
+    def _reference(self, stream_start: float, index: int) -> Pcm | None:
+        """The tap's span for the frame starting at output sample `index` of the stream."""
+        if self.tap is None:
+            return None
+        at = stream_start + index / self.sample_rate + self.reference_lead_s
+        return self.tap.span(at, self.frame_samples)
+
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         device = _Device(self.settings, "input")
-        pending = np.zeros(0, dtype=np.int16)
+        rate = self.settings.device_rate
         while device.open_with_retry(self._stop):
             resampler = (
-                soxr.ResampleStream(self.settings.device_rate, self.sample_rate, 1, dtype="int16")
-                if self.settings.device_rate != self.sample_rate
+                soxr.ResampleStream(rate, self.sample_rate, 1, dtype="int16")
+                if rate != self.sample_rate
                 else None
             )
+            # a new stream: its samples are timed from its own start (a partial frame of the
+            # previous one, < 1 frame after a lost device, is dropped with it)
+            pending = np.zeros(0, dtype=np.int16)
+            clock = StreamClock(window=CAPTURE_CLOCK_READS)
+            stream_start = 0.0
+            read = 0  # device samples read from this stream
+            cut = 0  # output samples of this stream already cut into frames
             try:
                 while not self._stop.is_set():
                     raw = device.stream.read(device.block, exception_on_overflow=False)
                     samples = np.frombuffer(raw, dtype=np.int16)
+                    if self.tap is not None:
+                        began = device.input_starts_at(len(samples))
+                        stream_start = clock.update(began - read / rate)
+                    read += len(samples)
                     if resampler is not None:
                         samples = resampler.resample_chunk(samples)
                     pending = np.concatenate([pending, samples])
                     whole = len(pending) - len(pending) % self.frame_samples
                     if whole:
                         frames = [
-                            pending[i : i + self.frame_samples].copy()
+                            (
+                                pending[i : i + self.frame_samples].copy(),
+                                self._reference(stream_start, cut + i),
+                            )
                             for i in range(0, whole, self.frame_samples)
                         ]
                         pending = pending[whole:]
+                        cut += whole
                         self.frames_captured += len(frames)
                         try:
                             loop.call_soon_threadsafe(self._deliver, frames)
@@ -254,12 +359,25 @@ class PyAudioSink(AudioSink):
     queue at once, so only the buffer being written still sounds. While the device is missing,
     audio is dropped (and logged) at the pace it would have played, so callers never hang on a
     dead earpiece and never spin on it either.
+
+    `tap` records what the device really took and when it sounds, at `reference_rate` (the
+    mic's): give it to the `PyAudioSource` as the echo canceller's reference. After `stop()` it
+    holds only what the device still had (the buffer in flight and the device's own buffer, which
+    do sound), then silence; a closed or lost device cuts it at once.
     """
 
     def __init__(
-        self, settings: AudioSettings, sample_rate: int = 22050, max_queued_ms: int = 200
+        self,
+        settings: AudioSettings,
+        sample_rate: int = 22050,
+        max_queued_ms: int = 200,
+        reference_rate: int = 16000,
     ) -> None:
         self.settings = settings
+        # a gap shorter than two periods is within the timing estimates' noise: not a gap
+        self.tap = PlayedTap(
+            settings.device_rate, reference_rate, gap_ms=max(40.0, 2.0 * settings.buffer_ms)
+        )
         self.sample_rate = sample_rate
         self.block = settings.device_rate * settings.buffer_ms // 1000
         self.max_queued = settings.device_rate * max_queued_ms // 1000
@@ -403,6 +521,7 @@ class PyAudioSink(AudioSink):
                     try:
                         sound = np.zeros_like(piece) if self._muted else piece
                         device.stream.write(sound.tobytes(), exception_on_underflow=False)
+                        self.tap.played(sound, device.output_starts_at(len(sound)))  # as heard
                     finally:
                         self._writing = False
                     self.frames_written += len(piece)
@@ -416,6 +535,7 @@ class PyAudioSink(AudioSink):
                 self._drop_queued(loop)
             finally:
                 device.close()
+                self.tap.cut(time.monotonic())  # what the device still held never sounds
 
     async def aclose(self) -> None:
         self.stop()

@@ -154,8 +154,8 @@ class ChunkerConfig:
 
     first_clause_words: int = 8
     clause_words: int = 20
-    # the most Piper renders at once: its ONNX arena keeps the memory of the longest sentence
-    # it ever rendered (~25 MB per second of audio), and the voices are warmed up at this length
+    # the most Piper renders at once: its memory peak grows with the sentence (~25 MB per
+    # second of audio), and the voices are warmed up at this length
     max_words: int = 24
     strip_markup: bool = True
 

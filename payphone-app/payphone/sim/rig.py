@@ -8,7 +8,9 @@ in-memory mic, and listen to the in-memory earpiece (optionally leaking back int
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from gpiozero.pins.mock import MockFactory
 
@@ -27,6 +29,7 @@ from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.handset import Handset
 
 HOOK_PIN = 17
+T = TypeVar("T")
 
 
 @dataclass
@@ -67,6 +70,17 @@ class Rig:
                 await asyncio.sleep(0.002)
 
 
+def _both(first: Callable[[T], None], then: Callable[[T], None] | None) -> Callable[[T], None]:
+    if then is None:
+        return first
+
+    def both(value: T) -> None:
+        first(value)
+        then(value)
+
+    return both
+
+
 def build_rig(
     stages: PhoneStages,
     options: CallOptions | None = None,
@@ -82,6 +96,8 @@ def build_rig(
     earpiece: AudioSink | None = None,
     echo: HandsetEcho | None = None,
     keep_mic: bool = False,
+    on_call: Callable[[Call], None] | None = None,
+    on_state: Callable[[CallState], None] | None = None,
 ) -> Rig:
     """Assemble a phone on mock pins; start `rig.phone.run()` in a task to switch it on.
 
@@ -90,6 +106,8 @@ def build_rig(
     `echo`: the earpiece leaks back into the mouthpiece (`sim/echo_path.py`); the phone then
     hears `rig.handset`, which keeps the mic on a sample clock beside the earpiece's.
     `keep_mic`: `rig.handset.delivered` keeps every frame the phone heard.
+    `on_call` / `on_state`: another observer of the phone's calls (the status page), after the
+    rig's own lists.
     """
     if echo is not None and earpiece is not None:
         raise ValueError("the echo comes from the rig's own earpiece: no other `earpiece` with it")
@@ -107,7 +125,7 @@ def build_rig(
         personas or load_personas(),
         options or CallOptions(),
         lines=lines,
-        on_call=calls.append,
-        on_state=states.append,
+        on_call=_both(calls.append, on_call),
+        on_state=_both(states.append, on_state),
     )
     return Rig(phone, hook, keypad, mic, sink, pins, handset, states, calls)

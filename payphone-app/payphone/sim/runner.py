@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import soxr
 from payphone.call.assembly import PhoneStages
 from payphone.call.events import CallState
 from payphone.call.options import CallOptions
-from payphone.call.session import CallLog
+from payphone.call.session import Call, CallLog
 from payphone.hardware.base import HookState
 from payphone.log import get_logger
 from payphone.pcm import Pcm
@@ -148,12 +149,15 @@ async def run_script(
     fast: bool = False,
     sink_speed: float = 1.0,
     echo: HandsetEcho | None = None,
+    on_call: Callable[[Call], None] | None = None,
+    on_state: Callable[[CallState], None] | None = None,
 ) -> SimResult:
     """Play the script on a fresh simulated phone; hangs up at the end if the script did not.
 
     `sink_speed` > 1 plays the earpiece that many times faster (tests with long replies).
     `echo`: the earpiece leaks back into the mic (the caller's audio then reaches the phone on
-    the mic's real-time clock, also with `fast`)."""
+    the mic's real-time clock, also with `fast`).
+    `on_call` / `on_state`: another observer of the phone (the status page)."""
     rig = build_rig(
         stages,
         options,
@@ -161,6 +165,8 @@ async def run_script(
         extra_keypads=[InbandKeypad(MIC_RATE)],
         sink_speed=sink_speed,
         echo=echo,
+        on_call=on_call,
+        on_state=on_state,
     )
     task = await rig.start()
     tape = MicTape(MIC_RATE)

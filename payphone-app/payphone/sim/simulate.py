@@ -31,6 +31,7 @@ from payphone.sim.runner import run_script, to_mic_rate
 from payphone.sim.script import load_script
 from payphone.speech.base import VoiceSpec
 from payphone.stages import load_stages
+from payphone.status.page import simulator_status
 
 if TYPE_CHECKING:
     from payphone.speech.tts import PiperSynthesizer
@@ -59,9 +60,10 @@ async def simulate(
     fast: bool,
     console: Console,
     echo: HandsetEcho | None = None,
+    status: bool = False,
 ) -> dict[str, Any]:
     """Run one script end to end (with the earpiece leaking into the mic with `echo`); returns
-    the report."""
+    the report. `status`: serve the status page on `status.listen` during the call."""
     steps = load_script(script)
     book = load_personas(settings.personas.user_dir)
     for problem in book.errors:
@@ -73,14 +75,17 @@ async def simulate(
         f"(llm {settings.llm.backend}: {stages.llm_status.state})"
     )
     try:
-        result = await run_script(
-            steps,
-            stages.for_phone(settings.vad, settings.turn),
-            CallOptions.from_settings(settings),
-            personas=book,
-            fast=fast,
-            echo=echo,
-        )
+        async with simulator_status(settings, stages, serve=status, say=console.print) as page:
+            result = await run_script(
+                steps,
+                stages.for_phone(settings.vad, settings.turn),
+                CallOptions.from_settings(settings),
+                personas=book,
+                fast=fast,
+                echo=echo,
+                on_call=page.on_call if page is not None else None,
+                on_state=page.on_state if page is not None else None,
+            )
     finally:
         await stages.aclose()
     report = {

@@ -197,6 +197,7 @@ class VadEndpointer:
         echo_warmup_ms: int = 300,
         echo_floor_db: float = -50.0,
         energy_margin_db: float = 6.0,
+        echo_cancelled: bool = False,
     ) -> None:
         s = settings or VadSettings()
         self.aggressiveness = s.aggressiveness if aggressiveness is None else aggressiveness
@@ -237,6 +238,7 @@ class VadEndpointer:
             level_db=echo_floor_db,
         )
         self._playing = False
+        self.echo_cancelled = echo_cancelled
         self.energy_margin_db = energy_margin_db
         self._noise_db: float | None = None
         self._partial = np.zeros(0, dtype=np.int16)
@@ -262,7 +264,10 @@ class VadEndpointer:
 
         Without barge-in, everything heard while playing is ignored, and an utterance in
         progress when playback starts is dropped (counted as gated). With barge-in, speech must
-        stand out from the echo level, which is learned afresh each time playback starts.
+        stand out from the echo level, which is learned afresh each time playback starts, unless
+        an echo canceller already took the echo out of the mic (`echo_cancelled`): then the
+        frames are judged as when nothing plays (a learned "echo" level would be the caller's
+        own voice whenever playback restarts between sentences while they talk).
         """
         if playing == self._playing:
             return
@@ -347,7 +352,7 @@ class VadEndpointer:
     def _is_voiced(self, frame: Pcm) -> bool:
         voiced = bool(self._vad.is_speech(frame.tobytes(), self.sample_rate))
         level = frame_dbfs(frame)
-        if self._playing and self.barge_in:
+        if self._playing and self.barge_in and not self.echo_cancelled:
             # the echo estimate is frozen while the caller speaks
             loud = self._echo.stands_out(level, learn=self._speech is None)
             return loud and voiced
