@@ -166,5 +166,101 @@ def evaluate(out: OutOption = DEFAULT_OUT, config: ConfigOption = None) -> None:
     err.print(f"eval: {out / 'eval' / 'eval.json'}; plot {report['plot']}")
 
 
+@app.command("classify-eval")
+def classify_eval(
+    folds: Annotated[int, typer.Option(help="Cross-validation folds, split by conversation.")] = 5,
+) -> None:
+    """Held-out accuracy of the persona classifier on the authored replies (JSON last line)."""
+    import json
+
+    from training.dataset import DataValidationError, load_dir
+    from training.persona_classifier import held_out_accuracy
+
+    try:
+        conversations = load_dir()
+    except DataValidationError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(1) from exc
+    result = held_out_accuracy(conversations, folds=folds).as_dict()
+    low, high = result["ci95"]
+    print(
+        f"persona classifier: {result['accuracy']:.1%} of {result['replies']} authored replies "
+        f"(95 % CI {low:.1%}-{high:.1%}), {folds}-fold by conversation"
+    )
+    for persona, share in result["per_persona"].items():
+        print(f"  {persona:<16} {share:.1%}")
+    print(json.dumps(result))
+
+
+@app.command("bench-persona")
+def bench_persona(
+    model: Annotated[
+        Path | None, typer.Option(help="GGUF to measure (default: llm.gguf, the demo model).")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Replies per caller line, one seed each.")] = 3,
+    seed: Annotated[int, typer.Option(help="First sampling seed (then seed+1, ...).")] = 0,
+    condition: Annotated[
+        str, typer.Option(help="before (prompt only), after (primed examples), or both.")
+    ] = "both",
+    threads: Annotated[int, typer.Option(help="llama.cpp threads (0: half the cores).")] = 0,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write every reply and the figures as JSON.")
+    ] = None,
+) -> None:
+    """The untuned model with the full persona prompt, before and after priming: in character
+    (persona classifier), <= 50 words, mean words, token-limit hits. Figures, JSON last line."""
+    import json
+
+    from payphone.config import Settings
+    from payphone.models import resolve_gguf
+    from training.persona_bench import CONDITIONS, quotes, run, summarise
+
+    if condition not in (*CONDITIONS, "both"):
+        err.print(f"--condition: {condition!r} is not one of before, after, both")
+        raise typer.Exit(2)
+    settings = Settings()
+    gguf = model or resolve_gguf(settings)
+    conditions = CONDITIONS if condition == "both" else (condition,)
+    done = run(
+        gguf,
+        settings,
+        samples,
+        seed,
+        conditions,
+        threads,
+        progress=lambda s: err.print(
+            f"{s.condition} {s.persona} seed {s.seed}: {s.words} words", highlight=False
+        ),
+    )
+    figures: dict[str, object] = {
+        "model": gguf.name,
+        "seed": seed,
+        "samples_per_line": samples,
+        "temperature": settings.llm.temperature,
+        "num_predict": settings.llm.num_predict,
+        "max_reply_words": settings.llm.max_reply_words,
+    }
+    seeds = f"{seed}..{seed + samples - 1}"
+    print(f"{gguf.name}, full prompt, T={settings.llm.temperature}, seeds {seeds}")
+    header = ("condition", "n", "in char", "95% CI", "<=50w", "mean w", "limit")
+    print(f"{header[0]:<10}" + "".join(f"{h:>9}" for h in header[1:]))
+    for name in conditions:
+        got = summarise([s for s in done if s.condition == name])
+        figures[name] = got
+        low, high = got["in_character_ci95"]
+        print(
+            f"{name:<10}{got['n']:>9}{got['in_character']:>9.0%}{f'{low:.0%}-{high:.0%}':>9}"
+            f"{got['le_50_words']:>9.0%}{got['mean_words']:>9.1f}{got['hit_limit']:>9.0%}"
+        )
+    last = [s for s in done if s.condition == conditions[-1]]
+    for s in quotes(last, 3, seed):
+        print(f"  [{s.condition} {s.persona} seed {s.seed}] {s.caller!r} -> {s.reply!r}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        replies = [s.__dict__ for s in done]
+        out.write_text(json.dumps({"figures": figures, "replies": replies}, indent=1), "utf-8")
+    print(json.dumps(figures))
+
+
 def main() -> None:
     app(prog_name="python -m training")

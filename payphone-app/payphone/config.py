@@ -159,7 +159,9 @@ class LlmSettings(Group):
     num_ctx: Annotated[int, Field(ge=256, le=32768)] = 2048
     n_threads: Annotated[int, Field(ge=0, le=64)] = 0
     history_tokens: Annotated[int, Field(ge=64, le=16384)] = 1024
-    max_reply_words: Annotated[int, Field(ge=5, le=300)] = 60
+    # the guard ends a reply at the first sentence end past this, and trails off a quarter later:
+    # at most 50 words (~18 s spoken), the length the persona data and the phone are made for
+    max_reply_words: Annotated[int, Field(ge=5, le=300)] = 40
     # a public phone: the reply ends politely at any of these (`*` matches word endings)
     blocklist: list[str] = Field(
         default_factory=lambda: [

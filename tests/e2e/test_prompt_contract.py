@@ -54,9 +54,11 @@ def light_stages(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     for cls in (EmbeddedBackend, OllamaBackend):
         real = cls.warm_up
 
-        async def spy(self: Any, system_prompt: str, real: Any = real) -> None:
+        async def spy(
+            self: Any, system_prompt: str, examples: Any = (), *, real: Any = real
+        ) -> None:
             primed.append(system_prompt)
-            await real(self, system_prompt)
+            await real(self, system_prompt, examples)
 
         monkeypatch.setattr(cls, "warm_up", spy)
     return primed

@@ -33,7 +33,15 @@ async def say(path: Path, text: str) -> None:
 
 
 def check_schema(report: dict[str, object]) -> None:
-    assert set(report) == {"turns", "events", "reply_gaps_s", "underruns", "earpiece_dropouts"}
+    assert set(report) == {
+        "model",
+        "turns",
+        "events",
+        "reply_gaps_s",
+        "underruns",
+        "earpiece_dropouts",
+    }
+    assert report["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"  # which model answered
     assert all(0 <= gap < 8 for gap in report["reply_gaps_s"])  # type: ignore[attr-defined]
     assert report["earpiece_dropouts"] == 0  # the recording is as faithful as the earpiece
     for turn in report["turns"]:  # type: ignore[attr-defined]

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import h11
 
 from payphone.llm.base import ChatBackend, ChatOptions, Message
+from payphone.streams import hit_limit
 
 DEFAULT_MODEL = "payphone-persona:latest"
 VERSION = "0.12.0-test"
@@ -444,6 +445,7 @@ class OllamaProtocolServer:
         if fault.kind == "stall_first":
             await fault_now()
         reply = self.reply(log.messages, log.options)  # type: ignore[arg-type]
+        reason = "stop"
         async with contextlib.aclosing(reply) as pieces:  # type: ignore[type-var]
             while True:
                 if await fault_due():
@@ -452,6 +454,9 @@ class OllamaProtocolServer:
                     piece = await anext(pieces)
                 except StopAsyncIteration:
                     break
+                if hit_limit(piece):  # a real model (embedded_reply) stopped at num_predict
+                    reason = "length"
+                    continue
                 chunk = {
                     "model": name,
                     "created_at": _now(),
@@ -462,7 +467,10 @@ class OllamaProtocolServer:
                 log.pieces_sent += 1
         if await fault_due():
             return
-        await self._send(writer, conn.send(h11.Data(data=_line(self._final(name, "stop", log)))))
+        limit = log.options.get("num_predict")
+        if limit and log.pieces_sent >= int(limit):  # a scripted reply cut at num_predict
+            reason = "length"
+        await self._send(writer, conn.send(h11.Data(data=_line(self._final(name, reason, log)))))
         await self._send(writer, conn.send(h11.EndOfMessage()))
         log.finished = True
 

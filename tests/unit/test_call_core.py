@@ -99,7 +99,7 @@ async def test_a_reply_with_nothing_speakable_is_a_failed_turn_with_the_apology(
     assert turn.fallback and turn.cause == "nothing_speakable"
     assert call.persona.apology in synth.spoken
     assert not any(filler in synth.spoken for filler in call.persona.fillers)
-    assert [m["role"] for m in call.conversation.messages()] == ["system"]  # no *smiles*
+    assert call.conversation.turns == []  # no *smiles*
     await switch_off(rig, task)
 
 
@@ -160,7 +160,11 @@ async def test_only_the_last_of_quick_persona_switches_is_warmed_up() -> None:
     await asyncio.sleep(0.6)
     operator = rig.calls[0].persona
     assert operator.id == "operator"
-    assert backend.warmed == [choose_system_prompt("full", operator.prompt_tag, operator.prompt)]
+    primed = choose_system_prompt("full", operator.prompt_tag, operator.prompt)
+    # at pick-up (unless the first switch cancelled it), then the last switch only
+    assert backend.warmed in ([primed], [primed, primed])
+    assert backend.warmed_examples[-1] == rig.calls[0].conversation.examples
+    assert len(backend.warmed_examples[-1]) == 2 * len(operator.examples) > 0
     await switch_off(rig, task)
 
 
@@ -189,7 +193,7 @@ async def test_speech_while_thinking_joins_the_turn_it_belongs_to() -> None:
     call = rig.calls[0]
     assert len(transcriber.lengths) == 2
     assert transcriber.lengths[1] >= 2 * transcriber.lengths[0]  # both parts, one turn
-    users = [m for m in call.conversation.messages() if m["role"] == "user"]
+    users = [m for m in call.conversation.turns if m["role"] == "user"]
     assert [m["content"] for m in users] == ["I was wondering if you could help"]
     await switch_off(rig, task)
 

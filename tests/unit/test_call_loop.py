@@ -120,7 +120,9 @@ async def test_speech_stops_dial_tone_and_a_turn_is_answered() -> None:
     assert turn.latency_ms["first_audio"] <= turn.latency_ms["reply_done"]
     # the first sentence was synthesized before the model finished writing
     assert synth.spoken[-3:] == ["Hello there.", "How can I help you today?", "I am listening."]
-    assert [m["role"] for m in call.conversation.messages()] == ["system", "user", "assistant"]
+    assert [m["role"] for m in call.conversation.turns] == ["user", "assistant"]
+    sent = backend.requests[-1]
+    assert sent[: len(call.conversation.prefix())] == call.conversation.prefix()  # + examples
     await switch_off(rig, task)
 
 
@@ -221,7 +223,7 @@ async def test_next_call_starts_clean_after_hang_up_mid_reply() -> None:
     await rig.wait_state(CallState.LISTENING)
     second = rig.calls[1]
     assert second is not rig.calls[0]
-    assert [m["role"] for m in second.conversation.messages()] == ["system"]
+    assert second.conversation.turns == []
     assert second.state is CallState.LISTENING
     await switch_off(rig, task)
 
@@ -260,12 +262,14 @@ async def test_persona_key_switches_with_ringback_and_fresh_history() -> None:
     call = rig.calls[0]
     assert call.persona.id == "grandma_mae"
     await rig.wait_state(CallState.GREETING)
-    assert [m["role"] for m in call.conversation.messages()] == ["system"]
+    # a fresh memory: Mae's prompt and her example exchanges, nothing of the Operator's call
+    assert call.conversation.messages() == call.conversation.prefix()
     assert "Grandma Mae" in call.conversation.messages()[0]["content"]
+    assert call.conversation.examples[1]["content"] == call.persona.examples[0].reply
     async with asyncio.timeout(2):
-        while not backend.warmed:
+        while not backend.warmed or backend.warmed[-1] != call.conversation.system_prompt:
             await asyncio.sleep(0.01)
-    assert backend.warmed[-1] == call.conversation.system_prompt  # primed while it rang
+    assert backend.warmed_examples[-1] == call.conversation.examples  # primed while it rang
     ring = np.concatenate([b.pcm for b in rig.sink.heard[before : before + 10]]).astype(float)
     freqs = np.fft.rfftfreq(len(ring), 1 / 22050)
     top = sorted(freqs[np.argsort(np.abs(np.fft.rfft(ring)))[-2:]])
@@ -525,8 +529,8 @@ async def test_talking_over_the_persona_stops_it_and_becomes_the_next_turn() -> 
     assert first.interrupted and 0 < len(first.reply) < len(LONG_REPLY)
     assert second.heard == "stop, what time is it"
     assert any(e["event"] == "barge_in" for e in call.log.events)
-    history = [m["content"] for m in call.conversation.messages()]
-    assert history[2].endswith("[the caller interrupted]")  # kept as far as it was heard
+    history = [m["content"] for m in call.conversation.turns]
+    assert history[1].endswith("[the caller interrupted]")  # kept as far as it was heard
     await switch_off(rig, task)
 
 

@@ -330,7 +330,8 @@ async def test_a_crisis_turn_speaks_the_help_line_and_the_model_goes_on_with_it(
     await rig.wait_state(CallState.SPEAKING)
     await rig.wait_state(CallState.LISTENING, timeout=10)
     [messages] = backend.requests
-    assert [m["content"] for m in messages[1:]] == [texts[0], turn.reply, texts[1]]
+    turns = messages[len(call.conversation.prefix()) :]  # after the prompt and its examples
+    assert [m["content"] for m in turns] == [texts[0], turn.reply, texts[1]]
     assert call.log.turns[1].help_line is None and call.log.turns[1].reply == "I am here."
     await switch_off(rig, task)
 

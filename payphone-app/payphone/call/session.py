@@ -214,6 +214,8 @@ class Call:
         self._arm(Timer.MAX_CALL, self.settings.max_call_s)
         self._arm(Timer.DIAL_TONE, self.settings.dial_tone_s)
         self._start("dial_tone", self._dial_tone)
+        # the last call may have left another persona's prefix in the model's cache
+        self._warm_up(self.conversation)
         try:
             while True:
                 await self._dispatch(await self._inbox.get())
@@ -454,7 +456,7 @@ class Call:
         self.conversation = self._conversation_for(persona)
         self._turn = None
         structlog.contextvars.bind_contextvars(persona=persona.id)
-        self._warm_up(self.conversation.system_prompt)
+        self._warm_up(self.conversation)
         self._start("ringback", lambda: self._ring_then_greet(persona))
 
     def _dial(self) -> None:
@@ -486,16 +488,17 @@ class Call:
         self._set_state(CallState.GREETING)
         await self._greet()
 
-    def _warm_up(self, system_prompt: str) -> None:
-        """Prime the model with a persona's prompt; a newer switch cancels an older warm-up."""
+    def _warm_up(self, conversation: Conversation) -> None:
+        """Prime the model with a persona's fixed prefix (system prompt and examples); a newer
+        switch cancels an older warm-up."""
         if self._warming is not None:
             self._warming.cancel()
-        self._warming = asyncio.ensure_future(self._warm(system_prompt))
+        self._warming = asyncio.ensure_future(self._warm(conversation))
         self._track(self._warming)
 
-    async def _warm(self, system_prompt: str) -> None:
+    async def _warm(self, conversation: Conversation) -> None:
         try:
-            await self.deps.backend.warm_up(system_prompt)
+            await self.deps.backend.warm_up(conversation.system_prompt, conversation.examples)
         except LlmError as exc:  # the breaker has it; the first turn gets the fallback if needed
             log.info("warm_up_failed", cause=exc.cause)
 
@@ -623,6 +626,9 @@ class Call:
         return tones.ToneStream(plan, rate, frame_samples=rate * TONE_FRAME_MS // 1000)
 
     def _conversation_for(self, persona: Persona) -> Conversation:
+        """The persona's memory; its example exchanges only with the full prompt (a model tuned
+        on the tag learned the voice from its data and never saw examples in its prompts)."""
         chosen = choose(self.options.prompt_style, self.deps.backend.declared_prompt_style)
         prompt = chosen.system_prompt(persona.prompt_tag, persona.prompt)
-        return Conversation(prompt, self.options.history_tokens)
+        examples = persona.example_pairs if prompt == persona.prompt else ()
+        return Conversation(prompt, self.options.history_tokens, examples=examples)

@@ -32,7 +32,7 @@ from payphone.pcm import Pcm
 from payphone.personas.loader import Persona
 from payphone.speech import tones
 from payphone.speech.base import Synthesizer, Transcriber
-from payphone.streams import closing
+from payphone.streams import closing, hit_limit
 
 log = get_logger("turn")
 
@@ -232,7 +232,11 @@ class Turn:
             return
         if not self._spoken:
             raise NothingSpoken
-        self.record.reply = "".join(self._reply).strip()
+        if any(hit_limit(piece) for piece in self._reply):
+            # cut by the token limit: remember what was said, not the half sentence dropped
+            self.record.reply = " ".join(self._spoken)
+        else:
+            self.record.reply = "".join(self._reply).strip()
         self.conversation.add_assistant(self.record.reply)
 
     async def _fall_back(self, error: LlmError) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -94,6 +94,7 @@ class CircuitBreaker(ChatBackend):
         self._opened_at: float | None = None
         self._probes = 0
         self._system_prompt: SystemPrompt | None = None
+        self._examples: tuple[Message, ...] = ()
         self._prober: asyncio.Task[None] | None = None
         self._closed_event = asyncio.Event()
         self._closed_event.set()
@@ -132,6 +133,7 @@ class CircuitBreaker(ChatBackend):
         """
         if system_prompt is not None:
             self._system_prompt = system_prompt
+            self._examples = ()  # a call primes its persona's examples at pick-up
         if background:
             self._state = BreakerState.STARTING
             self._closed_event.clear()
@@ -152,7 +154,7 @@ class CircuitBreaker(ChatBackend):
         if callable(prompt):
             prompt = prompt()
         if prompt is not None:
-            await self.backend.warm_up(prompt)
+            await self.backend.warm_up(prompt, self._examples)
 
     async def _start_up(self) -> None:
         try:
@@ -189,13 +191,14 @@ class CircuitBreaker(ChatBackend):
         finally:
             await inner.aclose()  # type: ignore[attr-defined]
 
-    async def warm_up(self, system_prompt: str) -> None:
-        """Remember the prompt (re-primed after recovery) and warm up now unless open."""
+    async def warm_up(self, system_prompt: str, examples: Sequence[Message] = ()) -> None:
+        """Remember the prefix (re-primed after recovery) and warm up now unless open."""
         self._system_prompt = system_prompt
+        self._examples = tuple(examples)
         if self._state is not BreakerState.CLOSED:
             return
         try:
-            await self.backend.warm_up(system_prompt)
+            await self.backend.warm_up(system_prompt, examples)
         except LlmError as exc:
             self._record_failure(exc)
             raise

@@ -9,7 +9,7 @@ settings (`llm.first_token_timeout_s`, `llm.token_timeout_s`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.llm.ollama_backend import STALL_FIRST_TOKEN, STALL_MID_STREAM
@@ -62,8 +62,8 @@ class Deadlines(ChatBackend):
         log.warning("llm_failed", cause=error.cause, detail=error.detail, pieces=pieces)
         return error
 
-    async def warm_up(self, system_prompt: str) -> None:
-        await self.backend.warm_up(system_prompt)
+    async def warm_up(self, system_prompt: str, examples: Sequence[Message] = ()) -> None:
+        await self.backend.warm_up(system_prompt, examples)
 
     async def aclose(self) -> None:
         await self.backend.aclose()

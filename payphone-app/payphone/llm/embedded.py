@@ -10,8 +10,9 @@ dropped. The next generation waits for the previous worker on a thread lock, so 
 never used by two threads at once.
 
 Prompt caching: `Llama.generate` keeps the KV cache of the last prompt and re-evaluates only the
-tokens after the longest common prefix. `warm_up` evaluates the system prompt once, so the first
-reply pays only for the caller's words (`last_stats.prompt_tokens` shows how many were evaluated).
+tokens after the longest common prefix. `warm_up` evaluates the fixed prefix (system prompt and
+example exchanges) once, so the first reply pays only for the caller's words
+(`last_stats.prompt_tokens` shows how many were evaluated).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from payphone.bridge import ThreadStream
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.llm.prompt_style import Declared, declared_style
 from payphone.log import get_logger, ms
+from payphone.streams import HIT_LIMIT
 
 log = get_logger("payphone.llm.embedded")
 
@@ -161,9 +163,12 @@ class EmbeddedBackend(ChatBackend):
             "messages": [dict(m) for m in messages],
             "max_tokens": options.num_predict,
             "temperature": options.temperature,
+            "repeat_penalty": options.repeat_penalty,
             "stop": list(options.stop),
             "stream": True,
         }
+        if options.seed is not None:
+            kwargs["seed"] = options.seed
         reply = ThreadStream(functools.partial(self._generate, kwargs), name="llm-embedded")
         self._worker = reply.finished
         try:
@@ -176,12 +181,12 @@ class EmbeddedBackend(ChatBackend):
             # its late output is dropped and nobody waits for it here
             reply.stop.set()
 
-    async def warm_up(self, system_prompt: str) -> None:
-        """Evaluate the system prompt (plus the assistant header) so it stays in the KV cache."""
+    async def warm_up(self, system_prompt: str, examples: Sequence[Message] = ()) -> None:
+        """Evaluate the system prompt and examples so they stay in the KV cache."""
         await self.load()
         started = time.perf_counter()
         system: Message = {"role": "system", "content": system_prompt}
-        async for _ in self.stream([system], ChatOptions(num_predict=1)):
+        async for _ in self.stream([system, *examples], ChatOptions(num_predict=1)):
             pass
         stats = self.last_stats
         log.info(
@@ -204,15 +209,20 @@ class EmbeddedBackend(ChatBackend):
                 llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
                 started = time.perf_counter()
                 first: float | None = None
+                finish: str | None = None
                 chunks = llm.create_chat_completion(**kwargs)
                 try:
                     for chunk in chunks:
                         if stop.is_set():
                             break
-                        text = chunk["choices"][0]["delta"].get("content")
+                        choice = chunk["choices"][0]
+                        text = choice["delta"].get("content")
+                        finish = choice.get("finish_reason") or finish
                         if text:
                             first = first or time.perf_counter()
                             yield text
+                    if finish == "length" and not stop.is_set():
+                        yield HIT_LIMIT  # the reply path drops the unfinished sentence
                 finally:
                     chunks.close()
                     _free_sampler(llm)

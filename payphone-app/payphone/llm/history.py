@@ -1,16 +1,19 @@
 """Conversation memory for one call and one persona, trimmed to a token budget.
 
-The model sees the system prompt, then as many of the latest turns as fit the budget. Old turns
-go first; the system prompt and the caller's latest words are never dropped, so a long call
-forgets its beginning instead of failing. A reply the caller cut into is remembered as what was
-actually spoken plus a marker, so the persona does not believe it finished a sentence it never
-said. A new persona starts a new history (`reset`).
+The model sees the system prompt, the persona's example exchanges (if any), then as many of the
+latest turns as fit the budget. Old turns go first; the system prompt, the examples and the
+caller's latest words are never dropped, so a long call forgets its beginning instead of failing,
+and the fixed prefix (system + examples) stays the same all call long: the backend evaluates it
+once, while the line rings (`ChatBackend.warm_up`), and reuses it from its prompt cache. A
+reply the caller cut into is remembered as what was actually spoken plus a marker, so the
+persona does not believe it finished a sentence it never said. A new persona starts a new
+history (`reset`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from payphone.llm.base import Message
@@ -40,10 +43,15 @@ class Conversation:
         system_prompt: str,
         budget_tokens: int,
         count_tokens: TokenCounter = estimate_tokens,
+        examples: Sequence[tuple[str, str]] = (),
     ) -> None:
+        """`examples`: (caller, reply) pairs shown after the system prompt. A base model given
+        the full prompt needs them to hear the voice; a model tuned on the persona tag gets none
+        (it learned the voice, and the examples were not in its training prompts)."""
         self._system = system_prompt
         self._budget = budget_tokens
         self._count = count_tokens
+        self._examples = _example_messages(examples)
         self._turns: list[Message] = []
 
     @property
@@ -51,13 +59,23 @@ class Conversation:
         return self._system
 
     @property
+    def examples(self) -> list[Message]:
+        """The example exchanges as user/assistant messages (part of the fixed prefix)."""
+        return list(self._examples)
+
+    def prefix(self) -> list[Message]:
+        """What every request starts with: the system prompt and the examples."""
+        return [{"role": "system", "content": self._system}, *self._examples]
+
+    @property
     def turns(self) -> list[Message]:
         """Every stored turn (untrimmed), oldest first."""
         return list(self._turns)
 
-    def reset(self, system_prompt: str) -> None:
-        """A new persona: a new system prompt and an empty memory."""
+    def reset(self, system_prompt: str, examples: Sequence[tuple[str, str]] = ()) -> None:
+        """A new persona: a new system prompt, its examples, and an empty memory."""
         self._system = system_prompt
+        self._examples = _example_messages(examples)
         self._turns.clear()
 
     def add_user(self, text: str) -> None:
@@ -81,13 +99,13 @@ class Conversation:
         return self._count(message["content"]) + MESSAGE_OVERHEAD_TOKENS
 
     def messages(self) -> list[Message]:
-        """System prompt + the newest turns that fit the budget, oldest dropped first.
+        """System prompt + examples + the newest turns that fit the budget, oldest dropped first.
 
         Trimming drops whole leading turns and never leaves an assistant turn first, so the
-        model always sees a user turn right after the system prompt.
+        model always sees a user turn right after the fixed prefix.
         """
-        system: Message = {"role": "system", "content": self._system}
-        used = self.tokens(system)
+        prefix = self.prefix()
+        used = sum(self.tokens(m) for m in prefix)
         kept: list[Message] = []
         for index, turn in enumerate(reversed(self._turns)):
             cost = self.tokens(turn)
@@ -99,4 +117,12 @@ class Conversation:
         kept.reverse()
         while len(kept) > 1 and kept[0]["role"] == "assistant":
             kept.pop(0)
-        return [system, *kept]
+        return [*prefix, *kept]
+
+
+def _example_messages(examples: Sequence[tuple[str, str]]) -> list[Message]:
+    messages: list[Message] = []
+    for caller, reply in examples:
+        messages.append({"role": "user", "content": caller})
+        messages.append({"role": "assistant", "content": reply})
+    return messages

@@ -15,7 +15,7 @@ import asyncio
 import errno
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -25,6 +25,7 @@ import pydantic
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.llm.prompt_style import Declared, declared_style
 from payphone.log import get_logger, ms
+from payphone.streams import HIT_LIMIT
 
 log = get_logger("payphone.llm.ollama")
 
@@ -151,6 +152,8 @@ class OllamaBackend(ChatBackend):
         }
         if options.stop:
             opts["stop"] = list(options.stop)
+        if options.seed is not None:
+            opts["seed"] = options.seed
         return opts
 
     async def stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[str]:
@@ -212,6 +215,8 @@ class OllamaBackend(ChatBackend):
                     pieces += 1
                     yield text
                 if part.done:
+                    if part.done_reason == "length":
+                        yield HIT_LIMIT  # the reply path drops the unfinished sentence
                     break
         except LlmError as exc:
             log.warning(
@@ -240,8 +245,9 @@ class OllamaBackend(ChatBackend):
         except Exception as exc:
             raise classify(exc) from exc
 
-    async def warm_up(self, system_prompt: str) -> None:
-        """Load the model (empty messages) and evaluate the system prompt into Ollama's cache."""
+    async def warm_up(self, system_prompt: str, examples: Sequence[Message] = ()) -> None:
+        """Load the model (empty messages) and evaluate the system prompt and the examples into
+        Ollama's cache."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         await self._plain("preload", self.warm_up_timeout_s, messages=[])
@@ -249,7 +255,7 @@ class OllamaBackend(ChatBackend):
         await self._plain(
             "prime",
             self.warm_up_timeout_s,
-            messages=[{"role": "system", "content": system_prompt}],
+            messages=[{"role": "system", "content": system_prompt}, *(dict(m) for m in examples)],
             options={"num_predict": 1},
         )
         log.info(

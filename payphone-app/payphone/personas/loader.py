@@ -33,6 +33,32 @@ class VoiceFields(BaseModel):
     pitch_semitones: Annotated[float, Field(ge=-12, le=12)] = 0.0
 
 
+MAX_EXAMPLE_WORDS = 30
+MAX_EXAMPLES = 5
+_NOT_SPOKEN = re.compile(r"[*_`#\[\]{}<>|~\n]")
+
+
+class Example(BaseModel):
+    """One authored exchange that shows a base model the persona's voice and reply length."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    caller: Annotated[str, Field(min_length=1)]
+    reply: Annotated[str, Field(min_length=1)]
+
+    @field_validator("reply")
+    @classmethod
+    def _spoken_and_short(cls, reply: str) -> str:
+        """The model copies the examples' form: one short spoken paragraph, nothing unsayable."""
+        words = len(reply.split())
+        if words > MAX_EXAMPLE_WORDS:
+            raise ValueError(f"has {words} words (at most {MAX_EXAMPLE_WORDS})")
+        found = _NOT_SPOKEN.search(reply)
+        if found:
+            raise ValueError(f"has {found.group()!r}: a reply is spoken text, no markdown")
+        return reply
+
+
 HELP_PLACEHOLDERS = ("crisis_number", "emergency_number")
 DEFAULT_CRISIS_LINE = (
     "I'm really glad you told me. You don't have to go through this alone. Please call the crisis "
@@ -99,6 +125,12 @@ class Persona(BaseModel):
     fillers: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     voice: VoiceFields = Field(default_factory=VoiceFields)
     help: HelpLines = Field(default_factory=HelpLines)
+    examples: Annotated[list[Example], Field(max_length=MAX_EXAMPLES)] = Field(default_factory=list)
+
+    @property
+    def example_pairs(self) -> list[tuple[str, str]]:
+        """The example exchanges as (caller, reply) pairs, for a conversation's fixed prefix."""
+        return [(e.caller, e.reply) for e in self.examples]
 
     @property
     def digits(self) -> str:

@@ -33,8 +33,11 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from payphone.log import get_logger
 from payphone.reply.markup import MarkupStripper
-from payphone.streams import closing
+from payphone.streams import closing, hit_limit
+
+log = get_logger(__name__)
 
 # --------------------------------------------------------------------------- speakable text
 
@@ -172,16 +175,32 @@ class TextChunker:
         self._buf += self._stripper.feed(piece) if self._stripper else piece
         return self._cut(final=False)
 
-    def flush(self) -> list[str]:
-        """The stream ended: return the remaining chunks and reset."""
+    def flush(self, *, drop_unfinished: bool = False) -> list[str]:
+        """The stream ended: return the remaining chunks and reset.
+
+        `drop_unfinished`: the model was stopped by its token limit, so text after the last
+        sentence end is half a sentence and is dropped, unless it is all the reply would say.
+        """
         if self._stripper:
             self._buf += self._stripper.flush()
+        if drop_unfinished:
+            self._drop_unfinished()
         chunks = self._cut(final=True)
         rest = speakable(self._carry + " " + self._buf)
         if _ALNUM.search(rest):
             chunks.append(rest)
         self._buf, self._carry, self._emitted = "", "", 0
         return chunks
+
+    def _drop_unfinished(self) -> None:
+        start = unfinished_tail(self._buf)
+        if start is None:
+            return
+        if start == 0 and self._emitted == 0:
+            log.info("reply_unfinished_kept", words=len(self._buf.split()))  # nothing else to say
+            return
+        log.info("reply_unfinished_dropped", words=len(self._buf[start:].split()))
+        self._buf = self._buf[:start]
 
     def _cut(self, final: bool) -> list[str]:
         chunks: list[str] = []
@@ -232,6 +251,26 @@ class TextChunker:
         return None
 
 
+_COMPLETE = re.compile(rf"[.!?…]+[{_CLOSERS}]*\s*\Z")
+
+
+def unfinished_tail(text: str) -> int | None:
+    """Where the unfinished last sentence of `text` begins (0: no sentence in it ends); None when
+    the text ends with a complete sentence, or holds no words."""
+    if _COMPLETE.search(text) or not _ALNUM.search(text):
+        return None
+    start = 0
+    for match in _CANDIDATE.finditer(text):
+        ends = (
+            _sentence_decision(text, match, final=True)
+            if match.lastgroup == "sent"
+            else match.lastgroup == "nl" and _ALNUM.search(text, start, match.start())
+        )
+        if ends:
+            start = match.end()
+    return start if _ALNUM.search(text, start) else None
+
+
 def nth_token_end(text: str, count: int, start: int = 0) -> int | None:
     """Where the `count`-th word from `start` ends (None: there are fewer words)."""
     for index, token in enumerate(_TOKEN.finditer(text, start), start=1):
@@ -249,9 +288,11 @@ async def chunk_stream(
     consumer stops early (hang-up, barge-in), the source stream is closed too, so generation stops.
     """
     chunker = TextChunker(config)
+    limited = False
     async with closing(pieces):
         async for piece in pieces:
+            limited = limited or hit_limit(piece)
             for chunk in chunker.feed(piece):
                 yield chunk
-        for chunk in chunker.flush():
+        for chunk in chunker.flush(drop_unfinished=limited):
             yield chunk

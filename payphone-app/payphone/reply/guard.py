@@ -25,7 +25,7 @@ from payphone.config import LlmSettings
 from payphone.log import get_logger
 from payphone.reply.chunker import find_sentence_end, nth_token_end
 from payphone.reply.markup import MarkupStripper
-from payphone.streams import closing
+from payphone.streams import HIT_LIMIT, closing, hit_limit
 
 log = get_logger(__name__)
 
@@ -245,13 +245,20 @@ async def guard_stream(
     pieces: AsyncIterator[str], config: GuardConfig | None = None
 ) -> AsyncIterator[str]:
     """The reply stream with the guard applied; closes the source when the guard ends the reply
-    (or the consumer stops), so the model stops generating."""
+    (or the consumer stops), so the model stops generating. The model's `HIT_LIMIT` mark is
+    passed on after the text (the chunker drops the unfinished sentence)."""
     guard = OutputGuard(config)
+    limited = False
     async with closing(pieces):
         async for piece in pieces:
+            if hit_limit(piece):
+                limited = True
+                continue
             for out in guard.feed(piece):
                 yield out
             if guard.done:
                 break
         for out in guard.flush():
             yield out
+        if limited and guard.reason is None:
+            yield HIT_LIMIT

@@ -21,7 +21,7 @@ from rich.table import Table
 from payphone.call.lines import render_line
 from payphone.call.options import CallOptions, first_persona
 from payphone.config import Settings
-from payphone.models import resolve_voice
+from payphone.models import resolve_gguf, resolve_voice
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
 from payphone.sim.echo_path import HandsetEcho
@@ -44,6 +44,13 @@ async def speak_as_caller(synthesizer: PiperSynthesizer, text: str) -> Pcm:
     """A caller's line spoken by Piper, as the mic would hear it (16 kHz mono)."""
     pcm = await render_line(synthesizer, text, CALLER_VOICE)
     return to_mic_rate(pcm, synthesizer.sample_rate)
+
+
+def answering_model(settings: Settings) -> str:
+    """Which model answered: the GGUF file in-process, or the Ollama model and its host."""
+    if settings.llm.backend == "ollama":
+        return f"{settings.llm.ollama_model} on {settings.llm.ollama_host}"
+    return resolve_gguf(settings, download=False).name
 
 
 async def simulate(
@@ -81,7 +88,10 @@ async def simulate(
             )
     finally:
         await stages.aclose()
-    report = build_report(result.calls, result.rig.sink.underruns)
+    report = {
+        "model": answering_model(settings),
+        **build_report(result.calls, result.rig.sink.underruns),
+    }
     seconds = write_call_wav(out_dir / "call.wav", result.rig.sink, result.tape)
     report["reply_gaps_s"] = await asyncio.to_thread(reply_gaps, out_dir / "call.wav")
     report["earpiece_dropouts"] = len(
@@ -89,6 +99,7 @@ async def simulate(
     )
     write_report(out_dir / "report.json", report)
     print_summary(report, console)
+    console.print(f"model: {report['model']}")
     console.print(
         f"recording: {out_dir / 'call.wav'} ({seconds:.1f} s, left: earpiece, right: caller); "
         f"report: {out_dir / 'report.json'}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,10 +108,12 @@ class ScriptedBackend(ChatBackend):
     closed: int = 0
     active: int = 0
     warmed: list[str] = field(default_factory=list)
+    warmed_examples: list[list[Message]] = field(default_factory=list)
 
-    async def warm_up(self, system_prompt: str) -> None:
+    async def warm_up(self, system_prompt: str, examples: Sequence[Message] = ()) -> None:
         await asyncio.sleep(self.token_delay_s)
         self.warmed.append(system_prompt)
+        self.warmed_examples.append(list(examples))
 
     async def stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[str]:
         self.requests.append(list(messages))
