@@ -208,3 +208,18 @@ async def test_words_after_the_held_turns_limit_start_afresh(
     [(_, later)] = feed(listener, np.concatenate([speech, silence(0.6)]))
     assert len(later.context) == 0
     assert model.asked[-1] < len(held.pcm) + len(speech)
+
+
+async def test_words_after_the_persona_answered_start_afresh(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    """The held turn was answered (the earpiece played): the caller's next words are a new turn,
+    judged and transcribed on their own."""
+    whisper = CountingTranscriber()
+    model = ScriptedTurnModel(0.9)
+    listener = VadListener(app_settings.vad, TURN, model, whisper)
+    [(_, first)] = feed(listener, np.concatenate([silence(0.5), speech, silence(0.3)]))
+    listener.feed(silence(0.03), playing=True)  # the answer sounds
+    [(_, second)] = feed(listener, np.concatenate([speech, silence(0.6)]))
+    assert len(second.context) == 0
+    assert model.asked[-1] < len(first.pcm) + len(speech)

@@ -114,6 +114,8 @@ class VadListener:
 
     def feed(self, pcm: Pcm, playing: bool) -> list[MicEvent]:
         self._vad.gate(playing)
+        if playing:
+            self._held = None  # the persona answered (or spoke): the next words start afresh
         events: list[MicEvent] = []
         ended = self._vad.feed(pcm)
         if self._vad.in_speech and not self._was_speaking:
