@@ -223,16 +223,16 @@ class EmbeddedBackend(ChatBackend):
                             yield text
                     if finish == "length" and not stop.is_set():
                         yield HIT_LIMIT  # the reply path drops the unfinished sentence
-                finally:
+                finally:  # also when the stream is closed mid-reply (a hang-up)
                     chunks.close()
                     _free_sampler(llm)
-                perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
-                self.last_stats = GenerationStats(
-                    prompt_tokens=int(perf.n_p_eval),
-                    generated_tokens=int(perf.n_eval),
-                    ttft_ms=None if first is None else ms(first - started),
-                    total_ms=ms(time.perf_counter() - started),
-                )
+                    perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
+                    self.last_stats = GenerationStats(
+                        prompt_tokens=int(perf.n_p_eval),
+                        generated_tokens=int(perf.n_eval),
+                        ttft_ms=None if first is None else ms(first - started),
+                        total_ms=ms(time.perf_counter() - started),
+                    )
             finally:
                 self._stop = None
 
