@@ -502,9 +502,11 @@ async def test_no_filler_when_the_answer_is_quick() -> None:
 LONG_REPLY = " ".join(["Well now, let me tell you all about the weather in this town."] * 4)
 
 
-async def test_talking_over_the_persona_stops_it_and_becomes_the_next_turn() -> None:
+async def persona_speaking(then: str) -> tuple[Rig, asyncio.Task[None]]:
+    """A barge-in rig whose persona is in the middle of a long reply; the caller's next words
+    will be heard as `then`."""
     rig, *_ = make_rig(
-        ["tell me about the weather", "stop, what time is it"],
+        ["tell me about the weather", then],
         ScriptedBackend(reply=LONG_REPLY, token_delay_s=0.001),
         barge_in=True,
         endpointer=functools.partial(EnergyEndpointer, barge_in=True),
@@ -514,6 +516,11 @@ async def test_talking_over_the_persona_stops_it_and_becomes_the_next_turn() -> 
     await rig.wait_state(CallState.LISTENING)  # after the greeting
     await speak(rig)
     await rig.wait_state(CallState.SPEAKING)
+    return rig, task
+
+
+async def test_talking_over_the_persona_stops_it_and_becomes_the_next_turn() -> None:
+    rig, task = await persona_speaking("stop, what time is it")
     await asyncio.sleep(0.2)
     said_at = time.monotonic()
     await speak(rig, 0.6)  # far more than a backchannel
@@ -535,17 +542,7 @@ async def test_talking_over_the_persona_stops_it_and_becomes_the_next_turn() -> 
 
 
 async def test_a_backchannel_does_not_stop_the_persona() -> None:
-    rig, *_ = make_rig(
-        ["tell me about the weather", "mm-hm"],
-        ScriptedBackend(reply=LONG_REPLY, token_delay_s=0.001),
-        barge_in=True,
-        endpointer=functools.partial(EnergyEndpointer, barge_in=True),
-    )
-    task = await running(rig)
-    rig.lift()
-    await rig.wait_state(CallState.LISTENING)
-    await speak(rig)
-    await rig.wait_state(CallState.SPEAKING)
+    rig, task = await persona_speaking("mm-hm")
     await asyncio.sleep(0.2)
     await speak(rig, 0.12)  # "mm-hm": four frames, under the backchannel limit
     await rig.wait_state(CallState.LISTENING, timeout=10)
@@ -564,17 +561,7 @@ async def test_a_backchannel_does_not_stop_the_persona() -> None:
 
 
 async def test_a_short_request_over_the_persona_takes_the_turn() -> None:
-    rig, *_ = make_rig(
-        ["tell me about the weather", "Stop."],
-        ScriptedBackend(reply=LONG_REPLY, token_delay_s=0.001),
-        barge_in=True,
-        endpointer=functools.partial(EnergyEndpointer, barge_in=True),
-    )
-    task = await running(rig)
-    rig.lift()
-    await rig.wait_state(CallState.LISTENING)
-    await speak(rig)
-    await rig.wait_state(CallState.SPEAKING)
+    rig, task = await persona_speaking("Stop.")
     await speak(rig, 0.12)  # as short as "mm-hm", but Whisper hears a request
     await rig.wait_state(CallState.THINKING, timeout=5)
     call = rig.calls[0]

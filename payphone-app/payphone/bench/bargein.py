@@ -29,6 +29,7 @@ import numpy as np
 
 from payphone.bench.hangup import percentile
 from payphone.bench.stt import word_error_rate
+from payphone.bench.turns import new_call
 from payphone.call.events import CallState
 from payphone.call.lines import render_line
 from payphone.call.options import CallOptions
@@ -136,13 +137,7 @@ def _clip(kind: str, text: str, pcm: Pcm) -> Clip:
 
 
 async def _new_call(rig: Rig, persona_key: str) -> None:
-    if rig.phone.call is not None:
-        rig.replace()
-        while rig.phone.call is not None:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)
-    rig.lift()
-    await rig.wait_state(CallState.LISTENING, timeout=30)  # after the operator's greeting
+    await new_call(rig)
     if persona_key != "0":
         rig.keypad.press(persona_key)
         await rig.wait_state(CallState.RINGBACK, timeout=5)

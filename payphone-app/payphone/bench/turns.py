@@ -118,7 +118,8 @@ async def _speak(rig: Rig, pcm: Pcm) -> float:
     return started
 
 
-async def _new_call(rig: Rig) -> None:
+async def new_call(rig: Rig) -> None:
+    """Hang up any call, pick up again, and wait until the greeting is over."""
     if rig.phone.call is not None:
         rig.replace()
         while rig.phone.call is not None:
@@ -168,7 +169,7 @@ async def _pipeline(
     try:
         for index, line in enumerate(lines):
             if index % CALL_EVERY == 0:
-                await _new_call(rig)
+                await new_call(rig)
             figures.append(await _turn(rig, line))
     finally:
         task.cancel()
