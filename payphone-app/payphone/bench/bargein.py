@@ -187,7 +187,7 @@ async def _trial(
         trial.reaction_ms = round((paused[0] - pushed - clip.first_voiced_s) * 1000, 1)
     await _quiet(rig)  # `#` cuts the answer: the caller's turn is on record with its transcript
     heard = [t.heard for t in call.log.turns[turns_before:] if t.speech_end >= pushed and t.heard]
-    trial.heard = heard[0] if heard else None
+    trial.heard = heard[-1] if heard else None  # the last: a part held while they went on is in it
     return trial
 
 
@@ -291,6 +291,8 @@ def _summary(trials: list[Trial], clean: dict[str, str], ms_per_block: float) ->
     false = [t for t in others if t.barged or t.turn_started]
     for t in false:
         print(f"  false barge-in: {t.kind} {t.text!r}, heard as {t.heard!r}", flush=True)
+    for t in barges:
+        print(f"  barge-in {t.text!r} heard as {t.heard!r}, {t.reaction_ms} ms", flush=True)
     result: dict[str, Any] = {
         "replies": len(trials),
         "reached": len(reached),
