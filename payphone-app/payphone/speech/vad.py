@@ -239,8 +239,14 @@ class VadEndpointer:
         )
         # what the echo canceller leaves of our voice: a property of the handset, so learned
         # across playbacks (never reset), never while the caller speaks
+        # ...and it rises slowly: a caller's soft onset ("Excuse me") must not be learned as
+        # residue in the frames the start rule needs
         self._residual = _EchoTracker(
-            echo_margin_db, warmup_frames=0, floor_db=echo_floor_db, level_db=echo_floor_db
+            echo_margin_db,
+            warmup_frames=0,
+            floor_db=echo_floor_db,
+            slew_db=0.25,
+            level_db=echo_floor_db,
         )
         self._playing = False
         self.echo_cancelled = echo_cancelled
