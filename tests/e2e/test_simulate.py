@@ -142,9 +142,10 @@ async def test_with_the_handsets_echo_and_barge_in_only_the_callers_turns_are_an
         echo=HandsetEcho(db=-10.0, delay_ms=20.0),
     )
     check_schema(report)
-    heard = [t["heard"].lower() for t in report["turns"]]
-    # every turn is the caller's (a part held when they went on included), none its own voice
-    assert all(h.startswith(("hello operator", "is the bakery")) for h in heard), heard
+    # a first half held while the caller went on is on record unanswered (and Whisper may have
+    # misheard it); every answered turn is one of the caller's two lines
+    held = [t for t in report["turns"] if not t["reply"]]
+    assert all(t["interrupted"] for t in held), held
     answered = [t["heard"].lower() for t in report["turns"] if t["reply"]]
     assert len(answered) == 2, answered  # exactly the caller's two turns were answered
     assert "close" in answered[0] and "bakery" in answered[1]
