@@ -129,3 +129,13 @@ async def test_a_muted_earpiece_keeps_its_clock_and_queue_and_plays_silence() ->
     assert abs(int(silent[0]) - muted_at) < 0.03 * 8000  # from the moment it was muted
     assert np.all(sink.played(muted_at + 400, 800) == 0)  # the echo reference is silent too
     await sink.aclose()
+
+
+async def test_a_stop_ends_a_mute_so_the_next_sound_is_heard() -> None:
+    sink = MemorySink(8000, buffer_ms=20)
+    sink.mute(True)
+    sink.stop()  # a new activity takes over (the call's interrupt)
+    await sink.play(np.full(800, 5000, dtype=np.int16))
+    await sink.drain()
+    assert np.all(sink.heard_pcm() == 5000)
+    await sink.aclose()

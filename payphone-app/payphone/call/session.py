@@ -550,8 +550,7 @@ class Call:
     def _start(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         """Replace the current activity with a new one (the old one is interrupted first)."""
         previous = self._activity
-        self.interrupt()
-        self.deps.sink.mute(False)
+        self.interrupt()  # its stop() also ends a mute: the new activity is heard
         if previous is not None and previous.done():
             previous = None
         if name != "turn":

@@ -48,7 +48,8 @@ class AudioSink(ABC):
 
     @abstractmethod
     def stop(self) -> None:
-        """Drop everything queued at once: silence within one buffer. Safe in cancel handlers."""
+        """Drop everything queued at once: silence within one buffer, and no mute left over (what
+        is played next is heard). Safe in cancel handlers."""
 
     def mute(self, muted: bool) -> None:
         """Silence the earpiece at once without dropping what is queued, or sound again (the
