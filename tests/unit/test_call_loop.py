@@ -99,6 +99,35 @@ async def test_off_hook_dial_tone_then_greeting_then_listening() -> None:
     await switch_off(rig, task)
 
 
+class AnswerCountingEndpointer(EnergyEndpointer):
+    """Counts the call telling it an answer was heard (what ends the listener's held words)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers = 0
+
+    def answered(self) -> None:
+        self.answers += 1
+
+
+async def test_the_listener_hears_that_a_turn_was_answered() -> None:
+    endpointers: list[AnswerCountingEndpointer] = []
+
+    def make() -> AnswerCountingEndpointer:
+        endpointers.append(AnswerCountingEndpointer())
+        return endpointers[-1]
+
+    rig, _, _, _ = make_rig(["what time is it"], endpointer=make)
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)  # after the greeting
+    before = endpointers[-1].answers
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING)
+    assert endpointers[-1].answers == before + 1
+    await switch_off(rig, task)
+
+
 async def test_speech_stops_dial_tone_and_a_turn_is_answered() -> None:
     rig, _, backend, synth = make_rig(["hello?", "what time is it"])  # hello: over the dial tone
     task = await running(rig)

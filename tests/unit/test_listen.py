@@ -223,3 +223,18 @@ async def test_words_after_the_persona_answered_start_afresh(
     [(_, second)] = feed(listener, np.concatenate([speech, silence(0.6)]))
     assert len(second.context) == 0
     assert model.asked[-1] < len(first.pcm) + len(speech)
+
+
+async def test_an_answer_cut_before_a_mic_frame_saw_it_still_ends_the_held_words(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    """`#` cut the answer within a frame: the gate never saw it play, but the call says it was
+    heard, so the caller's next line is judged and transcribed on its own."""
+    whisper = CountingTranscriber()
+    model = ScriptedTurnModel(0.9)
+    listener = VadListener(app_settings.vad, TURN, model, whisper)
+    [(_, first)] = feed(listener, np.concatenate([silence(0.5), speech, silence(0.3)]))
+    listener.answered()
+    [(_, second)] = feed(listener, np.concatenate([speech, silence(0.6)]))
+    assert len(second.context) == 0
+    assert model.asked[-1] < len(first.pcm) + len(speech)

@@ -54,6 +54,10 @@ class Endpointer(Protocol):
 
     def feed(self, pcm: Pcm, playing: bool) -> list[MicEvent]: ...
 
+    def answered(self) -> None:
+        """The persona was heard (or a key, a prompt came between): what the caller said before
+        is no longer context for their next words."""
+
 
 class TurnModel(Protocol):
     """The probability that the audio so far ends a finished turn (blocking CPU work)."""
@@ -131,6 +135,11 @@ class VadListener:
         self._was_speaking = self._vad.in_speech
         events.extend(heard)
         return events
+
+    def answered(self) -> None:
+        """The mic gate alone misses a reply cut within a frame or two (`#`), and then the next
+        line was judged and transcribed with the last one in front, for the call to drop."""
+        self._held = None
 
     def _end_of_turn(self) -> list[Heard]:
         """Ask the model at a pause; end the turn when it says finished and nothing changed."""

@@ -527,6 +527,7 @@ class Call:
 
         def audible() -> None:
             if token == self._activity_token:  # not a turn that was just replaced
+                self._endpointer.answered()
                 self._set_state(CallState.SPEAKING)
 
         turn.on_audible = audible
@@ -555,6 +556,7 @@ class Call:
             previous = None
         if name != "turn":
             self._held = None  # a key, a prompt or a goodbye came between: no join across it
+            self._endpointer.answered()
         self._disarm(Timer.IDLE)
         self._activity_token = token = next(self._tokens)
         self._activity_name = name

@@ -56,6 +56,9 @@ class EnergyEndpointer:
         self._speech: list[Pcm] = []
         self._quiet = 0
 
+    def answered(self) -> None:
+        """Nothing is held across turns here."""
+
     def feed(self, pcm: Pcm, playing: bool) -> list[MicEvent]:
         level = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
         loud = level > self.threshold and (self.barge_in or not playing)
