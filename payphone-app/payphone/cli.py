@@ -118,7 +118,20 @@ def config_command(ctx: typer.Context) -> None:
     settings = st.settings
     source = config_file_in_use(st.config)
     out.print(f"# settings valid; file: {source or '(none)'}, then .env, then PAYPHONE_* variables")
-    print(render_toml(settings.model_dump(mode="json")))
+    print(render_toml(hide_secrets(settings.model_dump(mode="json"))))
+
+
+SECRETS = (("status", "token"),)  # printed as set / unset, never as they are
+
+
+def hide_secrets(data: dict[str, Any]) -> dict[str, Any]:
+    """The settings with every secret replaced by a note (a terminal or a pasted bug report
+    must not carry the status page's token)."""
+    shown = {group: dict(values) for group, values in data.items()}
+    for group, key in SECRETS:
+        if shown.get(group, {}).get(key):
+            shown[group][key] = "(set, hidden)"
+    return shown
 
 
 def render_toml(data: dict[str, Any]) -> str:

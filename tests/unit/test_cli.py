@@ -44,6 +44,14 @@ def test_config_prints_effective_settings() -> None:
     assert "aggressiveness = 3" in result.stdout
 
 
+def test_config_never_prints_the_status_token() -> None:
+    secret = "s3cret-token-0123456789"
+    result = run_module("payphone", "config", env={"PAYPHONE_STATUS__TOKEN": secret})
+    assert result.returncode == 0, result.stderr
+    assert secret not in result.stdout
+    assert 'token = "(set, hidden)"' in result.stdout
+
+
 def test_bad_setting_exits_2_with_one_line_and_no_traceback() -> None:
     result = run_module("payphone", "config", env={"PAYPHONE_VAD__AGGRESSIVENESS": "7"})
     assert result.returncode == 2

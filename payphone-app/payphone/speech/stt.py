@@ -230,8 +230,11 @@ class WhisperTranscriber(Transcriber):
         text = decoded.text.strip()
         reason = self._rejection(decoded)
         if reason is not None:
-            log.info(
-                "stt_rejected", reason=reason, heard=text, no_speech_prob=decoded.no_speech_prob
+            log.info(  # a word count only: even a rejected transcript may be a caller's words
+                "stt_rejected",
+                reason=reason,
+                heard_words=len(text.split()),
+                no_speech_prob=decoded.no_speech_prob,
             )
             text = ""
         log.debug(
