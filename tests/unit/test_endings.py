@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from payphone.call.endings import is_backchannel, reads_complete, sounds_unfinished
+from payphone.call.endings import (
+    is_backchannel,
+    reads_complete,
+    sounds_unfinished,
+    takes_the_floor,
+)
 
 
 @pytest.mark.parametrize(
@@ -57,3 +62,17 @@ def test_a_listeners_noises_are_a_backchannel(text: str) -> None:
 @pytest.mark.parametrize("text", ["Stop.", "Wait!", "No.", "Yeah, but what time is it?", "Sorry?"])
 def test_a_short_request_is_not(text: str) -> None:
     assert not is_backchannel(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Stop.", "Wait!", "No, no.", "Sorry?", "Hold on.", "Is it open?", "I need a taxi right now."],
+)
+def test_a_short_burst_that_asks_for_the_turn_takes_the_floor(text: str) -> None:
+    assert takes_the_floor(text)
+
+
+@pytest.mark.parametrize("text", ["and then make them", "Mm-hm.", "", "the one"])
+def test_a_short_burst_of_stray_words_does_not(text: str) -> None:
+    """'and then make them' is what Whisper tiny.en wrote for Piper's 'Mm-hm.' over an echo."""
+    assert not takes_the_floor(text)

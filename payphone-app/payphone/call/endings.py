@@ -64,3 +64,24 @@ def is_backchannel(text: str) -> bool:
     """ "Mm-hm.", "Yeah, okay.", "Right." (or nothing at all): a listener's noises, no request."""
     words = _WORD.findall(text.lower().replace("-", " "))
     return len(words) <= 4 and all(word in BACKCHANNEL_WORDS for word in words)
+
+
+# words a caller uses to take the floor from a speaker, even in a short burst
+FLOOR_WORDS = frozenset(
+    (
+        *("stop", "wait", "hold", "hang", "sorry", "pardon", "what", "no", "nope", "hey"),
+        *("hello", "excuse", "listen", "actually", "but", "please", "help", "enough", "quiet"),
+        *("operator", "grandma", "detective", "jones", "mae", "computer", "who", "why", "how"),
+    )
+)
+FLOOR_MIN_WORDS = 5  # a short burst with this many words is a sentence, whatever it says
+
+
+def takes_the_floor(text: str) -> bool:
+    """Short speech over the persona that asks for the turn: a question, a word callers use to
+    cut in ("Stop.", "Wait, no"), or a whole sentence. Anything else that short ("and then make
+    them" for a Piper "Mm-hm.") is more likely a listener's noise Whisper made words of."""
+    words = _WORD.findall(text.lower().replace("-", " "))
+    if not words:
+        return False
+    return asks(text) or len(words) >= FLOOR_MIN_WORDS or any(w in FLOOR_WORDS for w in words)

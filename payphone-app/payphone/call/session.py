@@ -27,7 +27,7 @@ import numpy as np
 import structlog
 
 from payphone.call.crisis import recognise
-from payphone.call.endings import is_backchannel
+from payphone.call.endings import is_backchannel, takes_the_floor
 from payphone.call.events import (
     ActivityDone,
     CallEvent,
@@ -389,11 +389,15 @@ class Call:
 
     def _on_short_speech(self, heard: Heard, transcript: Transcript) -> None:
         text = transcript.text.strip() if transcript.is_speech else ""
-        if is_backchannel(text):
-            self.log.event("speech_ignored", reason="backchannel", seconds=heard.seconds)
-            log.info("speech_ignored", reason="backchannel", seconds=heard.seconds)
-            if self.state in BARGE_IN_STATES:
-                self._resume_persona("backchannel")
+        over_persona = self.state in BARGE_IN_STATES
+        unclear = over_persona and not takes_the_floor(text)
+        if is_backchannel(text) or unclear:
+            reason = "backchannel" if is_backchannel(text) else "short_unclear"
+            words = len(text.split())
+            self.log.event("speech_ignored", reason=reason, seconds=heard.seconds, words=words)
+            log.info("speech_ignored", reason=reason, seconds=heard.seconds, words=words)
+            if over_persona:
+                self._resume_persona(reason)
             return
         if self.state not in BARGE_IN_STATES and self.state is not CallState.LISTENING:
             return  # a key, a switch or a goodbye came first
