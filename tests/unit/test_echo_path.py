@@ -170,3 +170,23 @@ async def test_without_an_echo_path_frames_pass_untouched_with_no_reference() ->
         assert np.array_equal(frame, spoken) and reference is None
         break
     assert len(handset.delivered) == 1
+
+
+async def test_a_live_mic_hands_on_the_real_earpieces_reference_with_each_frame() -> None:
+    """Interactive mode: the computer's mic frames come with what its speakers really played
+    (their `PlayedTap`), and the handset hands both to the echo canceller untouched."""
+    mic = MemorySource(MIC, 30, live=True)
+    handset = Handset(mic, MemorySink(EAR), None)
+    spoken, played = np.full(480, 7, dtype=np.int16), np.full(480, 9, dtype=np.int16)
+    mic.push(spoken, played)
+    mic.push(spoken[:100], played[:100])  # not a whole frame: no reference can go with it
+    mic.push(spoken[100:])
+    pairs = []
+    async for pair in handset.frames_with_reference():
+        pairs.append(pair)
+        if len(pairs) == 2:
+            break
+    (first, first_ref), (second, second_ref) = pairs
+    assert np.array_equal(first, spoken) and first_ref is not None
+    assert np.array_equal(first_ref, played)
+    assert np.array_equal(second, spoken) and second_ref is None

@@ -19,6 +19,7 @@ import numpy as np
 from payphone.hardware.base import AudioSink, AudioSource
 from payphone.log import get_logger
 from payphone.pcm import Pcm
+from payphone.streams import closing
 
 log = get_logger("earpiece")
 
@@ -27,23 +28,30 @@ class MemorySource(AudioSource):
     """A microphone fed by `push`; silence at real-time pace in between.
 
     `live=True`: a real microphone pushes the frames (interactive mode), so no silence is made
-    up between them.
+    up between them. A whole frame pushed with its `reference` (what a real earpiece played over
+    the same span, e.g. a `PlayedTap`'s) hands that on to the echo canceller.
     """
 
     def __init__(self, sample_rate: int = 16000, frame_ms: int = 30, live: bool = False) -> None:
         self.sample_rate = sample_rate
         self.frame_samples = sample_rate * frame_ms // 1000
         self.live = live
-        self._pending: collections.deque[Pcm] = collections.deque()
+        self._pending: collections.deque[tuple[Pcm, Pcm | None]] = collections.deque()
         self._partial = np.zeros(0, dtype=np.int16)
         self._wakeup = asyncio.Event()
 
-    def push(self, pcm: Pcm) -> None:
-        """Queue audio for the mic (any length; split into frames on the way out)."""
+    def push(self, pcm: Pcm, reference: Pcm | None = None) -> None:
+        """Queue audio for the mic (any length; split into frames on the way out). `reference`
+        is kept only for exactly one whole frame pushed on a frame boundary."""
+        size = self.frame_samples
+        if reference is not None and len(self._partial) == 0 and len(pcm) == len(reference) == size:
+            self._pending.append((np.asarray(pcm, dtype=np.int16), reference))
+            self._wakeup.set()
+            return
         data = np.concatenate([self._partial, np.asarray(pcm, dtype=np.int16)])
-        whole = len(data) - len(data) % self.frame_samples
-        for start in range(0, whole, self.frame_samples):
-            self._pending.append(data[start : start + self.frame_samples])
+        whole = len(data) - len(data) % size
+        for start in range(0, whole, size):
+            self._pending.append((data[start : start + size], None))
         self._partial = data[whole:]
         self._wakeup.set()
 
@@ -53,9 +61,14 @@ class MemorySource(AudioSource):
 
     def take(self) -> Pcm | None:
         """The next pushed frame, or None: for a reader on its own clock (instead of `frames`)."""
-        return self._pending.popleft() if self._pending else None
+        return self._pending.popleft()[0] if self._pending else None
 
     async def frames(self) -> AsyncIterator[Pcm]:
+        async with closing(self.frames_with_reference()) as pairs:
+            async for frame, _reference in pairs:
+                yield frame
+
+    async def frames_with_reference(self) -> AsyncIterator[tuple[Pcm, Pcm | None]]:
         frame_s = self.frame_samples / self.sample_rate
         silence = np.zeros(self.frame_samples, dtype=np.int16)
         next_due = time.monotonic()
@@ -79,7 +92,7 @@ class MemorySource(AudioSource):
                     pass
                 if self._pending:
                     continue
-            yield silence
+            yield silence, None
 
 
 @dataclass(frozen=True)

@@ -76,9 +76,12 @@ class Handset(AudioSource):
     async def frames_with_reference(self) -> AsyncIterator[tuple[Pcm, Pcm | None]]:
         """(mic frame, reference frame) pairs over the same span, both int16 at the mic's rate;
         without an echo path the mic keeps no clock, so the reference is None."""
-        if self.echo is None:
-            async for passed in self.frames():
-                yield passed, None
+        if self.echo is None:  # a live mic may bring its earpiece's reference (interactive)
+            async with closing(self.mic.frames_with_reference()) as pairs:
+                async for pair in pairs:
+                    if self.keep:
+                        self.delivered.append(pair[0])
+                    yield pair
             return
         size, rate = self.frame_samples, self.sample_rate
         path = EchoPath(self.echo, self.sink.sample_rate, rate)

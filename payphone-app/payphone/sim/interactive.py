@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -23,6 +24,9 @@ from payphone.sim.runner import MIC_RATE, ScriptRunner
 from payphone.sim.script import Step
 from payphone.sim.simulate import print_summary, speak_as_caller
 from payphone.stages import load_stages
+
+if TYPE_CHECKING:
+    from payphone.hardware.audio import PyAudioSink
 
 HELP = "o=lift  h=hang up  k KEYS=press  t KEYS=tones  w SECONDS=wait  q=quit  other text=say it"
 
@@ -61,23 +65,25 @@ def has_device(direction: str) -> bool:
     return True
 
 
-async def _microphone(settings: Settings, rig: Rig, tape: MicTape) -> None:
+async def _microphone(
+    settings: Settings, rig: Rig, tape: MicTape, speakers: PyAudioSink | None
+) -> None:
+    """The computer's mic into the phone, each frame with what the speakers really played over
+    it (their `PlayedTap`), so the echo canceller hears the room's echo with its reference."""
     from payphone.hardware.audio import PyAudioSource
 
-    source = PyAudioSource(settings.audio, MIC_RATE, settings.vad.frame_ms)
+    tap = speakers.tap if speakers is not None else None
+    source = PyAudioSource(settings.audio, MIC_RATE, settings.vad.frame_ms, tap=tap)
     try:
-        async for frame in source.frames():
+        async for frame, reference in source.frames_with_reference():
             tape.record(frame)
-            rig.mic.push(frame)
+            rig.mic.push(frame, reference)
     finally:
         await source.aclose()
 
 
-async def _speakers(settings: Settings, rig: Rig) -> None:
+async def _speakers(speakers: PyAudioSink, rig: Rig) -> None:
     """Forward what the simulated earpiece plays to the computer's speakers, as it plays."""
-    from payphone.hardware.audio import PyAudioSink
-
-    speakers = PyAudioSink(settings.audio, rig.sink.sample_rate)
     played = 0
     try:
         while True:
@@ -108,14 +114,20 @@ async def interactive(
         CallOptions.from_settings(settings),
         personas=book,
         live_mic=mic,
+        mic_frame_ms=settings.vad.frame_ms,  # the real mic's frames, each with its reference
         echo=echo,
     )
     task = await rig.start()
     tape = MicTape(MIC_RATE)
     runner = ScriptRunner(rig, tape, fast=False)
-    helpers = [asyncio.create_task(_microphone(settings, rig, tape))] if mic else []
+    sink = None
     if speakers:
-        helpers.append(asyncio.create_task(_speakers(settings, rig)))
+        from payphone.hardware.audio import PyAudioSink
+
+        sink = PyAudioSink(settings.audio, rig.sink.sample_rate)
+    helpers = [asyncio.create_task(_microphone(settings, rig, tape, sink))] if mic else []
+    if sink is not None:
+        helpers.append(asyncio.create_task(_speakers(sink, rig)))
     console.print(HELP)
     console.print(
         f"microphone: {'yes' if mic else 'none, type what the caller says'}; "
