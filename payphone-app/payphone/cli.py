@@ -153,15 +153,19 @@ def models_command(
     voices, fallbacks = load_personas(settings.personas.user_dir).voice_models()
     results = resolve_all(settings, voices, download or None, fallbacks)
     table = Table("setting", "value", "resolved to")
+    notes = []
     for r in results:
         if r.path is not None:
             where = str(r.path)
         elif r.fallback is not None and not download:
-            where = f"[yellow]{r.error}; meanwhile the fallback speaks: {r.fallback}[/yellow]"
+            where = f"[yellow]missing: the fallback speaks, {r.fallback}[/yellow]"
+            notes.append(f"{r.error}; meanwhile the fallback speaks: {r.fallback}")
         else:
             where = f"[red]{r.error}[/red]"
         table.add_row(r.setting.key, r.value, where)
     out.print(table)
+    for note in notes:
+        out.print(note, markup=False, soft_wrap=True, style="yellow")
     if any(r.failed or (download and r.error) for r in results):
         raise typer.Exit(EXIT_FAIL)
 

@@ -246,7 +246,13 @@ def resolve_voice(
         return path.is_file() and path.with_suffix(".onnx.json").is_file()
 
     return _resolve(
-        setting, name, DEMO_VOICES, lambda: target, fetch, _download_wanted(settings, download), valid
+        setting,
+        name,
+        DEMO_VOICES,
+        lambda: target,
+        fetch,
+        _download_wanted(settings, download),
+        valid,
     )
 
 
@@ -311,7 +317,7 @@ def _download_wanted(settings: Settings, download: bool | None) -> bool:
 @dataclass(frozen=True)
 class Resolution:
     """One line of `payphone models`: a setting, and where it resolved or why not. `fallback`:
-    the voice that speaks instead of a missing persona voice (a degraded phone, not a broken one)."""
+    what speaks instead of a missing persona voice (a degraded phone, not a broken one)."""
 
     setting: ModelSetting
     value: str

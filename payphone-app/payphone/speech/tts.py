@@ -229,7 +229,7 @@ class PiperSynthesizer(Synthesizer):
 
     def synthesize(self, text: str, voice: VoiceSpec) -> AsyncIterator[Pcm]:
         """PCM chunks (about one per sentence) at `sample_rate`, as Piper produces them, in the
-        voice that really speaks for `voice` (its fallback while the production voice is missing)."""
+        voice that really speaks for `voice` (its fallback while its own voice is missing)."""
         used = self.choose(voice).used
         path = self.voice_path(used.model)
         stream = ThreadStream(
