@@ -191,8 +191,8 @@ class PiperSynthesizer(Synthesizer):
         choice = self._chosen.get(voice)
         if choice is None:
             choice = self._chosen[voice] = choose_voice(voice, self.voice_path)
-            if choice.reason is not None:
-                log.warning(
+            if choice.reason is not None:  # info: the demo and tests run on fallbacks by design
+                log.info(
                     "voice_fallback",
                     voice=voice.model,
                     speaks=choice.used.describe(),
