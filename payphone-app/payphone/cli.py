@@ -156,15 +156,30 @@ def models_command(
         typer.Option("--download", help="Download missing models (production, needs network)."),
     ] = False,
 ) -> None:
-    """Show where each model resolves (path, demo package, download); fetch missing ones."""
+    """Show where each model resolves (path, demo package, download); fetch missing ones,
+    the personas' production voices included. A persona voice that is missing while its
+    fallback speaks is a warning; with --download, a failure."""
     from payphone.models import resolve_all
+    from payphone.personas.loader import load_personas
 
-    results = resolve_all(state(ctx).settings, voices=[], download=download or None)
+    settings = state(ctx).settings
+    voices, fallbacks = load_personas(settings.personas.user_dir).voice_models()
+    results = resolve_all(settings, voices, download or None, fallbacks)
     table = Table("setting", "value", "resolved to")
+    notes = []
     for r in results:
-        table.add_row(r.setting.key, r.value, str(r.path) if r.path else f"[red]{r.error}[/red]")
+        if r.path is not None:
+            where = str(r.path)
+        elif r.fallback is not None and not download:
+            where = f"[yellow]missing: the fallback speaks, {r.fallback}[/yellow]"
+            notes.append(f"{r.error}; meanwhile the fallback speaks: {r.fallback}")
+        else:
+            where = f"[red]{r.error}[/red]"
+        table.add_row(r.setting.key, r.value, where)
     out.print(table)
-    if any(r.error for r in results):
+    for note in notes:
+        out.print(note, markup=False, soft_wrap=True, style="yellow")
+    if any(r.failed or (download and r.error) for r in results):
         raise typer.Exit(EXIT_FAIL)
 
 
@@ -314,19 +329,37 @@ def doctor_command(ctx: typer.Context) -> None:
 
 @app.command("personas")
 def personas_command(ctx: typer.Context) -> None:
-    """List the personas: key, 555 number, name, voice (exit 1 if a file is broken)."""
+    """List the personas: key, 555 number, name, the voice that really speaks (the production
+    voice, or the fallback and why), greeting (exit 1 if a file is broken or a voice missing)."""
+    from payphone.models import ModelNotFound
     from payphone.personas.loader import load_personas
+    from payphone.speech.voices import choose_here
 
-    book = load_personas(state(ctx).settings.personas.user_dir)
+    settings = state(ctx).settings
+    book = load_personas(settings.personas.user_dir)
     table = Table("key", "number", "name", "voice", "greeting")
+    notes: list[str] = []
+    missing: list[str] = []
     for p in book:
-        voice = f"{p.voice.model} x{p.voice.length_scale} {p.voice.effect}"
+        try:
+            choice = choose_here(settings, p.voice_spec)
+        except ModelNotFound as exc:
+            missing.append(f"payphone: {p.name} has no voice: {exc}")
+            voice = f"[red]{p.voice.model} missing[/red]"
+        else:
+            voice = f"fallback {choice.used.describe()}" if choice.reason else choice.describe()
+            if choice.reason:
+                notes.append(f"{p.name} speaks with the fallback voice: {choice.reason}")
         table.add_row(p.key, p.number, p.name, voice, p.greeting)
     out.print(table)
+    for note in notes:
+        out.print(note, markup=False, soft_wrap=True)
     out.print(f"system prompt: {_prompt_style(state(ctx).settings)}", markup=False, soft_wrap=True)
     for problem in book.errors:
         err.print(f"payphone: persona file problem: {problem}")
-    if book.errors:
+    for problem in missing:
+        err.print(problem, markup=False, soft_wrap=True)
+    if book.errors or missing:
         raise typer.Exit(EXIT_FAIL)
 
 

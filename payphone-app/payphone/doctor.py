@@ -21,11 +21,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from payphone.config import AudioSettings, LlmSettings, Settings, config_file_in_use, load_settings
 from payphone.log import ms
 from payphone.settings_errors import SettingsError
+
+if TYPE_CHECKING:
+    from payphone.personas.loader import Persona
 
 Status = Literal["ok", "warn", "fail"]
 AUDIO_PROBE_TIMEOUT_S = 30.0
@@ -115,11 +118,11 @@ def check_personas(settings: Settings, voices: list[str]) -> list[Check]:
         for problem in book.errors
     ]
     personas = list(book)
-    voices.extend(dict.fromkeys(p.voice.model for p in personas))
     if not personas:
         return [*checks, fail("personas", "no persona loaded", "restore the shipped persona files")]
     keys = " ".join(f"{p.key}={p.id}" for p in personas)
     checks.append(ok("personas", f"{len(personas)} loaded: {keys}"))
+    checks.extend(check_persona_voice(settings, p, voices) for p in personas)
     key = settings.call.default_persona_key
     if book.by_key(key) is None:
         checks.append(
@@ -130,6 +133,29 @@ def check_personas(settings: Settings, voices: list[str]) -> list[Check]:
             )
         )
     return checks
+
+
+def check_persona_voice(settings: Settings, persona: Persona, voices: list[str]) -> Check:
+    """The voice that really speaks for a persona: its production voice (ok), or its fallback
+    (warn: it works, but Grandma Mae is a pitched-up man until the voice is downloaded). Adds
+    the voice used to `voices`, which the model check then loads."""
+    from payphone.models import FETCH_COMMAND, ModelNotFound
+    from payphone.speech.voices import choose_here
+
+    name = f"voice {persona.key}={persona.id}"
+    try:
+        choice = choose_here(settings, persona.voice_spec)
+    except ModelNotFound as exc:
+        return fail(name, str(exc), f"`{FETCH_COMMAND}` as the service user, or fix voice.model")
+    if choice.used.model not in voices:
+        voices.append(choice.used.model)
+    if choice.reason is None:
+        return ok(name, f"{choice.describe()} (production voice)")
+    return warn(
+        name,
+        choice.describe(),
+        f"`{FETCH_COMMAND}` as the service user fetches {persona.voice.model}",
+    )
 
 
 # -- audio ------------------------------------------------------------------------------------

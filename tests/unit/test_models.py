@@ -300,3 +300,41 @@ def test_a_failed_whisper_download_is_a_line_naming_the_setting_not_a_crash(
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert "Whisper model download failed" in proc.stdout
+
+
+# -- the personas' production voices ---------------------------------------------------------
+
+
+def test_models_download_fetches_every_personas_production_voice(
+    hub: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the installer runs: each persona's voice comes from rhasspy/piper-voices, laid out
+    `<lang>/<lang_REGION>/<name>/<quality>/`, into `models.dir/piper`."""
+    from payphone.personas.loader import load_personas
+
+    url, root = hub
+    voices = [p.voice.model for p in load_personas()]
+    for name in voices:
+        lang, speaker, quality = name.split("-")
+        folder = root / "rhasspy/piper-voices/resolve/main/en" / lang / speaker / quality
+        folder.mkdir(parents=True)
+        (folder / f"{name}.onnx").write_bytes(f"onnx of {name}".encode())
+        (folder / f"{name}.onnx.json").write_text("{}", encoding="utf-8")
+    monkeypatch.setenv("PAYPHONE_MODELS__HUB_URL", url)
+    settings = load_settings()
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "payphone", "models", "--download"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO / "payphone-app"), "COLUMNS": "300"},
+        check=False,
+    )
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in voices:
+        onnx = settings.models.dir / "piper" / f"{name}.onnx"
+        assert onnx.read_bytes() == f"onnx of {name}".encode()
+        assert onnx.with_suffix(".onnx.json").is_file()
+        assert f"│ {name}" in proc.stdout

