@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from payphone.config import Settings, config_file_in_use, load_settings
-from payphone.log import setup_logging
+from payphone.log import set_phone_id, setup_logging
 from payphone.memory import tune_malloc
 from payphone.models import ModelNotFound as ModelNotFoundError
 from payphone.settings_errors import SettingsError
@@ -51,11 +51,13 @@ class State:
 def settings_or_exit(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
     """Load settings; on a bad value print one line per problem and exit 2, no traceback."""
     try:
-        return load_settings(config, overrides=overrides)
+        settings = load_settings(config, overrides=overrides)
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"payphone: bad setting: {problem}", file=sys.stderr)
         raise typer.Exit(EXIT_BAD_SETTINGS) from None
+    set_phone_id(settings.phone_id)  # every log event from here on says which phone
+    return settings
 
 
 EchoDbOption = Annotated[

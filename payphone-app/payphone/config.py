@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -143,10 +145,41 @@ class TtsSettings(Group):
     first_chunk_words: Annotated[int, Field(ge=1, le=50)] = 4
 
 
+def _one_or_many(value: Any) -> Any:
+    """`listen = "127.0.0.1:8080"` (or `ollama_hosts = "http://..."`) or a list; a
+    comma-separated string (env) is a list too."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+DEFAULT_OLLAMA_HOST = AnyHttpUrl("http://10.10.10.11:11434")
+
+
+def _some_hosts(hosts: list[AnyHttpUrl]) -> list[AnyHttpUrl]:
+    """An explicit empty list is a mistake (no model host at all), never "use the default"."""
+    if not hosts:
+        raise ValueError(
+            'give at least one Ollama server, e.g. ["http://10.10.10.11:11434"] '
+            "(or leave llm.ollama_hosts out and set llm.ollama_host)"
+        )
+    return hosts
+
+
 class LlmSettings(Group):
+    """The persona model. With Ollama, `ollama_hosts` lists the model hosts in the order a turn
+    tries them (health-aware failover, `payphone.llm.failover`); `ollama_host` is the one-host
+    shorthand and, when the list is given, reads as its first entry."""
+
     backend: Literal["embedded", "ollama"] = "embedded"
     gguf: Annotated[str, Field(min_length=1)] = "SmolLM2-135M-Instruct"
-    ollama_host: AnyHttpUrl = AnyHttpUrl("http://10.10.10.11:11434")
+    ollama_host: AnyHttpUrl = DEFAULT_OLLAMA_HOST
+    ollama_hosts: Annotated[
+        list[AnyHttpUrl],
+        BeforeValidator(_one_or_many),
+        AfterValidator(_some_hosts),
+        Field(description="Ollama servers in the order a turn tries them; unset = [ollama_host]"),
+    ] = Field(default_factory=lambda: [DEFAULT_OLLAMA_HOST])
     ollama_model: Annotated[str, Field(min_length=1)] = "payphone-persona"
     keep_alive: str = "-1"
     # auto: what the model says it was trained on (GGUF `payphone.prompt_style`), else full
@@ -175,6 +208,33 @@ class LlmSettings(Group):
             "dickhead*",
         ]
     )
+
+    @field_validator("ollama_hosts")
+    @classmethod
+    def _shorthand_agrees(cls, hosts: list[AnyHttpUrl], info: ValidationInfo) -> list[AnyHttpUrl]:
+        single = info.data.get("ollama_host")
+        unset = hosts == [DEFAULT_OLLAMA_HOST]
+        if not unset and single not in (None, DEFAULT_OLLAMA_HOST) and single not in hosts:
+            raise ValueError(
+                f"llm.ollama_host ({single}) is not in this list: set only llm.ollama_hosts "
+                "(ollama_host is the one-host shorthand)"
+            )
+        return hosts
+
+    @model_validator(mode="after")
+    def _hosts_and_shorthand(self) -> LlmSettings:
+        """Either way both read the same: the list, and its first entry as `ollama_host` (what
+        `doctor` and the status page probe)."""
+        if "ollama_hosts" not in self.model_fields_set:
+            self.ollama_hosts = [self.ollama_host]
+        else:
+            self.ollama_host = self.ollama_hosts[0]
+        return self
+
+    @property
+    def hosts(self) -> list[str]:
+        """The Ollama servers as URLs, in the order a turn tries them."""
+        return [str(h) for h in self.ollama_hosts]
 
 
 class CallSettings(Group):
@@ -238,13 +298,6 @@ def _host_port(text: str) -> str:
     return f"{host}:{int(port)}"
 
 
-def _one_or_many(value: Any) -> Any:
-    """`listen = "127.0.0.1:8080"` or a list; a comma-separated string (env) is a list too."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
 def _token(text: str) -> str:
     """Empty, or a secret that can ride in a URL (`?token=`) and a `Bearer` header as it is."""
     if text and not re.fullmatch(r"[A-Za-z0-9._~-]{16,}", text):
@@ -292,6 +345,25 @@ class LoggingSettings(Group):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+PHONE_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$"
+
+
+def default_phone_id() -> str:
+    """This machine's host name as a slug (`Payphone-Bar.local` -> `payphone-bar`)."""
+    name = socket.gethostname().split(".")[0].lower()
+    slug = re.sub(r"[^a-z0-9-]+", "-", name)[:32].strip("-")
+    return slug or "payphone"
+
+
+PhoneId = Annotated[
+    str,
+    Field(
+        pattern=PHONE_ID_PATTERN,
+        description="1 to 32 of a-z 0-9 and inner hyphens, e.g. bar-left",
+    ),
+]
+
+
 _toml_file: ContextVar[Path | None] = ContextVar("payphone_toml_file", default=None)
 
 
@@ -308,6 +380,9 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
+    # which phone this is, in every log event, in /metrics and in each request to Ollama (the
+    # `X-Payphone-Phone` header), so one model host's logs tell several phones apart
+    phone_id: PhoneId = Field(default_factory=default_phone_id)
     audio: AudioSettings = Field(default_factory=AudioSettings)
     hook: HookSettings = Field(default_factory=HookSettings)
     keypad: KeypadSettings = Field(default_factory=KeypadSettings)

@@ -3,6 +3,10 @@
 Under systemd each line starts with its syslog priority (`<3>` for an error, sd-daemon(3)):
 journald takes the prefix off and files the line at that priority, so `journalctl -p err` works.
 
+Every event carries the phone's `phone_id` (`set_phone_id`, from the setting; a task may bind
+its own with `bind_call(phone_id=...)`, as `bench fleet` does for its simulated phones), so the
+logs of several phones and of a shared model host can be told apart.
+
 Context such as `call_id`, `persona` and `turn` is bound with `bind_call` and rides along on
 every event logged inside that call's task (structlog's contextvars are per asyncio task).
 Timings go in as numbers of milliseconds (`*_ms` keys), so `payphone stats` can aggregate them.
@@ -56,6 +60,27 @@ def writes_to_journal(stream: TextIO) -> bool:
     return expected == f"{info.st_dev}:{info.st_ino}"
 
 
+_phone_id: str | None = None
+
+
+def set_phone_id(phone_id: str | None) -> None:
+    """Which phone this process is (`Settings.phone_id`): added to every event from now on."""
+    global _phone_id
+    _phone_id = phone_id
+
+
+def current_phone_id() -> str | None:
+    """The phone id set with `set_phone_id`, None before settings were read."""
+    return _phone_id
+
+
+def add_phone_id(_logger: Any, _method_name: str, event: Any) -> Any:
+    """Put `phone_id` on the event unless the task bound its own."""
+    if _phone_id is not None:
+        event.setdefault("phone_id", _phone_id)
+    return event
+
+
 def journal_priority_prefix(_logger: Any, method_name: str, line: Any) -> Any:
     """After the renderer: `<N>` in front of the rendered line, N from the level."""
     return f"<{JOURNAL_PRIORITIES.get(method_name, INFO_PRIORITY)}>{line}"
@@ -73,6 +98,7 @@ def setup_logging(
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_phone_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

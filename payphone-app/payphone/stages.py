@@ -16,8 +16,8 @@ from payphone.call.listen import TurnModel, VadListener
 from payphone.call.turn import Speakable
 from payphone.config import Settings, TurnSettings, VadSettings
 from payphone.llm.base import ChatOptions
-from payphone.llm.breaker import BreakerStatus, CircuitBreaker
-from payphone.llm.factory import build_backend, chat_options
+from payphone.llm.breaker import BreakerStatus
+from payphone.llm.factory import Guarded, build_backend, chat_options
 from payphone.llm.prompt_style import ChosenStyle, Declared, choose
 from payphone.log import get_logger, ms
 from payphone.models import resolve_gguf, resolve_voice, resolve_whisper
@@ -39,7 +39,7 @@ class Stages:
 
     transcriber: WhisperTranscriber
     synthesizer: PiperSynthesizer
-    backend: CircuitBreaker
+    backend: Guarded
     speakable: Speakable
     options: ChatOptions
     llm_status: BreakerStatus
@@ -77,7 +77,7 @@ class FirstPrompt:
     """The prompt the breaker primes once its probe reached the model (the model may declare
     its prompt style then); logs the chosen style and why, once, and again only if it changes."""
 
-    def __init__(self, settings: Settings, persona: Persona, backend: CircuitBreaker) -> None:
+    def __init__(self, settings: Settings, persona: Persona, backend: Guarded) -> None:
         self.settings = settings
         self.persona = persona
         self.backend = backend

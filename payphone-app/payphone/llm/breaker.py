@@ -80,8 +80,11 @@ class CircuitBreaker(ChatBackend):
         probe_interval_s: float = 2.0,
         probe_max_interval_s: float = 30.0,
         backoff: float = 2.0,
+        name: str | None = None,
     ) -> None:
         self.backend = backend
+        self.name = name  # the host, in its log events, when a failover holds several breakers
+        self._log = log.bind(host=name) if name else log
         self._probe = probe
         self.failure_threshold = failure_threshold
         self.probe_interval_s = probe_interval_s
@@ -193,8 +196,7 @@ class CircuitBreaker(ChatBackend):
 
     async def warm_up(self, system_prompt: str, examples: Sequence[Message] = ()) -> None:
         """Remember the prefix (re-primed after recovery) and warm up now unless open."""
-        self._system_prompt = system_prompt
-        self._examples = tuple(examples)
+        self.remember(system_prompt, examples)
         if self._state is not BreakerState.CLOSED:
             return
         try:
@@ -202,6 +204,16 @@ class CircuitBreaker(ChatBackend):
         except LlmError as exc:
             self._record_failure(exc)
             raise
+
+    def remember(self, system_prompt: str, examples: Sequence[Message] = ()) -> None:
+        """The prefix to prime when the backend comes back, without priming it now (a failover
+        primes only the host the next turn goes to)."""
+        self._system_prompt = system_prompt
+        self._examples = tuple(examples)
+
+    def record_failure(self, exc: LlmError) -> None:
+        """A failure seen from outside the stream (a failover's turn deadline cut it short)."""
+        self._record_failure(exc)
 
     def _record_failure(self, exc: LlmError) -> None:
         self._failures += 1
@@ -224,7 +236,7 @@ class CircuitBreaker(ChatBackend):
         self._opened_at = time.monotonic()
         self._probes = 0
         self._closed_event.clear()
-        log.warning("llm_breaker_open", reason=reason, cause=exc.cause, detail=exc.detail)
+        self._log.warning("llm_breaker_open", reason=reason, cause=exc.cause, detail=exc.detail)
 
     def _close(self) -> None:
         down_s = 0.0 if self._opened_at is None else time.monotonic() - self._opened_at
@@ -232,7 +244,7 @@ class CircuitBreaker(ChatBackend):
         self._failures = 0
         self._opened_at = None
         self._closed_event.set()
-        log.info("llm_breaker_closed", down_ms=ms(down_s), probes=self._probes)
+        self._log.info("llm_breaker_closed", down_ms=ms(down_s), probes=self._probes)
 
     async def _probe_until_up(self) -> None:
         interval = self.probe_interval_s
@@ -247,7 +259,9 @@ class CircuitBreaker(ChatBackend):
                 self._last_cause = exc.cause
                 self._last_detail = exc.detail
                 interval = min(interval * self.backoff, self.probe_max_interval_s)
-                log.info("llm_probe_failed", cause=exc.cause, next_s=interval, probes=self._probes)
+                self._log.info(
+                    "llm_probe_failed", cause=exc.cause, next_s=interval, probes=self._probes
+                )
                 continue
             self._close()
             return

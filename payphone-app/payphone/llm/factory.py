@@ -1,4 +1,5 @@
-"""Build the configured chat backend from settings, always behind a circuit breaker."""
+"""Build the configured chat backend from settings, always behind a circuit breaker (one per
+Ollama host when `llm.ollama_hosts` lists several: `payphone.llm.failover`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from payphone.llm.base import ChatBackend, ChatOptions, LlmError
 from payphone.llm.breaker import CircuitBreaker
 from payphone.llm.deadlines import Deadlines
 from payphone.llm.embedded import EmbeddedBackend
+from payphone.llm.failover import Failover
 from payphone.llm.history import Conversation, TokenCounter, estimate_tokens
 from payphone.llm.ollama_backend import OllamaBackend, keep_alive_value
 from payphone.llm.prompt_style import (
@@ -19,6 +21,7 @@ from payphone.llm.prompt_style import (
     choose,
     declared_style,
 )
+from payphone.log import current_phone_id
 
 
 def chat_options(llm: LlmSettings) -> ChatOptions:
@@ -28,17 +31,27 @@ def chat_options(llm: LlmSettings) -> ChatOptions:
     )
 
 
+# a breaker and what the phone's calls use: one host, or several with failover between them
+Guarded = CircuitBreaker | Failover
+
+
 def build_ollama(
-    llm: LlmSettings, host: str | None = None, model: str | None = None
+    llm: LlmSettings,
+    host: str | None = None,
+    model: str | None = None,
+    *,
+    phone_id: str | None = None,
 ) -> OllamaBackend:
-    """The Ollama client `[llm]` describes; `host` and `model` replace its server and model."""
+    """The Ollama client `[llm]` describes; `host` and `model` replace its (first) server and
+    model. Requests name the phone: `phone_id`, else the one this process logs as."""
     return OllamaBackend(
-        host=host or str(llm.ollama_host),
+        host=host or llm.hosts[0],
         model=model or llm.ollama_model,
         keep_alive=keep_alive_value(llm.keep_alive),
         connect_timeout_s=llm.connect_timeout_s,
         first_token_timeout_s=llm.first_token_timeout_s,
         token_timeout_s=llm.token_timeout_s,
+        phone_id=phone_id or current_phone_id(),
     )
 
 
@@ -47,14 +60,24 @@ def build_embedded(llm: LlmSettings, gguf: Path) -> EmbeddedBackend:
     return EmbeddedBackend(gguf, n_ctx=llm.num_ctx, n_threads=llm.n_threads)
 
 
-def build_backend(llm: LlmSettings, gguf: Path | None = None) -> CircuitBreaker:
+def build_backend(
+    llm: LlmSettings, gguf: Path | None = None, *, phone_id: str | None = None
+) -> Guarded:
     """The backend `llm.backend` names, wrapped in a breaker; call `await .start(prompt)` next.
 
-    The embedded backend needs `gguf`, the resolved model file.
+    The embedded backend needs `gguf`, the resolved model file. Several Ollama hosts: a
+    `Failover` over one breaker per host, each opening at its first failure (the turn moves on
+    to the next host at once, so there is no reason to keep trying a failing one).
     """
     backend: ChatBackend
+    if llm.backend == "ollama" and len(llm.hosts) > 1:
+        hosts = [build_ollama(llm, host, phone_id=phone_id) for host in llm.hosts]
+        breakers = [
+            CircuitBreaker(h, h.probe, failure_threshold=1, name=h.host.rstrip("/")) for h in hosts
+        ]
+        return Failover(breakers, first_token_s=llm.first_token_timeout_s)
     if llm.backend == "ollama":
-        ollama_backend = build_ollama(llm)
+        ollama_backend = build_ollama(llm, phone_id=phone_id)
         backend, probe = ollama_backend, ollama_backend.probe
     elif gguf is None:
         raise ValueError("llm.backend = embedded needs the GGUF path")

@@ -6,7 +6,8 @@ an error line mid-stream, `ConnectionError` on the plain path). This module give
 explicit deadlines (connect, first token, between tokens) and turns every failure into one
 `LlmError` with a short cause, so the call loop can play the fallback at once and the logs say why.
 Closing the stream (hang-up, early exit, a stall) closes the HTTP response: Ollama then stops
-generating.
+generating. Every request names the phone in an `X-Payphone-Phone` header (`phone_id`), so a
+model host shared by several phones (or a proxy in front of it) can tell them apart.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ MALFORMED = "malformed"
 DISCONNECTED = "disconnected"
 PROBE_TIMEOUT = "probe_timeout"
 UNEXPECTED = "unexpected"
+
+PHONE_HEADER = "X-Payphone-Phone"
 
 
 def keep_alive_value(setting: str) -> float | str:
@@ -124,8 +127,10 @@ class OllamaBackend(ChatBackend):
         token_timeout_s: float = 4.0,
         probe_timeout_s: float = 2.0,
         warm_up_timeout_s: float = 120.0,
+        phone_id: str | None = None,
     ) -> None:
         self.host = host
+        self.phone_id = phone_id
         self.model = model
         self.keep_alive = keep_alive
         self.first_token_timeout_s = first_token_timeout_s
@@ -137,7 +142,8 @@ class OllamaBackend(ChatBackend):
         timeout = httpx.Timeout(
             connect=connect_timeout_s, read=None, write=connect_timeout_s, pool=connect_timeout_s
         )
-        self._client = ollama.AsyncClient(host=host, timeout=timeout)
+        headers = {PHONE_HEADER: phone_id} if phone_id else None
+        self._client = ollama.AsyncClient(host=host, timeout=timeout, headers=headers)
         self._declared: Declared | None = None  # asked once, at the first successful probe
 
     @property
@@ -210,7 +216,7 @@ class OllamaBackend(ChatBackend):
                 if text:
                     if not got_text:
                         ttft = ms(loop.time() - started)
-                        log.debug("llm_first_token", backend="ollama", ttft_ms=ttft)
+                        log.debug("llm_first_token", backend="ollama", host=self.host, ttft_ms=ttft)
                     got_text = True
                     pieces += 1
                     yield text
@@ -222,6 +228,7 @@ class OllamaBackend(ChatBackend):
             log.warning(
                 "llm_failed",
                 backend="ollama",
+                host=self.host,
                 cause=exc.cause,
                 detail=exc.detail,
                 after_ms=ms(loop.time() - started),

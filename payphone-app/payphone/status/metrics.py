@@ -4,6 +4,9 @@ Each page has its own registry (tests build several phones in one process), with
 prometheus-client's process collector in it for RSS and CPU time. Everything is updated on the
 event loop by the status board when a call starts, a turn ends or health changes; rendering
 reads only these in-memory values (and /proc for the process figures).
+
+`payphone_phone_info{phone_id="..."}` names the phone (the `phone_id` setting), so one
+dashboard can join the series of several phones without relying on the scrape address.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from payphone.config import default_phone_id
 from payphone.llm.breaker import BreakerState
+from payphone.log import current_phone_id
 
 # seconds: a reply within 1 s feels like a conversation, past 3 s the caller wonders
 LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0)
@@ -43,10 +48,15 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class PhoneMetrics:
     """The phone's metrics; `render()` is the body of `/metrics`."""
 
-    def __init__(self) -> None:
+    def __init__(self, phone_id: str | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total
+        self.phone_id = phone_id or current_phone_id() or default_phone_id()
+        self.phone = Info(
+            "payphone_phone", "Which phone this is (the phone_id setting)", registry=r
+        )
+        self.phone.info({"phone_id": self.phone_id})
         self.info = Info("payphone", "App version, LLM backend, model and digest", registry=r)
         self.calls = Counter("payphone_calls", "Calls taken (handset lifted)", registry=r)
         self.turns = Counter(
