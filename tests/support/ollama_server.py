@@ -8,6 +8,11 @@ Replies come from a script (fixed pieces at a fixed pace) or from a real model (
 (`gguf_model_info(path)`: every metadata key but `general.name` and `tokenizer.chat_template`,
 arrays longer than 5 emptied), set per model with `model_info={name: ...}`.
 
+Capacity like Ollama's: `parallel` requests generate at once (OLLAMA_NUM_PARALLEL), more wait
+in a queue of at most `max_queue` (OLLAMA_MAX_QUEUE); past that the server answers 503 "server
+busy" at once, as Ollama does. Each request's headers are kept (`server.headers`, and per chat),
+so a test can see which phone sent it (`X-Payphone-Phone`).
+
 Faults for /api/chat, set with `server.fault = Fault(...)`: an HTTP status (404 model, 5xx), a
 request accepted and never answered (`hang`, plain requests too), a stall before the first
 piece, a stall after N pieces, an error line after N pieces, a malformed line after N pieces.
@@ -68,6 +73,7 @@ class ChatLog:
     keep_alive: Any
     think: Any
     started: float
+    headers: dict[str, str] = field(default_factory=dict)
     pieces_sent: int = 0
     fault_at: float | None = None
     client_closed: bool = False
@@ -84,13 +90,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def scripted_reply(pieces: Sequence[str], interval_s: float = 0.01) -> Reply:
-    """Always the same pieces, one every `interval_s`."""
+def scripted_reply(
+    pieces: Sequence[str], interval_s: float = 0.01, first_s: float | None = None
+) -> Reply:
+    """Always the same pieces, one every `interval_s` (the first after `first_s`: the prompt's
+    evaluation, `interval_s` unless given)."""
 
     async def reply(messages: list[Message], options: dict[str, Any]) -> AsyncIterator[str]:
         limit = int(options.get("num_predict") or len(pieces))
-        for piece in list(pieces)[:limit]:
-            await asyncio.sleep(interval_s)
+        for i, piece in enumerate(list(pieces)[:limit]):
+            await asyncio.sleep(first_s if i == 0 and first_s is not None else interval_s)
             yield piece
 
     return reply
@@ -150,6 +159,8 @@ class OllamaProtocolServer:
         reply: Reply | None = None,
         fault: Fault | None = None,
         model_info: dict[str, dict[str, Any]] | None = None,
+        parallel: int = 0,
+        max_queue: int = 512,
     ) -> None:
         self.host = host
         self.port = port
@@ -159,6 +170,12 @@ class OllamaProtocolServer:
         self.fault = fault or Fault()
         self.chats: list[ChatLog] = []
         self.requests: list[str] = []
+        self.headers: list[dict[str, str]] = []
+        self.parallel = parallel  # 0: no limit
+        self.max_queue = max_queue
+        self.rejected = 0  # 503s for a full queue
+        self._slots = asyncio.Semaphore(parallel) if parallel else None
+        self._waiting = 0
         self._server: asyncio.Server | None = None
         self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
@@ -258,6 +275,8 @@ class OllamaProtocolServer:
     ) -> None:
         path = request.target.decode().split("?")[0]
         self.requests.append(path)
+        headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+        self.headers.append(headers)
         if path == "/api/version":
             await self._respond_json(conn, writer, 200, {"version": VERSION})
         elif path == "/api/tags":
@@ -271,7 +290,7 @@ class OllamaProtocolServer:
             else:
                 await self._respond_json(conn, writer, 404, {"error": f"model '{name}' not found"})
         elif path == "/api/chat":
-            await self._chat(conn, reader, writer, json.loads(body or b"{}"))
+            await self._chat(conn, reader, writer, json.loads(body or b"{}"), headers)
         else:
             await self._respond_json(conn, writer, 404, {"error": "404 page not found"})
 
@@ -319,6 +338,33 @@ class OllamaProtocolServer:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         req: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if self._slots is None:
+            await self._chat_now(conn, reader, writer, req, headers or {})
+            return
+        if self._slots.locked() and self._waiting >= self.max_queue:
+            self.rejected += 1
+            busy = {"error": "server busy, please try again.  maximum pending requests exceeded"}
+            await self._respond_json(conn, writer, 503, busy)
+            return
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            await self._chat_now(conn, reader, writer, req, headers or {})
+        finally:
+            self._slots.release()
+
+    async def _chat_now(
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        req: dict[str, Any],
+        headers: dict[str, str],
     ) -> None:
         fault = self.fault
         name = self._name(str(req.get("model", "")))
@@ -330,6 +376,7 @@ class OllamaProtocolServer:
             keep_alive=req.get("keep_alive"),
             think=req.get("think"),
             started=time.perf_counter(),
+            headers=headers,
         )
         self.chats.append(log)
         try:
