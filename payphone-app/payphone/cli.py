@@ -377,7 +377,7 @@ def _prompt_style(settings: Settings) -> str:
         return f"unknown: cannot read the model ({type(exc).__name__}: {exc})"
 
 
-BENCHES = ("hangup", "stt", "vad", "tts", "llm", "latency", "turns", "soak", "bargein")
+BENCHES = ("hangup", "stt", "vad", "tts", "llm", "latency", "turns", "soak", "bargein", "fleet")
 RIG_BENCHES = (
     "hangup",
     "turns",
@@ -396,6 +396,10 @@ def bench_command(
     ] = None,
     echo_db: EchoDbOption = None,
     echo_delay_ms: EchoDelayOption = None,
+    phones: Annotated[
+        str | None,
+        typer.Option("--phones", help="bench fleet: simulated phones per run, e.g. 1,2,4."),
+    ] = None,
 ) -> None:
     """Benchmarks that print figures (JSON on the last line), never pass/fail."""
     import importlib
@@ -411,14 +415,33 @@ def bench_command(
             file=sys.stderr,
         )
         raise typer.Exit(EXIT_BAD_SETTINGS)
+    phone_counts = phones_or_exit(name, phones)
     module = importlib.import_module(f"payphone.bench.{name}")
     settings = state(ctx).settings
     setup_logging("warning", settings.logging.format)
     options: dict[str, Any] = {} if trials is None else {"trials": trials}
     if echo is not None:
         options["echo"] = echo
+    if phone_counts is not None:
+        options["phones"] = phone_counts
     result = module.main(settings, **options)
     print(json.dumps(result))
+
+
+def phones_or_exit(bench: str, phones: str | None) -> tuple[int, ...] | None:
+    """`--phones 1,2,4` for bench fleet: counts from 1 to 32; anything else: one line, exit 2."""
+    if phones is None:
+        return None
+    problem = ""
+    if bench != "fleet":
+        problem = f"bench {bench} has no simulated phones; only fleet takes it"
+    else:
+        parts = [p.strip() for p in phones.split(",")]
+        if all(p.isdigit() and 1 <= int(p) <= 32 for p in parts):
+            return tuple(int(p) for p in parts)
+        problem = f"{phones!r} is not valid; allowed: phone counts from 1 to 32, e.g. 1,2,4"
+    print(f"payphone: bad setting: --phones: {problem}", file=sys.stderr)
+    raise typer.Exit(EXIT_BAD_SETTINGS)
 
 
 @app.command("dtmf")

@@ -49,6 +49,7 @@ class Failover(ChatBackend):
         self.breakers = list(breakers)
         self.first_token_s = first_token_s
         self.serving: str | None = None  # the host that answered the last turn
+        self.host_failures = 0  # attempts a host failed and the turn went on (or gave up)
 
     # -- the breaker's face, so the service, status page and doctor need not care ----------------
 
@@ -170,6 +171,7 @@ class Failover(ChatBackend):
         raise last
 
     def _failed_over(self, name: str, exc: LlmError, started: float) -> None:
+        self.host_failures += 1
         left = self.first_token_s - (asyncio.get_running_loop().time() - started)
         log.warning(
             "llm_host_failed",
