@@ -137,9 +137,16 @@ def hide_secrets(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_toml(data: dict[str, Any]) -> str:
-    """The settings as TOML, one table per group (unset values as comments)."""
-    lines: list[str] = []
+    """The settings as TOML: top-level keys (`phone_id`) first, then one table per group (unset
+    values as comments)."""
+    lines = [
+        f"{key} = {json.dumps(value)}" for key, value in data.items() if not isinstance(value, dict)
+    ]
+    if lines:
+        lines.append("")
     for group, values in data.items():
+        if not isinstance(values, dict):
+            continue
         lines.append(f"[{group}]")
         for key, value in values.items():
             if value is None:

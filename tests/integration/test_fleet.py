@@ -1,8 +1,10 @@
-"""Several model hosts: the real `ollama` client against two servers speaking Ollama's protocol.
+"""Several phones, several model hosts: the real `ollama` client against servers speaking
+Ollama's protocol.
 
 A turn whose first host is down is answered by the second within the same turn; when the first
 comes back its breaker closes and turns go to it again; a hang-up during a failover closes the
-request in flight; every request names the phone in a header and every log event carries it.
+request in flight; every request names the phone in a header, every log event and /metrics
+carry it; `bench fleet` with a host killed midway leaves no turn unanswered.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ import time
 from pathlib import Path
 
 import pytest
+import typer
 
-from payphone.config import LlmSettings
+from payphone.bench import fleet
+from payphone.cli import phones_or_exit
+from payphone.config import LlmSettings, Settings
 from payphone.llm.base import ChatOptions, LlmError, Message
 from payphone.llm.breaker import BreakerState, CircuitBreaker
 from payphone.llm.factory import build_backend
 from payphone.llm.failover import Failover
 from payphone.llm.ollama_backend import PHONE_HEADER
 from payphone.log import set_phone_id, setup_logging
+from payphone.status.metrics import PhoneMetrics
 from tests.helpers import run_module
 from tests.support.ollama_server import Fault, OllamaProtocolServer, free_port, scripted_reply
 
@@ -160,3 +166,35 @@ def test_an_empty_host_list_exits_2_naming_the_setting(tmp_path: Path) -> None:
     assert "[llm] ollama_hosts" in line
     assert "at least one Ollama server" in line
     assert "Traceback" not in result.stderr
+
+
+def test_metrics_name_the_phone() -> None:
+    text = PhoneMetrics("bar-left").render().decode()
+    assert 'payphone_phone_info{phone_id="bar-left"} 1.0' in text
+
+
+def test_bench_fleet_with_a_host_killed_midway_leaves_no_turn_unanswered(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(fleet, "TURNS", 3)
+    monkeypatch.setattr(fleet, "KILL_AT_S", 1.5)
+    monkeypatch.setattr(fleet, "CALLER_S", (0.2, 0.4))
+    result = fleet.main(Settings(), phones=(2,))
+    [run] = result["runs"]
+    assert result["mode"] == "text-level turns"
+    assert run["turns"] == 6
+    assert run["hangs"] == 0
+    assert run["replies"] + run["fallbacks"] == 6  # a reply or an in-character fallback each
+    assert run["replies"] >= 3  # the second host kept answering after the kill
+    assert run["log_events_without_phone_id"] == 0
+    assert run["log_phone_ids"] == ["fleet-1", "fleet-2"]
+    assert "hangs: 0" in capsys.readouterr().out
+
+
+def test_bench_phones_must_be_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert phones_or_exit("fleet", "1, 2,4") == (1, 2, 4)
+    for bench, phones in (("fleet", "2,0"), ("fleet", "two"), ("llm", "2")):
+        with pytest.raises(typer.Exit) as bad:
+            phones_or_exit(bench, phones)
+        assert bad.value.exit_code == 2
+        assert "--phones" in capsys.readouterr().err
