@@ -29,6 +29,7 @@ from payphone.llm.failover import Failover
 from payphone.llm.ollama_backend import PHONE_HEADER
 from payphone.log import set_phone_id, setup_logging
 from payphone.status.metrics import PhoneMetrics
+from payphone.status.page import llm_watch
 from tests.helpers import run_module
 from tests.support.ollama_server import Fault, OllamaProtocolServer, free_port, scripted_reply
 
@@ -198,3 +199,15 @@ def test_bench_phones_must_be_counts(capsys: pytest.CaptureFixture[str]) -> None
             phones_or_exit(bench, phones)
         assert bad.value.exit_code == 2
         assert "--phones" in capsys.readouterr().err
+
+
+async def test_the_status_page_calls_the_phone_up_while_any_host_serves() -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    async with OllamaProtocolServer() as server:
+        fleet = failover([down, server.url])
+        llm = LlmSettings(backend="ollama", ollama_hosts=[down, server.url])
+        watch = llm_watch(llm, lambda: fleet.status, "")
+        await reply(fleet)  # the first host is found down, the second answers
+        assert watch().ok
+        assert down in watch.describe()["where"]
+        await fleet.aclose()

@@ -21,13 +21,18 @@ within a generous watchdog). Hangs must be 0. Figures, never pass/fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import structlog
 
 from payphone.bench.hangup import percentile
 from payphone.config import LlmSettings, Settings
@@ -95,6 +100,20 @@ class Run:
             "hangs": sum(1 for t in self.turns if t.hang),
             "host_failures": self.host_failures,
         }
+
+
+@contextlib.contextmanager
+def _captured_logs() -> Iterator[io.StringIO]:
+    """Log events at info as JSON into a buffer, then the logging that was set up before."""
+    before, handlers, level = structlog.get_config(), logging.root.handlers[:], logging.root.level
+    logs = io.StringIO()
+    setup_logging("info", "json", logs)
+    try:
+        yield logs
+    finally:
+        structlog.configure(**before)
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
 
 
 def _llm_for(settings: Settings, hosts: list[str]) -> LlmSettings:
@@ -235,11 +254,9 @@ async def _run(settings: Settings, phone_counts: tuple[int, ...]) -> dict[str, A
     )
     results = []
     for seed, phones in enumerate(phone_counts):
-        logs = io.StringIO()
-        setup_logging("info", "json", logs)  # each phone's events, to check they name the phone
         started = time.perf_counter()
-        run = await _one_run(settings, phones, system, seed)
-        setup_logging("warning", "console")
+        with _captured_logs() as logs:  # each phone's events, to check they name the phone
+            run = await _one_run(settings, phones, system, seed)
         events = [json.loads(line) for line in logs.getvalue().splitlines() if line.startswith("{")]
         fig = run.figures()
         fig["seconds"] = round(time.perf_counter() - started, 1)

@@ -126,17 +126,21 @@ class LlmWatch:
         backend: str,
         model: str,
         host: str | None = None,
+        failover: tuple[str, ...] = (),
     ) -> None:
         self.breaker = breaker
         self.backend = backend
         self.model = model
         self.host = host
+        self.failover = failover  # several hosts: their breakers judge them, no probe here
         self.digest: str | None = None
         self.reachable: bool | None = None  # None: not probed yet (or not Ollama)
         self.problem = ""
 
     @property
     def where(self) -> str:
+        if self.failover:
+            return f"Ollama at {', '.join(self.failover)} (failover, in this order)"
         return f"Pi #2 (Ollama at {self.host})" if self.host else "in-process llama.cpp"
 
     def describe(self) -> dict[str, Any]:

@@ -60,6 +60,11 @@ def gpio_words(settings: Settings, pins: str) -> str:
 
 def llm_watch(llm: LlmSettings, breaker: Callable[[], BreakerStatus], model: str) -> LlmWatch:
     """The model check for `llm.backend`; `model`: the resolved GGUF's name for embedded."""
+    if llm.backend == "ollama" and len(llm.hosts) > 1:
+        # probing the first host alone would call the phone down while the next serves its
+        # calls: the failover's breakers judge the hosts (up while any is up)
+        hosts = tuple(h.rstrip("/") for h in llm.hosts)
+        return LlmWatch(breaker, backend="ollama", model=llm.ollama_model, failover=hosts)
     if llm.backend == "ollama":
         return LlmWatch(
             breaker, backend="ollama", model=llm.ollama_model, host=str(llm.ollama_host)
