@@ -318,6 +318,8 @@ def with_llm_overrides(
     chosen = {
         "backend": llm,
         "ollama_host": ollama_host,
+        # one host from the command line replaces a list in the file too
+        "ollama_hosts": [ollama_host] if ollama_host else None,
         "gguf": str(Path(model).resolve()) if model else None,
     }
     overrides: dict[str, Any] = {

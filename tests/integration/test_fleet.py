@@ -211,3 +211,14 @@ async def test_the_status_page_calls_the_phone_up_while_any_host_serves() -> Non
         assert watch().ok
         assert down in watch.describe()["where"]
         await fleet.aclose()
+
+
+def test_ollama_host_stays_the_one_host_shorthand(tmp_path: Path) -> None:
+    assert LlmSettings(ollama_host="http://pi2:11434").hosts == ["http://pi2:11434/"]
+    both = LlmSettings(ollama_hosts=["http://a:1", "http://b:1"])
+    assert (both.hosts, str(both.ollama_host)) == (["http://a:1/", "http://b:1/"], "http://a:1/")
+    toml = tmp_path / "payphone.toml"
+    toml.write_text('[llm]\nollama_host = "http://c:1"\nollama_hosts = ["http://a:1"]\n')
+    result = run_module("payphone", "--config", str(toml), "config")
+    assert result.returncode == 2
+    assert "[llm] ollama_hosts" in result.stderr and "not in this list" in result.stderr

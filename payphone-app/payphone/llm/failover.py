@@ -161,13 +161,8 @@ class Failover(ChatBackend):
                     await inner.aclose()  # type: ignore[attr-defined]
         if last is None:
             raise self._all_down()
-        if len(tried) > 1 or len(self.breakers) > 1:
-            log.warning(
-                "llm_no_host_answered",
-                tried=tried,
-                cause=last.cause,
-                after_ms=ms(loop.time() - started),
-            )
+        took = ms(loop.time() - started)
+        log.warning("llm_no_host_answered", tried=tried, cause=last.cause, after_ms=took)
         raise last
 
     def _failed_over(self, name: str, exc: LlmError, started: float) -> None:
