@@ -129,7 +129,7 @@ SECRETS = (("status", "token"),)  # printed as set / unset, never as they are
 def hide_secrets(data: dict[str, Any]) -> dict[str, Any]:
     """The settings with every secret replaced by a note (a terminal or a pasted bug report
     must not carry the status page's token)."""
-    shown = {group: dict(values) for group, values in data.items()}
+    shown = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for group, key in SECRETS:
         if shown.get(group, {}).get(key):
             shown[group][key] = "(set, hidden)"
