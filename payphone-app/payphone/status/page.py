@@ -58,13 +58,16 @@ def gpio_words(settings: Settings, pins: str) -> str:
     return f"hook switch on BCM {settings.hook.pin}, keypad {settings.keypad.source} ({pins})"
 
 
-def llm_watch(llm: LlmSettings, breaker: Callable[[], BreakerStatus], model: str) -> LlmWatch:
-    """The model check for `llm.backend`; `model`: the resolved GGUF's name for embedded."""
+def llm_watch(
+    llm: LlmSettings, breaker: Callable[[], BreakerStatus], model: str, gguf: Path | None = None
+) -> LlmWatch:
+    """The model check for `llm.backend`; `model`: the resolved GGUF's name for embedded,
+    `gguf`: that file (hashed once for its digest)."""
     if llm.backend == "ollama":
         return LlmWatch(
             breaker, backend="ollama", model=llm.ollama_model, host=str(llm.ollama_host)
         )
-    return LlmWatch(breaker, backend="embedded", model=model)
+    return LlmWatch(breaker, backend="embedded", model=model, gguf=gguf)
 
 
 class StatusPage:
