@@ -83,6 +83,8 @@ def read_modelfile(path: Path) -> Modelfile:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise VersionError(f"{path}: cannot read the Modelfile ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise VersionError(f"{path}: neither a GGUF file nor a Modelfile") from None
     gguf: Path | None = None
     template = system = None
     parameters: dict[str, Any] = {}
@@ -111,6 +113,11 @@ def read_modelfile(path: Path) -> Modelfile:
     return Modelfile(path, gguf, template, system, parameters)
 
 
+def _starts_with_gguf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"GGUF"
+
+
 def find_source(path: Path) -> tuple[Path, Modelfile | None]:
     """What `model install PATH` installs: (the GGUF, its Modelfile if any).
 
@@ -124,7 +131,7 @@ def find_source(path: Path) -> tuple[Path, Modelfile | None]:
         path = path / MODELFILE
     if not path.is_file():
         raise VersionError(f"{path}: no such file (a GGUF, a Modelfile, or the training output)")
-    if path.suffix == ".gguf":
+    if path.suffix == ".gguf" or _starts_with_gguf(path):
         beside = path.parent / MODELFILE
         if beside.is_file():
             modelfile = read_modelfile(beside)
