@@ -11,7 +11,9 @@ import ollama
 import pytest
 from structlog.testing import capture_logs
 
+from payphone.config import StatusSettings
 from payphone.llm.breaker import BreakerState, BreakerStatus
+from payphone.status.page import StatusPage
 from payphone.status.health import LlmWatch
 from payphone.versions import naming
 from payphone.versions.modelfile import find_source, read_modelfile
@@ -121,6 +123,12 @@ async def test_the_embedded_watch_logs_the_loaded_version_and_its_sha256(tmp_pat
     assert event["path"] == str(tmp_path / f"{version}.gguf")
     assert watch.describe()["digest"] == event["sha256"][:12]
     assert watch().detail == f"model m (version {version}) up"
+
+    page = StatusPage(StatusSettings.model_validate({"listen": []}), checks={}, llm=watch, phone={})
+    page.tick()
+    assert page.snapshot()["llm"]["version"] == version
+    assert f'model_version="{version}"' in page.metrics.render().decode()
+    assert f"version {version}" in page.health.line  # /healthz and systemctl status
 
 
 async def test_the_ollama_watch_names_the_version_the_phone_name_is_a_copy_of() -> None:

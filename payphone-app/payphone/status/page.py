@@ -165,6 +165,7 @@ class StatusPage:
                 "backend": str(described.get("backend", "")),
                 "model": str(described.get("model", "")),
                 "digest": str(described.get("digest") or ""),
+                "model_version": str(described.get("version") or ""),
             }
         )
 
