@@ -307,3 +307,18 @@ async def test_pi2_unreachable_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "cannot reach Ollama at" in result.stderr
     assert "Traceback" not in result.output + result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_run_as_root_the_new_files_belong_to_the_folders_owner(tmp_path: Path) -> None:
+    """The installer runs it as root; the service (user payphone) must own what it loads."""
+    store = tmp_path / "persona"
+    store.mkdir()
+    os.chown(store, 65534, 65534)  # the service user's folder
+    source = gguf(tmp_path / "in", "p.gguf", b"x")
+    assert model("install", "--dir", str(store), "--no-restart", str(source)).exit_code == 0
+    [version] = versions(store)
+    for path in (store / f"{version}.gguf", store / "current.gguf"):
+        info = path.lstat()
+        assert (info.st_uid, info.st_gid) == (65534, 65534), path
+    assert (store / f"{version}.gguf").stat().st_mode & 0o777 == 0o640
