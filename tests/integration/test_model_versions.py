@@ -255,7 +255,7 @@ async def test_pi2_dry_run_only_reads_and_prints_every_step(tmp_path: Path) -> N
         before = dict(server.manifests)
         result = await run_model("install", "--host", server.url, "--dry-run", str(source))
         assert result.exit_code == 0, result.output
-        assert set(server.requests) == {"/api/tags"}
+        assert set(server.requests) == {"/api/tags", "/api/show"}  # reads only
         assert server.manifests == before
         assert server.blobs == {}
         out = result.stdout
@@ -322,3 +322,29 @@ def test_run_as_root_the_new_files_belong_to_the_folders_owner(tmp_path: Path) -
         info = path.lstat()
         assert (info.st_uid, info.st_gid) == (65534, 65534), path
     assert (store / f"{version}.gguf").stat().st_mode & 0o777 == 0o640
+
+
+async def test_pi2_keeps_the_model_made_before_versions_so_rollback_returns_to_it(
+    tmp_path: Path,
+) -> None:
+    """An earlier pi2-install.sh made plain `payphone-persona`: the first install keeps it as a
+    version of the GGUF it holds (read from `ollama show`) before replacing it."""
+    old = b"GGUF weights of old"
+    digest = f"sha256:{hashlib.sha256(old).hexdigest()}"
+    source = training_output(tmp_path, b"new weights")
+    async with OllamaProtocolServer(models=[]) as server:
+        server.blobs[digest] = old
+        server._put(STABLE, {"files": {"old.gguf": digest}, "template": None})
+        before = server.digest(STABLE)
+
+        result = await run_model("install", "--host", server.url, "--no-restart", str(source))
+        assert result.exit_code == 0, result.output
+        kept, new = ollama_versions(server)
+        assert kept.endswith(digest[7:19])  # named after the GGUF it holds
+        assert server.digest(STABLE) == server.digest(f"payphone-persona:{new}")
+        assert server.digest(f"payphone-persona:{kept}") == before
+        assert f"ollama cp {STABLE} payphone-persona:{kept}" in result.stdout
+
+        result = await run_model("rollback", "--host", server.url, "--no-restart")
+        assert result.exit_code == 0, result.output
+        assert server.digest(STABLE) == before

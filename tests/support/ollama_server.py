@@ -381,8 +381,12 @@ class OllamaProtocolServer:
         }
 
     def _show(self, name: str) -> dict[str, Any]:
+        # a model made from files: FROM its GGUF's blob, as `ollama show` prints it
+        files = self.manifests.get(name, {}).get("files") or {"": name}
+        source = next(iter(files.values()))
+        blob = f"/usr/share/ollama/.ollama/models/blobs/{source.replace(':', '-')}"
         return {
-            "modelfile": f"FROM {name}\n",
+            "modelfile": f"FROM {blob if source.startswith('sha256:') else source}\n",
             "parameters": "num_ctx 2048",
             "template": "{{ .Prompt }}",
             "details": self._details(),

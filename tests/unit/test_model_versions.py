@@ -13,8 +13,8 @@ from structlog.testing import capture_logs
 
 from payphone.config import StatusSettings
 from payphone.llm.breaker import BreakerState, BreakerStatus
-from payphone.status.page import StatusPage
 from payphone.status.health import LlmWatch
+from payphone.status.page import StatusPage
 from payphone.versions import naming
 from payphone.versions.modelfile import find_source, read_modelfile
 from payphone.versions.naming import VersionError, file_sha256, new_version, parse_version

@@ -12,7 +12,9 @@ shares (/api/tags): a copy is the same manifest.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,10 +22,11 @@ import httpx
 import ollama
 
 from payphone.versions.modelfile import Modelfile
-from payphone.versions.naming import Version, VersionError, is_version
+from payphone.versions.naming import Version, VersionError, is_version, new_version
 from payphone.versions.store import Listing, Steps, Store, StoreError
 
 T = TypeVar("T")
+BLOB_RE = re.compile(r"^FROM \S*sha256[-:]([0-9a-f]{64})\s*$", re.M)  # `ollama show` names the GGUF
 CONNECT_S = 5.0
 TRANSFER_S = 600.0  # a persona GGUF over the link, and Ollama writing it
 
@@ -78,6 +81,30 @@ class OllamaStore(Store):
         now = digests.get(self.stable)
         same = [v for v in versions if now and digests[self.name(v)] == now]
         return Listing(versions, same[-1] if same else None)
+
+    async def keep_unversioned(
+        self, steps: Steps, listing: Listing, now: datetime | None
+    ) -> Listing:
+        """The phone's name made before versions (an earlier pi2-install.sh, `ollama create` by
+        hand) becomes a version of the GGUF it holds: /api/show names that file's blob."""
+        if listing.current is not None:
+            return listing
+        listed = await self._call("list models", self.client.list())
+        if self.stable not in {m.model for m in listed.models}:
+            return listing
+        shown = await self._call(f"show {self.stable}", self.client.show(self.stable))
+        found = BLOB_RE.search(shown.modelfile or "")
+        if found is None:
+            steps.say(f"{self.stable} is no version and names no GGUF blob: it will be replaced")
+            return listing
+        newest = listing.versions[-1] if listing.versions else None
+        version = new_version(found[1], now, newest)
+        name = self.name(version)
+        await steps(
+            f"ollama cp {self.stable} {name} (the model the phone used so far, kept)",
+            lambda: self._call(f"copy {self.stable}", self.client.copy(self.stable, name)),
+        )
+        return Listing(sorted([*listing.versions, version]), version)
 
     def check_source(self, gguf: Path, modelfile: Modelfile | None) -> None:
         if modelfile is None:

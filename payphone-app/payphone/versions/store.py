@@ -88,6 +88,13 @@ class Store(ABC):
     def check_source(self, gguf: Path, modelfile: Modelfile | None) -> None:  # noqa: B027
         """Refuse a source this store cannot take (before any change)."""
 
+    async def keep_unversioned(
+        self, steps: Steps, listing: Listing, now: datetime | None
+    ) -> Listing:
+        """Before the first switch: keep what the phone uses now if it is no version yet (so a
+        rollback can return to it); the listing with it."""
+        return listing
+
     async def aclose(self) -> None:  # noqa: B027
         """Release connections."""
 
@@ -157,7 +164,7 @@ async def install(
     check_keep(keep)
     check_gguf(gguf)
     store.check_source(gguf, modelfile)
-    before = await store.listing()
+    before = await store.keep_unversioned(steps, await store.listing(), now)
     steps.say(f"hashing {gguf} ...")
     sha = await asyncio.to_thread(file_sha256, gguf)
     version = before.with_sha(sha)
