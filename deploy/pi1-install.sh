@@ -288,3 +288,4 @@ install_service
 check_and_start
 say "done. Operate it with: systemctl status payphone; journalctl -u payphone -f;"
 say "  $PY -m payphone doctor; $PY -m payphone stats --since today"
+say "Persona model versions: sudo $PY -m payphone model list|install PATH|rollback [--dry-run]"
