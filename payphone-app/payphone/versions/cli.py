@@ -21,7 +21,6 @@ from payphone.config import Settings
 from payphone.versions.local import LocalStore, persona_dir
 from payphone.versions.modelfile import find_source
 from payphone.versions.naming import Version, VersionError, parse_version
-from payphone.versions.remote import OllamaStore
 from payphone.versions.store import Steps, Store, StoreError, install, rollback, switch
 
 EXIT_FAIL = 1
@@ -75,6 +74,7 @@ def open_store(settings: Settings, directory: Path | None, host: str | None) -> 
     llm = settings.llm
     if directory is None and (host is not None or llm.backend == "ollama"):
         from payphone.llm.ollama_backend import keep_alive_value
+        from payphone.versions.remote import OllamaStore  # the ollama client: only when needed
 
         return OllamaStore(
             host or str(llm.ollama_host), llm.ollama_model, keep_alive_value(llm.keep_alive)
