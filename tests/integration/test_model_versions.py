@@ -348,3 +348,24 @@ async def test_pi2_keeps_the_model_made_before_versions_so_rollback_returns_to_i
         result = await run_model("rollback", "--host", server.url, "--no-restart")
         assert result.exit_code == 0, result.output
         assert server.digest(STABLE) == before
+
+
+@pytest.mark.parametrize("works", [True, False], ids=["restarted", "restart-failed"])
+def test_a_switch_restarts_the_phone_and_a_failed_restart_only_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, works: bool
+) -> None:
+    bin_dir, log = tmp_path / "bin", tmp_path / "systemctl.log"
+    bin_dir.mkdir()
+    shim = bin_dir / "systemctl"
+    shim.write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\n'
+        + ("exit 0\n" if works else 'echo "Access denied" >&2\nexit 4\n')
+    )
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    store = tmp_path / "persona"
+    result = model("install", "--dir", str(store), str(gguf(tmp_path / "in", "p.gguf", b"x")))
+    assert result.exit_code == 0, result.output  # the version is switched either way
+    assert log.read_text() == "try-restart payphone.service\n"
+    assert ("could not restart the phone (Access denied)" in result.stdout) is not works
+    assert current(store) == versions(store)[0]

@@ -38,6 +38,11 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 class OllamaStore(Store):
+    without_restart = (
+        "the phone asks for it from its next reply on, without its prompt primed "
+        "(sudo systemctl restart payphone primes it)"
+    )
+
     def __init__(self, host: str, model: str, keep_alive: float | str = -1) -> None:
         repo, tag = split_name(model)
         if is_version(tag):

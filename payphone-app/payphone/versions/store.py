@@ -67,9 +67,11 @@ class Listing:
 
 
 class Store(ABC):
-    """Where versions live; `describe` names it in messages."""
+    """Where versions live; `describe` names it in messages, `without_restart` says when the
+    phone uses a switched version if it is not restarted."""
 
     describe: str
+    without_restart = "the phone loads it at its next start (sudo systemctl restart payphone)"
 
     @abstractmethod
     async def listing(self) -> Listing: ...
@@ -117,13 +119,11 @@ def check_gguf(path: Path) -> None:
         raise VersionError(f"{path}: not a GGUF file (it does not start with 'GGUF')")
 
 
-async def restart_phone(steps: Steps, restart: bool) -> None:
-    """The phone loads the model at start: restart it (only if it runs; a call in progress ends
-    with its goodbye). Without systemd here, say what to do instead."""
+async def restart_phone(store: Store, steps: Steps, restart: bool) -> None:
+    """The phone loads and primes the model at start: restart it (only if it runs; a call in
+    progress ends with its goodbye). Without systemd here, say what to do instead."""
     if not restart:
-        steps.say(
-            "the phone uses the new version from its next start (sudo systemctl restart payphone)"
-        )
+        steps.say(f"not restarted: {store.without_restart}")
         return
 
     async def run() -> None:
@@ -179,7 +179,7 @@ async def install(
         steps.say(f"{version.name} is already the current version")
     else:
         await store.point(steps, version)
-        await restart_phone(steps, restart)
+        await restart_phone(store, steps, restart)
     await prune(store, steps, after, keep)
     return version
 
@@ -194,7 +194,7 @@ async def switch(store: Store, steps: Steps, version: Version, *, restart: bool)
         steps.say(f"{version.name} is already the current version")
         return version
     await store.point(steps, version)
-    await restart_phone(steps, restart)
+    await restart_phone(store, steps, restart)
     return version
 
 
