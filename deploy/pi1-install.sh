@@ -6,6 +6,8 @@
 #   sudo deploy/pi1-install.sh [--dry-run] [--one-pi] [--gguf FILE] [--ollama-host URL]
 #                              [--ollama-model NAME] [--prefix DIR] [--no-start]
 #
+# --gguf (one Pi): the persona model, installed as a new version beside the previous ones
+# (`sudo /opt/payphone/.venv/bin/python -m payphone model rollback` returns to the previous).
 # --dry-run prints every command that would change the machine, and changes nothing.
 set -euo pipefail
 
@@ -26,7 +28,7 @@ OLLAMA_HOST_URL=""
 OLLAMA_MODEL=""
 
 usage() {
-  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 say() { printf '\033[1m[pi1]\033[0m %s\n' "$*" >&2; }
@@ -94,7 +96,11 @@ if [ "$ONE_PI" = 1 ]; then
   EXTRAS="pi,embedded"
   apt_packages+=(cmake pkg-config)  # llama-cpp-python compiles on the Pi
 fi
-PERSONA_GGUF="$STATE_DIR/models/gguf/persona.gguf"
+# one Pi: each installed GGUF is kept as models/persona/<version>.gguf and the service loads
+# current.gguf, a link to one of them (`payphone model rollback` moves it back)
+PERSONA_DIR="$STATE_DIR/models/persona"
+PERSONA_GGUF="$PERSONA_DIR/current.gguf"
+OLD_PERSONA_GGUF="$STATE_DIR/models/gguf/persona.gguf"  # where installs before versions put it
 
 as_service_user() {
   run runuser -u "$SERVICE_USER" -- env "PAYPHONE_CONFIG=$CONF_DIR/payphone.toml" \
@@ -138,7 +144,7 @@ ensure_user() {
 # (an `install -D` of the GGUF would create them owned by root, and the download then fails)
 ensure_state_dirs() {
   local dir
-  for dir in "$STATE_DIR" "$STATE_DIR/models" "$STATE_DIR/models/gguf"; do
+  for dir in "$STATE_DIR" "$STATE_DIR/models" "$STATE_DIR/models/gguf" "$PERSONA_DIR"; do
     if [ "$(stat -c %U "$dir" 2>/dev/null)" = "$SERVICE_USER" ]; then
       continue
     fi
@@ -153,12 +159,23 @@ install_app() {
   run "$PY" -m pip install --disable-pip-version-check -q --only-binary=lgpio "${SRC}[${EXTRAS}]"
   run install -m 0644 "$SRC/README.md" "$PREFIX/README.md"
   if [ "$ONE_PI" = 1 ] && [ -n "$GGUF" ]; then
-    if cmp -s "$GGUF" "$PERSONA_GGUF"; then
-      say "persona model: $PERSONA_GGUF is already $GGUF"
-    else
-      run install -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0640 "$GGUF" "$PERSONA_GGUF"
-    fi
+    install_persona
   fi
+}
+
+# a new GGUF becomes a new version beside the previous ones (files owned by the service user,
+# as the folder is); the model an earlier install left in models/gguf becomes the first version,
+# so that a rollback can return to it
+install_persona() {
+  local model=("$PY" -m payphone model install --dir "$PERSONA_DIR" --no-restart)
+  if cmp -s "$GGUF" "$PERSONA_GGUF"; then
+    say "persona model: $GGUF is already the current version ($PERSONA_GGUF)"
+    return
+  fi
+  if [ -f "$OLD_PERSONA_GGUF" ] && [ ! -e "$PERSONA_GGUF" ]; then
+    run "${model[@]}" "$OLD_PERSONA_GGUF"
+  fi
+  run "${model[@]}" "$GGUF"
 }
 
 # `toml_set SECTION KEY VALUE`: the TOML text on stdin with `KEY = VALUE` active in [SECTION]:
@@ -271,3 +288,4 @@ install_service
 check_and_start
 say "done. Operate it with: systemctl status payphone; journalctl -u payphone -f;"
 say "  $PY -m payphone doctor; $PY -m payphone stats --since today"
+say "Persona model versions: sudo $PY -m payphone model list|install PATH|rollback [--dry-run]"

@@ -7,6 +7,8 @@
 #   sudo deploy/pi2-install.sh [--dry-run] [--listen ADDR] [--pi1 ADDR] NAME MODELFILE|GGUF
 #
 # NAME is the Ollama model name Pi #1 asks for (llm.ollama_model in /etc/payphone/payphone.toml).
+# The model is created as NAME:<UTC date-time>-<sha256 of the GGUF, 12 hex> and copied to NAME;
+# later versions come from Pi #1: `python -m payphone model install|rollback` (see README).
 # Given a .gguf instead of a Modelfile, deploy/Modelfile.template is filled in beside it.
 # --listen: this Pi's address on the private link (default 10.10.10.11);
 # --pi1: the only address allowed to reach Ollama (default 10.10.10.10).
@@ -25,7 +27,7 @@ NFT_CONF=/etc/nftables.conf
 positional=()
 
 usage() {
-  sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 say() { printf '\033[1m[pi2]\033[0m %s\n' "$*" >&2; }
@@ -82,6 +84,8 @@ NAME=${positional[0]}
 MODEL_SOURCE=${positional[1]}
 [[ $NAME =~ ^[a-zA-Z0-9][a-zA-Z0-9._-]*(:[a-zA-Z0-9._-]+)?$ ]] \
   || die "NAME $NAME: use letters, digits, . _ - (an Ollama model name such as payphone-persona)"
+[[ ${NAME#*:} =~ ^[0-9]{8}-[0-9]{6}-[0-9a-f]{12}$ ]] \
+  && die "NAME $NAME names one version: give the name the phone uses (e.g. ${NAME%%:*})"
 [ -f "$MODEL_SOURCE" ] || die "$MODEL_SOURCE: no such file (the training output's Modelfile or GGUF)"
 is_ipv4 "$LISTEN" || die "--listen $LISTEN: not an IPv4 address"
 is_ipv4 "$PI1" || die "--pi1 $PI1: not an IPv4 address"
@@ -190,18 +194,44 @@ wait_for_ollama() {
   die "Ollama does not answer on $OLLAMA_URL ($why)"
 }
 
+# the GGUF a Modelfile's FROM line names (relative to the Modelfile's folder)
+modelfile_gguf() {
+  local from
+  from=$(sed -n 's/^FROM[[:space:]]\{1,\}//p' "$1" | head -n 1)
+  [[ $from == *.gguf ]] || die "$1: FROM ${from:-(none)}: the persona model must be a .gguf file"
+  case "$from" in
+    /*) printf '%s\n' "$from" ;;
+    *) printf '%s/%s\n' "$(dirname "$1")" "$from" ;;
+  esac
+}
+
 create_model() {
-  local source_dir modelfile
+  local source_dir modelfile gguf repo version existing
   source_dir=$(cd "$(dirname "$MODEL_SOURCE")" && pwd)
   modelfile="$source_dir/$(basename "$MODEL_SOURCE")"
   if [[ $MODEL_SOURCE == *.gguf ]]; then
     local filled
+    gguf=$modelfile
     filled=$(sed "s|@GGUF@|./$(basename "$MODEL_SOURCE")|" "$SRC/deploy/Modelfile.template")
     modelfile="$source_dir/Modelfile.payphone"
     write_file "$modelfile" 0644 "$filled" || true
+  else
+    gguf=$(modelfile_gguf "$modelfile")
   fi
-  # FROM paths in a Modelfile are relative to its folder
-  run env -C "$source_dir" "OLLAMA_HOST=$OLLAMA_URL" ollama create "$NAME" -f "$modelfile"
+  [ -f "$gguf" ] || die "$gguf: no such file (the GGUF the Modelfile names)"
+  # a version per GGUF: the same file again reuses its version instead of making another
+  repo=${NAME%%:*}
+  version="$(date -u +%Y%m%d-%H%M%S)-$(sha256sum "$gguf" | cut -c1-12)"
+  existing=$(OLLAMA_HOST=$OLLAMA_URL ollama list 2>/dev/null | awk '{print $1}' \
+    | grep -E "^$repo:[0-9]{8}-[0-9]{6}-${version##*-}\$" | tail -n 1 || true)
+  if [ -n "$existing" ]; then
+    say "model: $gguf is already $existing"
+  else
+    existing="$repo:$version"
+    # FROM paths in a Modelfile are relative to its folder
+    run env -C "$source_dir" "OLLAMA_HOST=$OLLAMA_URL" ollama create "$existing" -f "$modelfile"
+  fi
+  run env "OLLAMA_HOST=$OLLAMA_URL" ollama cp "$existing" "$NAME"
   # load it now and keep it loaded (an empty request only loads the model)
   run curl -fsS "$OLLAMA_URL/api/generate" -d "{\"model\": \"$NAME\", \"keep_alive\": -1}"
 }

@@ -16,6 +16,7 @@ from payphone.log import set_phone_id, setup_logging
 from payphone.memory import tune_malloc
 from payphone.models import ModelNotFound as ModelNotFoundError
 from payphone.settings_errors import SettingsError
+from payphone.versions.cli import model_app
 
 if TYPE_CHECKING:
     from payphone.sim.echo_path import HandsetEcho
@@ -32,6 +33,7 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+app.add_typer(model_app, name="model")
 
 
 class State:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 from payphone.call.assembly import PhoneHardware, build_phone
@@ -23,6 +22,7 @@ from payphone.hardware.base import Keypad
 from payphone.hardware.hook import GpioHookSwitch
 from payphone.hardware.keypad import MatrixKeypad, Mt8870Keypad
 from payphone.log import get_logger, ms
+from payphone.models import resolve_gguf
 from payphone.personas.loader import PersonaBook, load_personas
 from payphone.speech.dtmf_keypad import InbandKeypad
 from payphone.stages import Stages, load_stages
@@ -100,7 +100,8 @@ class Service:
     def status_page(self, stages: Stages, source: PyAudioSource, sink: PyAudioSink) -> StatusPage:
         """The status page and health checks; the health line goes to `systemctl status`."""
         settings = self.settings
-        gguf = settings.llm.gguf if settings.llm.backend == "embedded" else ""
+        # the file the model was loaded from (a version's, behind the one-Pi current.gguf link)
+        gguf = resolve_gguf(settings).resolve() if settings.llm.backend == "embedded" else None
         return StatusPage(
             settings.status,
             checks={
@@ -112,7 +113,9 @@ class Service:
                 "gpio": fixed("gpio", gpio_words(settings, pin_factory_name())),
                 "models": fixed("models", models_words(settings) + ": loaded"),
             },
-            llm=llm_watch(settings.llm, lambda: stages.backend.status, Path(gguf).name),
+            llm=llm_watch(
+                settings.llm, lambda: stages.backend.status, gguf.name if gguf else "", gguf
+            ),
             phone={"devices": devices_words(settings)},
             on_health=lambda health: self.notifier.status(health.line),
         )

@@ -9,6 +9,7 @@ only read-only queries.
 from __future__ import annotations
 
 import configparser
+import hashlib
 import itertools
 import os
 import re
@@ -54,7 +55,7 @@ RECORDED = [
     "sysctl",
 ]
 NFT_RULES = "/etc/nftables.d/payphone-ollama.nft"
-READ_ONLY = {"systemctl is-active --quiet payphone.service", "ollama --version"}
+READ_ONLY = {"systemctl is-active --quiet payphone.service", "ollama --version", "ollama list"}
 
 
 def verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -210,7 +211,11 @@ def test_one_pi_dry_run_installs_the_embedded_model(
 
     assert changed(log) == []
     assert f"{REPO}[pi,embedded]" in out
-    assert f"{gguf} /var/lib/payphone/models/gguf/persona.gguf" in out
+    # a new version beside the previous ones, not a copy over the one the service loads
+    assert (
+        "/opt/payphone/.venv/bin/python -m payphone model install --dir "
+        f"/var/lib/payphone/models/persona --no-restart {gguf}" in out
+    )
     if not Path("/etc/payphone/payphone.toml").exists():
         assert 'backend = "embedded"' in out
 
@@ -220,6 +225,7 @@ def modelfile(tmp_path: Path) -> Path:
     """A persona Modelfile for Pi #2, beside the GGUF it names."""
     path = tmp_path / "Modelfile"
     path.write_text("FROM ./persona.gguf\n")
+    (tmp_path / "persona.gguf").write_bytes(b"GGUF persona")
     return path
 
 
@@ -246,9 +252,19 @@ def test_pi2_dry_run_plans_ollama_firewall_and_model(
     assert "tcp dport 11434 ip saddr 10.0.0.1 accept" in out
     assert "tcp dport 11434 counter drop" in out
     assert f"nft -f {NFT_RULES}" in out
+    version = re.search(
+        rf"env -C {tmp_path} OLLAMA_HOST=http://10.0.0.2:11434 ollama create "
+        rf"payphone-persona:(\S+) -f {modelfile}$",
+        out,
+        re.M,
+    )
+    assert version is not None, out
+    sha = hashlib.sha256((tmp_path / "persona.gguf").read_bytes()).hexdigest()
+    assert re.fullmatch(rf"\d{{8}}-\d{{6}}-{sha[:12]}", version[1])  # date, time, the GGUF's
+    # the phone's name is a copy of the version, which stays for a rollback
     assert (
-        f"env -C {tmp_path} OLLAMA_HOST=http://10.0.0.2:11434 ollama create payphone-persona "
-        f"-f {modelfile}" in out
+        f"env OLLAMA_HOST=http://10.0.0.2:11434 ollama cp payphone-persona:{version[1]} "
+        "payphone-persona\n" in out
     )
 
 
@@ -271,6 +287,11 @@ def test_pi2_fills_the_modelfile_template_for_a_bare_gguf(
         ("pi2-install.sh", [], "need NAME and MODELFILE"),
         ("pi2-install.sh", ["bad name!", "/etc/hostname"], "NAME bad name!: use letters"),
         ("pi2-install.sh", ["persona", "/no/Modelfile"], "/no/Modelfile: no such file"),
+        (
+            "pi2-install.sh",
+            ["payphone-persona:20261201-183855-3f2a9c1b0d4e", "/etc/hostname"],
+            "names one version: give the name the phone uses (e.g. payphone-persona)",
+        ),
         ("pi2-install.sh", ["--pi1", "pi-one", "p", "/etc/hostname"], "not an IPv4 address"),
         ("pi1-install.sh", ["--gguf", "/etc/hostname"], "--gguf is for --one-pi"),
         ("pi1-install.sh", ["--frobnicate"], "unknown argument: --frobnicate"),
@@ -346,7 +367,7 @@ def test_pi2_firewall_rules_pass_nft_check(
 # -- what a real Pi hits on day one (issue 15) --------------------------------------------------
 
 STATE = "/var/lib/payphone"
-PERSONA_GGUF = f"{STATE}/models/gguf/persona.gguf"
+PERSONA_GGUF = f"{STATE}/models/persona/current.gguf"
 
 
 def plan_lines(out: str) -> list[str]:
@@ -372,9 +393,9 @@ def test_one_pi_gguf_leaves_the_model_folders_to_the_service_user(
     assert not [line for line in lines if line.startswith("install -D") and STATE in line]
     owned = "install -d -o payphone -g payphone -m 0750 "
     if not Path(STATE).exists():
-        for folder in (STATE, f"{STATE}/models", f"{STATE}/models/gguf"):
+        for folder in (STATE, f"{STATE}/models", f"{STATE}/models/gguf", f"{STATE}/models/persona"):
             assert owned + folder in lines, out
-    model = first_index(lines, f"install -o payphone -g payphone -m 0640 {gguf} {PERSONA_GGUF}")
+    model = first_index(lines, f"-m payphone model install --dir {STATE}/models/persona")
     download = first_index(lines, "-m payphone models --download")
     folders = [i for i, line in enumerate(lines) if line.startswith(owned)]
     assert all(i < model < download for i in folders)

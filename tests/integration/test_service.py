@@ -18,6 +18,7 @@ import ctypes.util
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -166,7 +167,8 @@ def service(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[Any], NotifySocke
         "PAYPHONE_LOGGING__FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
         "PYTHONFAULTHANDLER": "1",  # a crash in native code leaves its Python stack in the log
-        "PYTHONPATH": str(REPO),
+        # this checkout's app, also where the venv's editable install points at another one
+        "PYTHONPATH": os.pathsep.join([str(REPO / "payphone-app"), str(REPO)]),
         "PAYPHONE_STATUS__LISTEN": json.dumps([f"127.0.0.1:{STATUS_PORT}"]),
     }
     with PacedMicrophone(fifo), log.open("w") as out:
@@ -212,6 +214,10 @@ def test_service_notifies_systemd_reloads_and_stops_cleanly(
         assert json.loads(response.read())["now"]["state"] != "idle"  # the caller on the line
     with urllib.request.urlopen(status + "/metrics", timeout=5) as response:
         assert "payphone_calls_total 1.0" in response.read().decode()
+    # the model it runs, logged at start: the GGUF's file and its sha256 (hashed in a thread)
+    [model] = [e for e in events(log) if e.get("event") == "llm_model"]
+    assert re.fullmatch(r"[0-9a-f]{64}", model["sha256"]), model
+    assert model["path"].endswith(".gguf") and model["digest"] == model["sha256"][:12]
 
     proc.send_signal(signal.SIGHUP)
     assert wait_for_event(log, "personas_reloaded", 30.0)

@@ -1,7 +1,12 @@
 """A local server that speaks Ollama's HTTP protocol, for the real `ollama` client to talk to.
 
 Endpoints: POST /api/chat (NDJSON stream, or one JSON object with `"stream": false`, including
-the empty-messages preload), GET /api/tags, GET /api/version, POST /api/show.
+the empty-messages preload), GET /api/tags, GET /api/version, POST /api/show, and model
+management as `ollama create` from another machine uses it: HEAD/POST /api/blobs/sha256:DIGEST
+(the upload is checked against its digest), POST /api/create (`files` naming uploaded blobs,
+`template`, `system`, `parameters`; NDJSON statuses or one object), POST /api/copy, DELETE
+/api/delete. Each model has a manifest (`server.manifests`), and /api/tags reports its digest as
+Ollama does: the sha256 of the manifest, so a copy has the digest of its source.
 Replies come from a script (fixed pieces at a fixed pace) or from a real model (any async
 `reply(messages, options)` generator, e.g. `embedded_reply(EmbeddedBackend)`).
 /api/show answers with a model's `model_info` the way Ollama builds it from the model's GGUF
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import socket
 import time
@@ -165,6 +171,10 @@ class OllamaProtocolServer:
         self.host = host
         self.port = port
         self.models = [m if ":" in m else f"{m}:latest" for m in models]
+        # name -> what it was made of; its digest is the sha256 of this, as Ollama's manifests
+        self.manifests: dict[str, dict[str, Any]] = {m: {"model": m} for m in self.models}
+        self.blobs: dict[str, bytes] = {}  # "sha256:HEX" -> content
+        self.created: list[dict[str, Any]] = []  # the /api/create requests, in order
         self.model_info = {self._name(k): v for k, v in (model_info or {}).items()}
         self.reply = reply or scripted_reply(["Hello", " there", ",", " caller", "."])
         self.fault = fault or Fault()
@@ -277,7 +287,15 @@ class OllamaProtocolServer:
         self.requests.append(path)
         headers = {k.decode().lower(): v.decode() for k, v in request.headers}
         self.headers.append(headers)
-        if path == "/api/version":
+        if path.startswith("/api/blobs/"):
+            await self._blob(conn, writer, request.method.decode(), path, body)
+        elif path in ("/api/create", "/api/copy", "/api/delete"):
+            status, reply = self._manage(path, json.loads(body or b"{}"))
+            if reply is None:  # copy and delete answer with an empty 200
+                await self._respond_empty(conn, writer, status)
+            else:
+                await self._respond_json(conn, writer, status, reply)
+        elif path == "/api/version":
             await self._respond_json(conn, writer, 200, {"version": VERSION})
         elif path == "/api/tags":
             await self._respond_json(
@@ -293,6 +311,68 @@ class OllamaProtocolServer:
             await self._chat(conn, reader, writer, json.loads(body or b"{}"), headers)
         else:
             await self._respond_json(conn, writer, 404, {"error": "404 page not found"})
+
+    async def _respond_empty(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int
+    ) -> None:
+        headers = [("content-length", "0"), ("connection", "close")]
+        await self._send(writer, conn.send(h11.Response(status_code=status, headers=headers)))
+        await self._send(writer, conn.send(h11.EndOfMessage()))
+
+    async def _blob(
+        self,
+        conn: h11.Connection,
+        writer: asyncio.StreamWriter,
+        method: str,
+        path: str,
+        body: bytes,
+    ) -> None:
+        """HEAD: 200 if the blob is here, else 404; POST: 201 if the content has that digest."""
+        digest = path.removeprefix("/api/blobs/").replace("-", ":", 1)
+        if method == "HEAD":
+            await self._respond_empty(conn, writer, 200 if digest in self.blobs else 404)
+            return
+        if f"sha256:{hashlib.sha256(body).hexdigest()}" != digest:
+            await self._respond_json(conn, writer, 400, {"error": "digest mismatch"})
+            return
+        self.blobs[digest] = body
+        await self._respond_empty(conn, writer, 201)
+
+    def digest(self, name: str) -> str:
+        """The model's digest in /api/tags: the sha256 of its manifest."""
+        name = self._name(name)
+        manifest = json.dumps(self.manifests.get(name, {"model": name}), sort_keys=True)
+        return hashlib.sha256(manifest.encode()).hexdigest()
+
+    def _manage(self, path: str, req: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+        """/api/create, /api/copy, /api/delete: (status, JSON reply or None for an empty 200)."""
+        if path == "/api/copy":
+            source, dest = self._name(req.get("source", "")), self._name(req.get("destination", ""))
+            if source not in self.models:
+                return 404, {"error": f"model '{source}' not found"}
+            self._put(dest, self.manifests.get(source, {"model": source}))
+            return 200, None
+        if path == "/api/delete":
+            name = self._name(req.get("model", ""))
+            if name not in self.models:
+                return 404, {"error": f"model '{name}' not found"}
+            self.manifests.pop(name, None)
+            self.models.remove(name)
+            return 200, None
+        self.created.append(req)
+        name = self._name(req.get("model", ""))
+        files = dict(req.get("files") or {})
+        missing = [d for d in files.values() if d not in self.blobs]
+        if not files or missing:
+            return 400, {"error": f"neither 'from' nor 'files' was specified or blobs {missing}"}
+        manifest = {k: req.get(k) for k in ("files", "template", "system", "parameters")}
+        self._put(name, manifest)
+        return 200, {"status": "success"}
+
+    def _put(self, name: str, manifest: dict[str, Any]) -> None:
+        self.manifests[name] = dict(manifest)
+        if name not in self.models:
+            self.models.append(name)
 
     @staticmethod
     def _name(model: str) -> str:
@@ -315,13 +395,17 @@ class OllamaProtocolServer:
             "model": name,
             "modified_at": _now(),
             "size": 100_000_000,
-            "digest": "0" * 64,
+            "digest": self.digest(name),
             "details": self._details(),
         }
 
     def _show(self, name: str) -> dict[str, Any]:
+        # a model made from files: FROM its GGUF's blob, as `ollama show` prints it
+        files = self.manifests.get(name, {}).get("files") or {"": name}
+        source = next(iter(files.values()))
+        blob = f"/usr/share/ollama/.ollama/models/blobs/{source.replace(':', '-')}"
         return {
-            "modelfile": f"FROM {name}\n",
+            "modelfile": f"FROM {blob if source.startswith('sha256:') else source}\n",
             "parameters": "num_ctx 2048",
             "template": "{{ .Prompt }}",
             "details": self._details(),

@@ -12,7 +12,7 @@ import typer
 from payphone.cli import BENCHES, State, with_llm_overrides
 from tests.helpers import REPO, run_module
 
-SUBCOMMANDS = ("run", "simulate", "doctor", "personas", "bench", "dtmf", "config", "stats")
+SUBCOMMANDS = ("run", "simulate", "doctor", "personas", "bench", "dtmf", "config", "stats", "model")
 
 
 def test_payphone_help_lists_every_subcommand() -> None:

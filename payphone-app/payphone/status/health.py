@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ import ollama
 
 from payphone.llm.breaker import BreakerState, BreakerStatus
 from payphone.log import get_logger
+from payphone.versions.naming import file_sha256, is_version
 
 log = get_logger("status")
 
@@ -116,7 +118,9 @@ class LlmWatch:
 
     The breaker only learns that Pi #2 is gone when a call fails; the probe (the official
     client's /api/tags, the same request `doctor` makes) notices it between calls too, and
-    reads the model's digest.
+    reads the model's digest and which `payphone-persona:<version>` it is a copy of. In-process,
+    `gguf` (the loaded file) is hashed once, in a thread; its name is the version.
+    Both are logged (`llm_model`) when first known and whenever they change.
     """
 
     def __init__(
@@ -127,13 +131,16 @@ class LlmWatch:
         model: str,
         host: str | None = None,
         failover: tuple[str, ...] = (),
+        gguf: Path | None = None,
     ) -> None:
         self.breaker = breaker
         self.backend = backend
         self.model = model
         self.host = host
         self.failover = failover  # several hosts: their breakers judge them, no probe here
+        self.gguf = gguf
         self.digest: str | None = None
+        self.version: str | None = None
         self.reachable: bool | None = None  # None: not probed yet (or not Ollama)
         self.problem = ""
 
@@ -149,6 +156,7 @@ class LlmWatch:
             "backend": self.backend,
             "where": self.where,
             "model": self.model,
+            "version": self.version,
             "digest": self.digest,
             "ok": ok,
             "words": words,
@@ -162,11 +170,38 @@ class LlmWatch:
 
     def __call__(self) -> Check:
         ok, words = self._words()
-        return Check("llm", ok, f"model {self.model} {words}")
+        version = f" (version {self.version})" if self.version else ""
+        return Check("llm", ok, f"model {self.model}{version} {words}")
+
+    def _known(self, digest: str | None, version: str | None, **where: Any) -> None:
+        if (digest, version) != (self.digest, self.version):
+            self.digest, self.version = digest, version
+            log.info(
+                "llm_model",
+                backend=self.backend,
+                model=self.model,
+                version=version,
+                digest=digest,
+                **where,
+            )
+
+    async def _hash_gguf(self, gguf: Path) -> None:
+        def read() -> tuple[str, Path]:
+            return file_sha256(gguf), gguf.resolve()
+
+        try:
+            sha, real = await asyncio.to_thread(read)
+        except OSError as exc:
+            log.warning("llm_model_unreadable", path=str(gguf), error=repr(exc))
+            return
+        version = real.stem if is_version(real.stem) else None
+        self._known(sha[:12], version, path=str(real), sha256=sha)
 
     async def run(self) -> None:
-        """Probe Pi #2 until cancelled (nothing to do for the in-process model)."""
+        """Probe Pi #2 until cancelled; in-process, hash the GGUF once."""
         if self.host is None:
+            if self.gguf is not None:
+                await self._hash_gguf(self.gguf)
             return
         client = ollama.AsyncClient(host=self.host, timeout=httpx.Timeout(OLLAMA_TIMEOUT_S))
         try:
@@ -187,8 +222,19 @@ class LlmWatch:
             return
         wanted = self.model if ":" in self.model else f"{self.model}:latest"
         found = next((m for m in listing.models if m.model == wanted), None)
-        self.digest = (found.digest or "")[:12] if found is not None else None
+        digest = found.digest or "" if found is not None else ""
+        self._known(digest[:12] or None, _copy_of(listing.models, wanted, digest), host=self.host)
         self.reachable, self.problem = found is not None, "" if found else f"no model {wanted}"
+
+
+def _copy_of(models: Sequence[Any], wanted: str, digest: str) -> str | None:
+    """The `<version>` of the `repo:<version>` that `wanted` (`repo:latest`) is a copy of."""
+    repo = wanted.partition(":")[0]
+    for model in models:
+        name_repo, _, tag = (model.model or "").partition(":")
+        if digest and name_repo == repo and is_version(tag) and model.digest == digest:
+            return tag
+    return None
 
 
 def _reason(exc: BaseException) -> str:

@@ -58,8 +58,11 @@ def gpio_words(settings: Settings, pins: str) -> str:
     return f"hook switch on BCM {settings.hook.pin}, keypad {settings.keypad.source} ({pins})"
 
 
-def llm_watch(llm: LlmSettings, breaker: Callable[[], BreakerStatus], model: str) -> LlmWatch:
-    """The model check for `llm.backend`; `model`: the resolved GGUF's name for embedded."""
+def llm_watch(
+    llm: LlmSettings, breaker: Callable[[], BreakerStatus], model: str, gguf: Path | None = None
+) -> LlmWatch:
+    """The model check for `llm.backend`; `model`: the resolved GGUF's name for embedded,
+    `gguf`: that file (hashed once for its digest)."""
     if llm.backend == "ollama" and len(llm.hosts) > 1:
         # probing the first host alone would call the phone down while the next serves its
         # calls: the failover's breakers judge the hosts (up while any is up)
@@ -69,7 +72,7 @@ def llm_watch(llm: LlmSettings, breaker: Callable[[], BreakerStatus], model: str
         return LlmWatch(
             breaker, backend="ollama", model=llm.ollama_model, host=str(llm.ollama_host)
         )
-    return LlmWatch(breaker, backend="embedded", model=model)
+    return LlmWatch(breaker, backend="embedded", model=model, gguf=gguf)
 
 
 class StatusPage:
@@ -167,6 +170,7 @@ class StatusPage:
                 "backend": str(described.get("backend", "")),
                 "model": str(described.get("model", "")),
                 "digest": str(described.get("digest") or ""),
+                "model_version": str(described.get("version") or ""),
             }
         )
 

@@ -65,6 +65,7 @@ function renderLlm(llm) {
     el("div", llm.where),
     el("div", `model: ${llm.model}`),
   );
+  if (llm.version) body.append(el("div", `version: ${llm.version}`));
   if (llm.digest) body.append(el("div", `digest: ${llm.digest}`, "muted"));
 }
 
