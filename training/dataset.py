@@ -154,19 +154,22 @@ def _is_emoji(char: str) -> bool:
 
 
 def interrupted_part(text: str) -> str | None:
-    """The heard part of a reply in the runtime's interrupted form, else None (a full reply)."""
+    """The heard part of a reply in the runtime's interrupted form ("" when the caller cut in
+    before a word was heard, which the runtime stores as the bare marker), else None."""
+    if text == INTERRUPTED_MARKER:
+        return ""
     return text[: -len(INTERRUPTED_SUFFIX)] if text.endswith(INTERRUPTED_SUFFIX) else None
 
 
 def reply_problems(text: str) -> list[str]:
     """Why an assistant reply is not speakable on the phone (empty list: it is fine).
 
-    A reply in the interrupted form is checked on its heard part, which may be a single word:
+    A reply in the interrupted form is checked on its heard part, which may be short or empty:
     the caller can cut a reply off at any point, and the runtime writes it that way.
     """
     problems: list[str] = []
     heard = interrupted_part(text)
-    least = MIN_WORDS if heard is None else 1
+    least = MIN_WORDS if heard is None else 0
     text = text if heard is None else heard
     words = word_count(text)
     if not least <= words <= MAX_WORDS:

@@ -223,7 +223,7 @@ def hear(
 
     Piper speaks the next clip in a worker thread while Whisper transcribes this one, so both
     cores stay busy. The file is saved every `save_every` transcripts, so an interrupted run
-    keeps its work. Lines no longer in the data are dropped from the file.
+    keeps its work. Lines no longer in the data, and voices no longer in `voices`, are dropped.
     """
     started = time.perf_counter()
     lines = caller_lines(conversations)
@@ -231,6 +231,10 @@ def hear(
     stale = set(book) - set(lines)
     for line in stale:
         del book[line]
+    names = {v.name for v in voices}
+    retired = [(line, name) for line, heard in book.items() for name in heard if name not in names]
+    for line, name in retired:
+        del book[line][name]
     pending = todo(lines, book, voices)
     reused = len(lines) * len(voices) - len(pending)
     audio_s = 0.0
@@ -243,7 +247,7 @@ def hear(
                 progress(1)
             if count % save_every == 0:
                 write_heard(book, path)
-    if pending or stale or not path.exists():
+    if pending or stale or retired or not path.exists():
         write_heard(book, path)
     result = HearResult(
         len(lines), len(pending), reused, len(stale), time.perf_counter() - started, audio_s
