@@ -49,7 +49,7 @@ def load(config: Path | None) -> TrainingConfig:
     try:
         return load_config(config)
     except ConfigError as exc:
-        err.print(str(exc), markup=False, highlight=False)
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
 
 
@@ -60,7 +60,7 @@ def load_data() -> list[Conversation]:
     try:
         return load_dir()
     except DataValidationError as exc:
-        err.print(str(exc), markup=False, highlight=False)
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
 
 
@@ -73,7 +73,7 @@ def stage_errors() -> Iterator[None]:
     try:
         yield
     except DataValidationError as exc:
-        err.print(str(exc), markup=False, highlight=False)
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
     except STAGE_ERRORS as exc:
         err.print(f"training: {exc}", markup=False, highlight=False)
