@@ -135,10 +135,12 @@ def caller_turn(
     noise: NoiseProfile = DEFAULT_NOISE,
     heard: HeardLines | None = None,
 ) -> str:
-    """One caller turn for training: a heard variant when there is one, else the rewrite."""
+    """One caller turn for training: a heard variant when there is one (one that differs from
+    the authored text if Whisper wrote any), else the rewrite."""
     variants = heard.get(text) if heard is not None else None
     if variants:
-        return rng.choice(list(variants))
+        changed = [v for v in variants if v != text]
+        return rng.choice(changed or list(variants))
     return stt_rewrite(text, rng, noise)
 
 
@@ -167,12 +169,17 @@ def augment(
     noise: NoiseProfile = DEFAULT_NOISE,
     heard: HeardLines | None = None,
 ) -> list[Conversation]:
-    """`copies` STT-style copies of every conversation (the originals are not included)."""
-    return [
-        augment_conversation(conv, seed, k, noise, heard)
+    """`copies` STT-style copies of every conversation (the originals are not included).
+
+    Given `heard`, a copy whose caller turns all came out as authored (Whisper heard every one
+    word for word) is left out: it would only train that conversation twice.
+    """
+    made = (
+        (conv, augment_conversation(conv, seed, k, noise, heard))
         for conv in conversations
         for k in range(1, copies + 1)
-    ]
+    )
+    return [copy for conv, copy in made if heard is None or copy.messages != conv.messages]
 
 
 @dataclass(frozen=True)

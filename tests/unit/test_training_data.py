@@ -571,6 +571,14 @@ def test_augmentation_takes_heard_variants(tmp_path: Path, shipped: list[Convers
     assert all(re.fullmatch(r"[a-z0-9' -]+", u) for u in rewritten), rewritten  # the fallback
     assert augment(shipped[:2], seed=1, copies=6, heard=heard) == copies
 
+    # a line Whisper heard word for word: the copy takes a variant that differs, and a copy
+    # that would equal its original is left out
+    same = {first: (first, "Heard again: " + first)}
+    assert {augment_conversation(covered, seed=s, heard=same).messages[1]["content"]
+            for s in range(5)} == {"Heard again: " + first}  # fmt: skip
+    verbatim = {line: (line,) for line in callers}
+    assert augment([covered], seed=1, copies=3, heard=verbatim) == []
+
     counted = coverage(shipped[:2], heard)
     assert (counted.heard, counted.fallback) == (len(callers), len(_users(shipped[1:2])))
     assert "rewritten (no heard entry" in str(counted)
