@@ -24,7 +24,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from payphone.log import get_logger
 from training.dataset import Conversation, Message
+
+log = get_logger(__name__)
 
 # Words Whisper swaps for a same-sounding word, both directions where it makes sense.
 _HOMOPHONE_GROUPS: tuple[tuple[str, ...], ...] = (
@@ -174,12 +177,24 @@ def augment(
     Given `heard`, a copy whose caller turns all came out as authored (Whisper heard every one
     word for word) is left out: it would only train that conversation twice.
     """
-    made = (
+    conversations = list(conversations)
+    made = [
         (conv, augment_conversation(conv, seed, k, noise, heard))
         for conv in conversations
         for k in range(1, copies + 1)
+    ]
+    if heard is None:
+        return [copy for _, copy in made]
+    counted = coverage(conversations, heard)
+    kept = [copy for conv, copy in made if copy.messages != conv.messages]
+    log.info(
+        "augment_caller_turns",
+        heard=counted.heard,
+        rewritten=counted.fallback,
+        copies=len(kept),
+        verbatim_copies_left_out=len(made) - len(kept),
     )
-    return [copy for conv, copy in made if heard is None or copy.messages != conv.messages]
+    return kept
 
 
 @dataclass(frozen=True)
