@@ -12,6 +12,7 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from training.config import TrainingConfig
+    from training.dataset import Conversation
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 
@@ -48,17 +49,32 @@ def load(config: Path | None) -> TrainingConfig:
     try:
         return load_config(config)
     except ConfigError as exc:
-        err.print(str(exc), markup=False, highlight=False)
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+
+
+def load_data() -> list[Conversation]:
+    """The authored conversations, or exit 2 with every bad line as `file:line: problem`."""
+    from training.dataset import DataValidationError, load_dir
+
+    try:
+        return load_dir()
+    except DataValidationError as exc:
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
 
 
 @contextmanager
 def stage_errors() -> Iterator[None]:
-    """Known stage failures: one clear line, exit 1, no traceback."""
+    """Known stage failures: one clear line, exit 1, no traceback (bad data: exit 2)."""
+    from training.dataset import DataValidationError
     from training.pipeline import STAGE_ERRORS
 
     try:
         yield
+    except DataValidationError as exc:
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
     except STAGE_ERRORS as exc:
         err.print(f"training: {exc}", markup=False, highlight=False)
         raise typer.Exit(1) from exc
@@ -88,23 +104,56 @@ def data(
     eval_share: Annotated[float, typer.Option(help="Share of conversations held out.")] = 0.1,
 ) -> None:
     """Validate the authored conversations, augment user turns, split train/eval."""
-    from training.augment import augment
-    from training.dataset import DataValidationError, load_dir, write_jsonl
+    from training.augment import augment, coverage
+    from training.dataset import write_jsonl
+    from training.hear import heard_variants
     from training.split import split
 
-    try:
-        conversations = load_dir()
-    except DataValidationError as exc:
-        err.print(str(exc), markup=False, highlight=False)
-        raise typer.Exit(1) from exc
+    conversations = load_data()
     parts = split(conversations, eval_share=eval_share)
-    train = [*parts.train, *augment(parts.train, seed=seed, copies=copies)]
+    heard = heard_variants()
+    train = [*parts.train, *augment(parts.train, seed=seed, copies=copies, heard=heard)]
     n_train = write_jsonl(train, out / "data" / "train.jsonl")
     n_eval = write_jsonl(parts.eval, out / "data" / "eval.jsonl")
     err.print(
         f"data: {len(conversations)} conversations valid; train {n_train} "
         f"({len(parts.train)} + {n_train - len(parts.train)} STT copies), eval {n_eval} "
-        f"{parts.eval_counts()}"
+        f"{parts.eval_counts()}; {coverage(parts.train, heard)}"
+    )
+
+
+@app.command()
+def hear(
+    heard_file: Annotated[
+        Path | None,
+        typer.Option("--file", help="The heard file (default training/data/heard/callers.jsonl)."),
+    ] = None,
+) -> None:
+    """Speak every authored caller line (Piper, four caller voices) through the telephone band
+    into the phone's Whisper and keep what it heard; lines already heard are not redone."""
+    from rich.progress import Progress
+
+    from payphone.log import setup_logging
+    from payphone.models import ModelNotFound
+    from training.hear import HEARD_FILE, VOICES, caller_lines, read_heard, todo
+    from training.hear import hear as run_hear
+
+    setup_logging("warning")
+    path = heard_file or HEARD_FILE
+    conversations = load_data()
+    pending = len(todo(caller_lines(conversations), read_heard(path), VOICES))
+    try:
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("hearing caller lines", total=pending)
+            result = run_hear(conversations, path, progress=lambda n: bar.advance(task, n))
+    except ModelNotFound as exc:
+        err.print(f"hear: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from exc
+    rate = f", {result.done / result.seconds:.2f} clips/s" if result.done else ""
+    err.print(
+        f"hear: {result.lines} caller lines x {len(VOICES)} voices: {result.done} heard now "
+        f"({result.audio_seconds:.0f} s of speech in {result.seconds:.0f} s{rate}), "
+        f"{result.reused} kept, {result.dropped} stale lines dropped; {path}"
     )
 
 
@@ -173,14 +222,9 @@ def classify_eval(
     """Held-out accuracy of the persona classifier on the authored replies (JSON last line)."""
     import json
 
-    from training.dataset import DataValidationError, load_dir
     from training.persona_classifier import held_out_accuracy
 
-    try:
-        conversations = load_dir()
-    except DataValidationError as exc:
-        err.print(str(exc), markup=False, highlight=False)
-        raise typer.Exit(1) from exc
+    conversations = load_data()
     result = held_out_accuracy(conversations, folds=folds).as_dict()
     low, high = result["ci95"]
     print(

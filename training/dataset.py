@@ -15,15 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+from payphone.llm.history import INTERRUPTED_MARKER
 from payphone.personas.loader import Persona, load_personas
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 MIN_WORDS = 10
-MAX_WORDS = 50
+MAX_WORDS = 40
 MIN_EXCHANGES = 1
-MAX_EXCHANGES = 4
+MAX_EXCHANGES = 6
+# Conversations whose replies share more than this share of their word 3-grams (Jaccard) are
+# near-duplicates: the model would learn one reply twice and the held-out set would leak.
+NEAR_DUPLICATE_THRESHOLD = 0.5
+# How the runtime stores a reply the caller cut off (`History.add_interrupted`): what was heard.
+INTERRUPTED_SUFFIX = f" — {INTERRUPTED_MARKER}"
 
 Role = Literal["system", "user", "assistant"]
 
@@ -147,12 +153,27 @@ def _is_emoji(char: str) -> bool:
     return unicodedata.category(char) == "So" or 0x1F000 <= ord(char) <= 0x1FAFF
 
 
+def interrupted_part(text: str) -> str | None:
+    """The heard part of a reply in the runtime's interrupted form ("" when the caller cut in
+    before a word was heard, which the runtime stores as the bare marker), else None."""
+    if text == INTERRUPTED_MARKER:
+        return ""
+    return text[: -len(INTERRUPTED_SUFFIX)] if text.endswith(INTERRUPTED_SUFFIX) else None
+
+
 def reply_problems(text: str) -> list[str]:
-    """Why an assistant reply is not speakable on the phone (empty list: it is fine)."""
+    """Why an assistant reply is not speakable on the phone (empty list: it is fine).
+
+    A reply in the interrupted form is checked on its heard part, which may be short or empty:
+    the caller can cut a reply off at any point, and the runtime writes it that way.
+    """
     problems: list[str] = []
+    heard = interrupted_part(text)
+    least = MIN_WORDS if heard is None else 0
+    text = text if heard is None else heard
     words = word_count(text)
-    if not MIN_WORDS <= words <= MAX_WORDS:
-        problems.append(f"assistant reply has {words} words (allowed {MIN_WORDS}-{MAX_WORDS})")
+    if not least <= words <= MAX_WORDS:
+        problems.append(f"assistant reply has {words} words (allowed {least}-{MAX_WORDS})")
     if "\n" in text:
         problems.append("assistant reply has a line break (spoken text is one paragraph)")
     markup = _MARKUP_RE.search(text)
@@ -209,6 +230,8 @@ def _messages_problems(messages: Any, persona: Persona | None) -> list[str]:
     else:
         if not body or body[-1] != "assistant":
             problems.append("conversation must end with an assistant reply")
+        elif interrupted_part(messages[-1]["content"]) is not None:
+            problems.append("conversation must end with a full reply, not an interrupted one")
         exchanges = len(body) // 2
         if body and not MIN_EXCHANGES <= exchanges <= MAX_EXCHANGES:
             problems.append(
@@ -308,9 +331,25 @@ def load(paths: Iterable[Path]) -> list[Conversation]:
             conversations.append(
                 Conversation(record["id"], record["persona"], messages, shown, number)
             )
+    errors += near_duplicate_errors(conversations)
     if errors:
         raise DataValidationError(errors)
     return conversations
+
+
+def near_duplicate_errors(
+    conversations: Sequence[Conversation], threshold: float = NEAR_DUPLICATE_THRESHOLD
+) -> list[DataError]:
+    """One error per near-duplicate pair, at the later conversation, naming the earlier one."""
+    return [
+        DataError(
+            b.source,
+            b.line,
+            f"near-duplicate of {a.source}:{a.line} ({a.id}): their replies share {score:.0%} "
+            f"of their 3-word runs (allowed {threshold:.0%})",
+        )
+        for a, b, score in near_duplicate_pairs(conversations, threshold)
+    ]
 
 
 def persona_files(data_dir: Path = DATA_DIR) -> list[Path]:
@@ -343,24 +382,42 @@ def write_jsonl(conversations: Iterable[Conversation], path: Path) -> int:
 
 
 def shingles(conv: Conversation, size: int = 3) -> frozenset[tuple[str, ...]]:
-    """Word n-grams of the assistant replies, for near-duplicate checks."""
-    words = re.findall(
-        r"[a-z0-9']+",
-        " ".join(m["content"].lower() for m in conv.messages if m["role"] == "assistant"),
+    """Word n-grams of the assistant replies (an interrupted one without its marker)."""
+    replies = (
+        interrupted_part(m["content"]) or m["content"]
+        for m in conv.messages
+        if m["role"] == "assistant"
     )
+    words = re.findall(r"[a-z0-9']+", " ".join(replies).lower())
     return frozenset(tuple(words[i : i + size]) for i in range(len(words) - size + 1))
 
 
-def near_duplicates(
-    conversations: Sequence[Conversation], threshold: float = 0.5
-) -> list[tuple[str, str, float]]:
-    """Pairs of conversations whose replies share more than `threshold` of their 3-grams."""
-    grams = [(c.id, shingles(c)) for c in conversations]
-    pairs: list[tuple[str, str, float]] = []
-    for i, (a_id, a) in enumerate(grams):
-        for b_id, b in grams[i + 1 :]:
-            if a and b:
-                score = len(a & b) / len(a | b)
-                if score > threshold:
-                    pairs.append((a_id, b_id, round(score, 3)))
+def near_duplicate_pairs(
+    conversations: Sequence[Conversation], threshold: float = NEAR_DUPLICATE_THRESHOLD
+) -> list[tuple[Conversation, Conversation, float]]:
+    """(earlier, later, Jaccard) for conversations whose replies share more than `threshold`.
+
+    An inverted index from 3-gram to the conversations holding it counts only the overlaps that
+    exist, so the check stays linear-ish in the data instead of comparing every pair.
+    """
+    grams = [shingles(c) for c in conversations]
+    index: dict[tuple[str, ...], list[int]] = {}
+    pairs: list[tuple[Conversation, Conversation, float]] = []
+    for j, mine in enumerate(grams):
+        shared: dict[int, int] = {}
+        for gram in mine:
+            for i in index.get(gram, ()):
+                shared[i] = shared.get(i, 0) + 1
+            index.setdefault(gram, []).append(j)
+        for i, common in sorted(shared.items()):
+            score = common / (len(grams[i]) + len(mine) - common)
+            if score > threshold:
+                pairs.append((conversations[i], conversations[j], round(score, 3)))
     return pairs
+
+
+def near_duplicates(
+    conversations: Sequence[Conversation], threshold: float = NEAR_DUPLICATE_THRESHOLD
+) -> list[tuple[str, str, float]]:
+    """Id pairs of conversations whose replies share more than `threshold` of their 3-grams."""
+    return [(a.id, b.id, score) for a, b, score in near_duplicate_pairs(conversations, threshold)]

@@ -36,16 +36,24 @@ STAGE_ERRORS: tuple[type[Exception], ...] = (
 
 def stage_data(cfg: TrainingConfig, out: Path) -> str:
     """Validate, split, augment; writes OUT/data/{train,eval}.jsonl."""
-    from training.augment import augment
+    from training.augment import augment, coverage
     from training.dataset import load_dir, write_jsonl
+    from training.hear import heard_variants
     from training.split import split
 
     conversations = load_dir()
     parts = split(conversations, eval_share=cfg.data.eval_share)
-    train = [*parts.train, *augment(parts.train, seed=cfg.data.seed, copies=cfg.data.copies)]
+    heard = heard_variants()
+    train = [
+        *parts.train,
+        *augment(parts.train, seed=cfg.data.seed, copies=cfg.data.copies, heard=heard),
+    ]
     n_train = write_jsonl(train, out / "data" / "train.jsonl")
     n_eval = write_jsonl(parts.eval, out / "data" / "eval.jsonl")
-    return f"{len(conversations)} conversations; train {n_train}, eval {n_eval}"
+    return (
+        f"{len(conversations)} conversations; train {n_train}, eval {n_eval}; "
+        f"{coverage(parts.train, heard)}"
+    )
 
 
 def stage_train(cfg: TrainingConfig, out: Path, resume: bool = False) -> TrainResult:

@@ -25,6 +25,7 @@ from training.dataset import (
     PERSONAS,
     Conversation,
     DataValidationError,
+    Message,
     display_path,
     find_phone_numbers,
     load,
@@ -147,6 +148,7 @@ def errors_of(*paths: Path) -> list[str]:
 
 
 LONG = " ".join(["word"] * 62)
+INTERRUPTED = " — [the caller interrupted]"  # what `History.add_interrupted` appends
 BAD_LINES: list[tuple[str, Any, str]] = [
     ("invalid JSON", '{"id": "operator-900", "persona": ', "invalid JSON"),
     ("not an object", [1, 2], "line must be a JSON object"),
@@ -175,8 +177,33 @@ BAD_LINES: list[tuple[str, Any, str]] = [
     ("ends with user", with_turns(("user", "Hi")), "must end with an assistant reply"),
     (
         "too many exchanges",
-        with_turns(*[("user", "Hi"), ("assistant", GOOD_REPLY)] * 5),
-        "conversation has 5 exchanges (allowed 1-4)",
+        with_turns(*[("user", "Hi"), ("assistant", GOOD_REPLY)] * 7),
+        "conversation has 7 exchanges (allowed 1-6)",
+    ),
+    (
+        "ends interrupted",
+        with_turns(("user", "Hi"), ("assistant", "Operator here, how may" + INTERRUPTED)),
+        "must end with a full reply, not an interrupted one",
+    ),
+    (
+        "interrupted after 41 words",
+        with_turns(
+            ("user", "Hi"),
+            ("assistant", " ".join(["word"] * 41) + INTERRUPTED),
+            ("user", "Grandma please"),
+            ("assistant", GOOD_REPLY),
+        ),
+        "assistant reply has 41 words (allowed 0-40) in message 2",
+    ),
+    (
+        "marker not in the runtime's form",
+        with_turns(
+            ("user", "Hi"),
+            ("assistant", "Operator here, how may I help you [the caller interrupted]"),
+            ("user", "Grandma please"),
+            ("assistant", GOOD_REPLY),
+        ),
+        "markdown, a list or a stage direction ('[') in message 2",
     ),
     (
         "empty content",
@@ -186,12 +213,17 @@ BAD_LINES: list[tuple[str, Any, str]] = [
     (
         "reply too long",
         reply(LONG),
-        "assistant reply has 62 words (allowed 10-50) in message 2",
+        "assistant reply has 62 words (allowed 10-40) in message 2",
     ),
     (
         "reply too short",
         reply("Operator speaking."),
-        "assistant reply has 2 words (allowed 10-50)",
+        "assistant reply has 2 words (allowed 10-40)",
+    ),
+    (
+        "reply of 41 words",
+        reply(" ".join(["word"] * 41)),
+        "assistant reply has 41 words (allowed 10-40) in message 2",
     ),
     (
         "markdown",
@@ -258,7 +290,7 @@ def test_all_errors_are_collected_into_one_exception(tmp_path: Path) -> None:
     message = str(caught.value)
     assert message.startswith(f"{len(lines)} errors in the training data:")
     assert message.count("\n") == len(lines)
-    assert f"{path}:3: assistant reply has 62 words (allowed 10-50) in message 2" in message
+    assert f"{path}:3: assistant reply has 62 words (allowed 10-40) in message 2" in message
 
 
 def test_duplicate_ids_and_conversations_across_files(tmp_path: Path) -> None:
@@ -274,6 +306,88 @@ def test_duplicate_ids_and_conversations_across_files(tmp_path: Path) -> None:
         f"{second}:1: duplicate id 'operator-001' (first at {first}:1)",
         f"{second}:2: duplicate conversation (first at {first}:1)",
     ]
+
+
+def test_near_duplicates_across_files_name_both_lines(tmp_path: Path) -> None:
+    words = "Operator here, dear. Grandma Mae is on line two, press 2 and she will pick up soon."
+    first = write_lines(
+        tmp_path / "operator.jsonl", [record("operator-001"), reply(words) | {"id": "operator-002"}]
+    )
+    near = reply(words.replace("soon.", "right away, dear.")) | {"id": "operator-003"}
+    second = write_lines(tmp_path / "extra.jsonl", [near])
+    errors = errors_of(first, second)
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"{second}:1: near-duplicate of {first}:2 (operator-002): ")
+    assert "share 78% of their 3-word runs (allowed 50%)" in errors[0]
+
+
+def test_near_duplicate_check_scales(shipped: list[Conversation]) -> None:
+    """~1000 conversations (the shipped set four times over, words shuffled apart) in well under
+    a second, and it finds exactly the pairs the all-pairs definition finds."""
+    import random
+    import time
+
+    rng = random.Random(0)
+    grown: list[Conversation] = []
+    for k in range(4):
+        for conv in shipped:
+            msgs = []
+            for m in conv.messages:
+                content = m["content"]
+                if m["role"] == "assistant" and k:
+                    shuffled = content.split()
+                    rng.shuffle(shuffled)
+                    content = " ".join(shuffled)
+                msgs.append(Message(role=m["role"], content=content))
+            grown.append(replace(conv, id=f"{conv.id}-{k}", messages=tuple(msgs)))
+    grown.append(replace(shipped[0], id="copy-of-first"))
+    started = time.perf_counter()
+    found = near_duplicates(grown)
+    assert time.perf_counter() - started < 2.0
+    assert found == [(shipped[0].id + "-0", "copy-of-first", 1.0)]
+
+
+def test_interrupted_replies_in_the_runtime_form_are_accepted(tmp_path: Path) -> None:
+    from payphone.llm.history import Conversation as History
+
+    history = History("persona: Operator", budget_tokens=1000)
+    history.add_user("Hello, I need the, um")
+    history.add_interrupted("Operator")
+    cut = history.turns[-1]["content"]
+    assert cut == "Operator" + INTERRUPTED
+    path = write_lines(
+        tmp_path / "operator.jsonl",
+        [
+            with_turns(
+                ("user", "Hello, I need the, um"),
+                ("assistant", cut),
+                ("user", "Sorry, the detective please."),
+                ("assistant", GOOD_REPLY),
+            ),
+            with_turns(
+                ("user", "Hi"),
+                ("assistant", INTERRUPTED.removeprefix(" — ")),  # cut in before a word
+                ("user", "Grandma please"),
+                ("assistant", "Connecting you to Grandma Mae now, sweetheart, mind the crackle."),
+            )
+            | {"id": "operator-2"},
+            with_turns(
+                *[
+                    turn
+                    for n in range(6)
+                    for turn in (
+                        ("user", "Hi"),
+                        (
+                            "assistant",
+                            f"Line {n} is still open, caller, just say a name and I connect you.",
+                        ),
+                    )
+                ]
+            )
+            | {"id": "operator-3"},
+        ],
+    )
+    assert [len(c.messages) for c in load([path])] == [5, 5, 13]
 
 
 def test_missing_persona_file_is_an_error(tmp_path: Path) -> None:
@@ -419,3 +533,95 @@ def test_data_modules_import_without_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+# --- heard caller lines ---------------------------------------------------------------------
+
+
+def write_heard_file(path: Path, lines: dict[str, list[str]]) -> Path:
+    from training.hear import Heard, write_heard
+
+    book = {
+        line: {f"v{i}": Heard(f"v{i}", t, {}) for i, t in enumerate(ts)}
+        for line, ts in lines.items()
+    }
+    write_heard(book, path)
+    return path
+
+
+def test_augmentation_takes_heard_variants(tmp_path: Path, shipped: list[Conversation]) -> None:
+    from training.augment import coverage
+    from training.hear import heard_variants
+
+    covered = shipped[0]
+    callers = [m["content"] for m in covered.messages if m["role"] == "user"]
+    variants = {line: [f"Heard {i}: {line}" for i in range(3)] for line in callers}
+    first = callers[0]
+    variants[first] = [*variants[first], "", "Call 555-1234, please."]  # never usable
+    heard = heard_variants(write_heard_file(tmp_path / "callers.jsonl", variants))
+    assert heard[first] == tuple(f"Heard {i}: {first}" for i in range(3))
+
+    copies = augment(shipped[:2], seed=1, copies=6, heard=heard)
+    mine = [c for c in copies if c.id.startswith(covered.id + "-stt")]
+    picked = [m["content"] for c in mine for m in c.messages if m["role"] == "user"]
+    assert all(p.startswith("Heard ") for p in picked), picked
+    assert len(set(picked)) > len(callers)  # the copies do not all pick the same variant
+    others = [c for c in copies if not c.id.startswith(covered.id + "-stt")]
+    rewritten = [m["content"] for c in others for m in c.messages if m["role"] == "user"]
+    assert all(re.fullmatch(r"[a-z0-9' -]+", u) for u in rewritten), rewritten  # the fallback
+    assert augment(shipped[:2], seed=1, copies=6, heard=heard) == copies
+
+    # a line Whisper heard word for word: the copy takes a variant that differs, and a copy
+    # that would equal its original is left out
+    same = {first: (first, "Heard again: " + first)}
+    assert {augment_conversation(covered, seed=s, heard=same).messages[1]["content"]
+            for s in range(5)} == {"Heard again: " + first}  # fmt: skip
+    verbatim = {line: (line,) for line in callers}
+    assert augment([covered], seed=1, copies=3, heard=verbatim) == []
+
+    counted = coverage(shipped[:2], heard)
+    assert (counted.heard, counted.fallback) == (len(callers), len(_users(shipped[1:2])))
+    assert "rewritten (no heard entry" in str(counted)
+
+
+def test_the_committed_heard_file_matches_the_caller_voices(shipped: list[Conversation]) -> None:
+    """Every line in it was heard in every current voice (new data may wait for a `hear` run:
+    its caller turns fall back to the rewrite, and `data` says how many)."""
+    from training.augment import coverage
+    from training.hear import HEARD_FILE, VOICES, heard_variants, read_heard, todo
+
+    book = read_heard(HEARD_FILE)
+    assert todo(list(book), book, VOICES) == []
+    counted = coverage(shipped, heard_variants(HEARD_FILE))
+    assert counted.heard >= 300, counted
+
+
+def test_bad_data_exits_2_naming_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+    import shutil
+
+    from typer.testing import CliRunner
+
+    import training.dataset as dataset
+    from training.cli import app
+
+    data = tmp_path / "data"
+    shutil.copytree(DATA_DIR, data, ignore=shutil.ignore_patterns("heard"))
+    operator = data / "operator.jsonl"
+    lines = operator.read_text(encoding="utf-8").splitlines()
+    twin = json.loads(lines[0])
+    twin["id"] = "operator-twin"
+    twin["messages"][-1]["content"] += " Mind the step."
+    bad = [json.dumps(twin), json.dumps(reply(LONG) | {"id": "operator-long"})]
+    operator.write_text("\n".join([*lines, *bad]) + "\n", encoding="utf-8")
+    monkeypatch.setattr(dataset, "load_dir", functools.partial(dataset.load_dir, data))
+
+    result = CliRunner().invoke(app, ["data", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    n = len(lines)
+    assert f"{operator}:{n + 1}: near-duplicate of {operator}:1 " in result.output
+    assert f"{operator}:{n + 2}: assistant reply has 62 words (allowed 10-40)" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
