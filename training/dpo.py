@@ -60,7 +60,7 @@ Message = dict[str, str]
 
 @dataclass(frozen=True)
 class Prompt:
-    """One training turn: the call so far (system tag, history, caller line) and the authored reply."""
+    """One training turn: the call so far (system tag, history, caller line), the authored reply."""
 
     persona: str
     messages: tuple[Message, ...]
