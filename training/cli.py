@@ -126,6 +126,7 @@ def train(
         f"train: {result.steps} steps on {result.device}, eval loss {base_loss:.3f} -> {loss:.3f}, "
         f"{result.tokens} tokens in {result.train_seconds:.0f} s = "
         f"{result.tokens_per_second:.0f} tokens/s; adapter in {out / 'adapter'}"
+        + (f" (best checkpoint: step {result.best_step})" if result.best_step is not None else "")
     )
 
 

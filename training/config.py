@@ -62,6 +62,9 @@ class TrainStage(_Strict):
     best_checkpoint: bool = Field(
         False, description="keep and export the checkpoint with the lowest held-out eval loss"
     )
+    group_by_length: bool = Field(
+        False, description="batch conversations of similar length: less padding, faster steps"
+    )
 
     @model_validator(mode="after")
     def _best_needs_saved_evals(self) -> TrainStage:
@@ -87,7 +90,7 @@ class DpoStage(_Strict):
     min_pairs: int = Field(4, ge=1, description="fewer worse replies than this: stop with an error")
     max_prompts: int = Field(128, ge=1, description="training turns to sample replies for")
     sources: list[RejectedSource] = Field(
-        default_factory=lambda: ["sft", "base"],
+        default_factory=lambda: list[RejectedSource](("sft", "base")),
         min_length=1,
         description="who writes rejected replies, tried in order for each prompt",
     )

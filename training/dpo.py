@@ -366,7 +366,7 @@ def run(cfg: TrainingConfig, out: Path) -> DpoResult:
     )
     with _timed() as train_time:
         output = trainer.train()
-    trained = trainer.model
+    trained: Any = trainer.model
     if "ref" in getattr(trained, "peft_config", {}):
         trained.delete_adapter("ref")  # the frozen reference copy is not part of the model
     from training.base_model import save_folder

@@ -137,6 +137,7 @@ def run_all(cfg: TrainingConfig, out: Path, console: Console, resume: bool = Fal
     summary.notes["train"] = (
         f"{result.steps} steps, {result.tokens} tokens, {result.tokens_per_second:.0f} tokens/s, "
         f"eval loss {_fmt(result.base_eval_loss)} -> {_fmt(result.eval_loss)}"
+        + (f" (best, step {result.best_step})" if result.best_step is not None else "")
     )
     if cfg.dpo.enabled:  # export only after every training stage finished
         summary.dpo = tuned = timed("dpo", lambda: stage_dpo(cfg, out))

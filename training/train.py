@@ -217,11 +217,11 @@ def choose_precision(
 
 
 def count_parameters(folder: str) -> int:
-    """The base model's parameter count from its config alone (empty weights, no download)."""
-    from accelerate import init_empty_weights
+    """The base model's parameter count from its config alone (no weights loaded)."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    with init_empty_weights():
+    with torch.device("meta"):  # shapes only: instant and no memory, even for a 7B model
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
     return sum(p.numel() for p in model.parameters())
 
@@ -274,6 +274,7 @@ def sft_args(cfg: TrainingConfig, paths: Paths, device: str, qlora: bool) -> Any
         metric_for_best_model="eval_loss" if t.best_checkpoint else None,
         greater_is_better=False if t.best_checkpoint else None,
         logging_steps=t.logging_steps,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         seed=t.seed,
         data_seed=t.seed,
         max_length=t.max_seq_len,
@@ -339,6 +340,7 @@ def run(cfg: TrainingConfig, out: Path, resume: bool = False) -> TrainResult:
     seconds = time.perf_counter() - started
     history = trainer.state.log_history
     best_step = _best_step(trainer.state) if cfg.train.best_checkpoint else None
+    final_eval: dict[str, Any]
     if best_step is not None:  # the model in memory is the best checkpoint, reloaded
         final_eval = {"eval_loss": trainer.state.best_metric}
     else:

@@ -143,9 +143,17 @@ def test_tiny_run_exports_a_model_llama_cpp_answers_with(
     out, _ = workspace
     cfg = small_config()
     stage_data(cfg, out)
-    first = stage_train(cfg, out)
+    # held-out loss at each step; the best checkpoint is the one kept (the full config's way)
+    first = stage_train(small_config(best_checkpoint=True, eval_steps=1), out)
     assert first.steps == 2
     assert first.base_eval_loss is not None and first.eval_loss is not None
+    history = json.loads(
+        (Paths(out).checkpoints / "checkpoint-2" / "trainer_state.json").read_text()
+    )
+    losses = {h["step"]: h["eval_loss"] for h in history["log_history"] if "eval_loss" in h}
+    assert sorted(losses) == [0, 1, 2]
+    best = min((1, 2), key=losses.__getitem__)
+    assert first.best_step == best and first.eval_loss == pytest.approx(losses[best])
     assert first.tokens > 0 and first.tokens_per_second > 0
     assert read_summary(out) is not None
 
