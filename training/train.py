@@ -176,8 +176,8 @@ Precision = Literal["fp32", "bf16", "qlora"]
 
 GIB = 1024**3
 # What a LoRA run needs on the GPU beyond the frozen weights: CUDA context, activations of a
-# batch of 8 x 1024 tokens, adapter and optimizer state. Measured order of magnitude for 0.5-3B
-# decoders; an estimate, so a run that is close can still set load_in_4bit by hand.
+# batch of 8 x 1024 tokens, adapter and optimizer state. A rule of thumb (not measured on a GPU
+# here), so a run that is close to the line can still set load_in_4bit by hand.
 GPU_RESERVE_BYTES = 3 * GIB
 WEIGHT_BYTES = {"bf16": 2.0 * 1.2, "qlora": 0.55 * 1.2}  # per parameter, with 20 % slack
 
