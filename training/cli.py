@@ -34,7 +34,10 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
-        help="Training config TOML (default training/configs/cpu.toml; GPU: production.toml).",
+        help=(
+            "Training config TOML (default training/configs/quick.toml; full CPU run: cpu.toml; "
+            "GPU: production.toml)."
+        ),
     ),
 ]
 ResumeOption = Annotated[
@@ -172,6 +175,23 @@ def train(
         f"train: {result.steps} steps on {result.device}, eval loss {base_loss:.3f} -> {loss:.3f}, "
         f"{result.tokens} tokens in {result.train_seconds:.0f} s = "
         f"{result.tokens_per_second:.0f} tokens/s; adapter in {out / 'adapter'}"
+        + (f" (best checkpoint: step {result.best_step})" if result.best_step is not None else "")
+    )
+
+
+@app.command()
+def dpo(out: OutOption = DEFAULT_OUT, config: ConfigOption = None) -> None:
+    """Preference tuning (TRL DPO) of the SFT adapter: authored reply over the model's worse one."""
+    from training.pipeline import stage_dpo
+
+    cfg = load(config)
+    with stage_errors():
+        result = stage_dpo(cfg, out)
+    err.print(
+        f"dpo: {result.pairs} pairs ({result.problems}) from {result.sampled} sampled replies; "
+        f"{result.steps} steps, loss {result.train_loss:.3f}, reward accuracy "
+        f"{result.reward_accuracy if result.reward_accuracy is not None else float('nan'):.2f}; "
+        f"adapter in {out / 'adapter'} (pairs in {out / 'dpo' / 'pairs.jsonl'})"
     )
 
 

@@ -10,15 +10,16 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from payphone.personas.loader import load_personas
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "cpu.toml"
+DEFAULT_CONFIG = CONFIG_DIR / "quick.toml"
 
 Device = Literal["auto", "cpu", "cuda"]
 OutType = Literal["f32", "f16", "bf16"]
+RejectedSource = Literal["sft", "base"]
 
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -54,8 +55,66 @@ class TrainStage(_Strict):
     seed: int = 0
     max_seq_len: int = Field(384, ge=32)
     device: Device = "auto"
-    load_in_4bit: bool | None = Field(None, description="None: QLoRA when CUDA + bitsandbytes")
+    load_in_4bit: bool | None = Field(
+        None, description="None: bf16 LoRA when the GPU has the memory, else QLoRA (bitsandbytes)"
+    )
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = the idle cores")
+    best_checkpoint: bool = Field(
+        False, description="keep and export the checkpoint with the lowest held-out eval loss"
+    )
+    group_by_length: bool = Field(
+        False, description="batch conversations of similar length: less padding, faster steps"
+    )
+
+    @model_validator(mode="after")
+    def _best_needs_saved_evals(self) -> TrainStage:
+        # transformers can only reload a checkpoint it saved at an evaluation step
+        if self.best_checkpoint and self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"best_checkpoint = true needs save_steps ({self.save_steps}) to be a multiple of "
+                f"eval_steps ({self.eval_steps})"
+            )
+        return self
+
+
+class DpoStage(_Strict):
+    """Preference tuning after SFT: the authored reply over the model's own worse reply.
+
+    Rejected replies are sampled from the SFT model (and, for prompts where it did well, the
+    base) at the phone's temperature; only a reply that is worse (too long, another persona's
+    voice, or leaking the prompt) makes a pair, so every pair teaches what is wrong.
+    """
+
+    enabled: bool = False
+    pairs: int = Field(32, ge=1, description="pairs to build (stop sampling once reached)")
+    min_pairs: int = Field(4, ge=1, description="fewer worse replies than this: stop with an error")
+    max_prompts: int = Field(128, ge=1, description="training turns to sample replies for")
+    sources: list[RejectedSource] = Field(
+        default_factory=lambda: list[RejectedSource](("sft", "base")),
+        min_length=1,
+        description="who writes rejected replies, tried in order for each prompt",
+    )
+    temperature: float = Field(0.7, gt=0, description="sampling temperature (the phone's)")
+    max_new_tokens: int = Field(96, ge=8)
+    generate_batch: int = Field(16, ge=1)
+    max_words: int = Field(40, ge=1, description="a longer reply is worse (the data's limit)")
+    max_steps: int = Field(8, description="> 0 wins over epochs")
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    beta: float = Field(0.1, gt=0)
+    batch_size: int = Field(2, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_seq_len: int = Field(384, ge=32)
+    logging_steps: int = Field(2, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _enough_pairs_possible(self) -> DpoStage:
+        if self.min_pairs > self.pairs:
+            raise ValueError(f"min_pairs ({self.min_pairs}) is more than pairs ({self.pairs})")
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"sources lists a source twice: {self.sources}")
+        return self
 
 
 class DataStage(_Strict):
@@ -105,6 +164,7 @@ class TrainingConfig(_Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     data: DataStage = Field(default_factory=DataStage)
     train: TrainStage = Field(default_factory=TrainStage)
+    dpo: DpoStage = Field(default_factory=DpoStage)
     export: ExportStage = Field(default_factory=ExportStage)
     modelfile: ModelfileStage = Field(default_factory=ModelfileStage)
     eval: EvalStage = Field(default_factory=EvalStage)
@@ -115,7 +175,7 @@ class ConfigError(ValueError):
 
 
 def load_config(path: Path | None = None) -> TrainingConfig:
-    """Read and validate a TOML config (default: `training/configs/cpu.toml`)."""
+    """Read and validate a TOML config (default: `training/configs/quick.toml`)."""
     path = DEFAULT_CONFIG if path is None else path
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))

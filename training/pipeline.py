@@ -1,4 +1,4 @@
-"""Every stage in order (data -> train -> export -> modelfile -> eval) with a summary at the end.
+"""Every stage in order (data -> train -> [dpo] -> export -> modelfile -> eval), then a summary.
 
 Each stage is also a function the CLI subcommands call, so `python -m training train` and the
 all-stages run do exactly the same work. Known failures raise `STAGE_ERRORS`; the CLI prints
@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -22,6 +22,9 @@ from training.dataset import DataValidationError
 from training.export import ExportError, ExportResult
 from training.modelfile import ModelfileError
 from training.train import Paths, TrainingError, TrainResult
+
+if TYPE_CHECKING:
+    from training.dpo import DpoResult
 
 STAGE_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,
@@ -63,6 +66,13 @@ def stage_train(cfg: TrainingConfig, out: Path, resume: bool = False) -> TrainRe
     return train.run(cfg, out, resume=resume)
 
 
+def stage_dpo(cfg: TrainingConfig, out: Path) -> DpoResult:
+    """Preference pairs from the model's own worse replies, then DPO; replaces OUT/adapter."""
+    from training import dpo
+
+    return dpo.run(cfg, out)
+
+
 def stage_export(cfg: TrainingConfig, out: Path) -> ExportResult:
     """Merge and write OUT/model/NAME.{F16,QUANT}.gguf."""
     from training import export
@@ -101,6 +111,7 @@ class Summary:
     seconds: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
     train: TrainResult | None = None
+    dpo: DpoResult | None = None
     report: dict[str, Any] | None = None
 
     @property
@@ -134,7 +145,14 @@ def run_all(cfg: TrainingConfig, out: Path, console: Console, resume: bool = Fal
     summary.notes["train"] = (
         f"{result.steps} steps, {result.tokens} tokens, {result.tokens_per_second:.0f} tokens/s, "
         f"eval loss {_fmt(result.base_eval_loss)} -> {_fmt(result.eval_loss)}"
+        + (f" (best, step {result.best_step})" if result.best_step is not None else "")
     )
+    if cfg.dpo.enabled:  # export only after every training stage finished
+        summary.dpo = tuned = timed("dpo", lambda: stage_dpo(cfg, out))
+        summary.notes["dpo"] = (
+            f"{tuned.pairs} pairs from {tuned.sampled} samples {tuned.problems}, "
+            f"{tuned.steps} steps, reward accuracy {_fmt(tuned.reward_accuracy)}"
+        )
     exported = timed("export", lambda: stage_export(cfg, out))
     summary.notes["export"] = (
         f"{exported.gguf.name} ({len(exported.fallbacks)} fallbacks; "

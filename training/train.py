@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from payphone.log import get_logger
 from training.base_model import hf_folder, load_model, load_tokenizer, resolve
@@ -66,7 +66,13 @@ class Paths:
         return self.out / "checkpoints"
 
     @property
+    def sft_adapter(self) -> Path:
+        """What SFT learnt; the DPO stage starts from here, so it can be rerun."""
+        return self.out / "adapter_sft"
+
+    @property
     def adapter(self) -> Path:
+        """The adapter `export` merges: SFT's, or SFT + DPO once the preference stage ran."""
         return self.out / "adapter"
 
     @property
@@ -91,6 +97,7 @@ class TrainResult:
     tokens_per_second: float
     device: str
     base: str
+    best_step: int | None = None
 
 
 def training_template(original: str) -> str:
@@ -165,14 +172,74 @@ def pick_device(setting: str) -> str:
     return setting
 
 
-def want_4bit(setting: bool | None, device: str) -> bool:
-    """QLoRA when asked, or by default on CUDA when bitsandbytes is importable."""
+Precision = Literal["fp32", "bf16", "qlora"]
+
+GIB = 1024**3
+# What a LoRA run needs on the GPU beyond the frozen weights: CUDA context, activations of a
+# batch of 8 x 1024 tokens, adapter and optimizer state. A rule of thumb (not measured on a GPU
+# here), so a run that is close to the line can still set load_in_4bit by hand.
+GPU_RESERVE_BYTES = 3 * GIB
+WEIGHT_BYTES = {"bf16": 2.0 * 1.2, "qlora": 0.55 * 1.2}  # per parameter, with 20 % slack
+
+
+def gpu_need_bytes(precision: Precision, params: int) -> int:
+    """Estimated GPU memory for LoRA training of a `params`-parameter model."""
+    return int(params * WEIGHT_BYTES[precision]) + GPU_RESERVE_BYTES
+
+
+def choose_precision(
+    device: str, setting: bool | None, free_bytes: int, params: int, have_bnb: bool
+) -> Precision:
+    """fp32 on a CPU; on CUDA bf16 LoRA when the free memory holds it, QLoRA only when not.
+
+    `setting` is `train.load_in_4bit`: true forces QLoRA, false forces bf16, None decides by
+    memory. A pure function of its inputs, so the choice is tested without a GPU.
+    """
+    if device != "cuda":
+        if setting:
+            raise TrainingError("train.load_in_4bit = true needs CUDA (QLoRA runs on GPUs only)")
+        return "fp32"
+    if setting and not have_bnb:
+        raise TrainingError("train.load_in_4bit = true needs `pip install bitsandbytes`")
+    if setting is not None:
+        return "qlora" if setting else "bf16"
+    if free_bytes >= gpu_need_bytes("bf16", params):
+        return "bf16"
+    if have_bnb and free_bytes >= gpu_need_bytes("qlora", params):
+        return "qlora"
+    hint = "" if have_bnb else "; QLoRA would need `pip install bitsandbytes`"
+    raise TrainingError(
+        f"the base model ({params / 1e9:.2f}B parameters) needs about "
+        f"{gpu_need_bytes('bf16', params) / GIB:.1f} GiB of GPU memory for bf16 LoRA and "
+        f"{gpu_need_bytes('qlora', params) / GIB:.1f} GiB for QLoRA; the GPU has "
+        f"{free_bytes / GIB:.1f} GiB free{hint}"
+    )
+
+
+def count_parameters(folder: str) -> int:
+    """The base model's parameter count from its config alone (no weights loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):  # shapes only: instant and no memory, even for a 7B model
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    return sum(p.numel() for p in model.parameters())
+
+
+def pick_precision(device: str, setting: bool | None, folder: str) -> Precision:
+    """`choose_precision` with this machine's GPU memory and the base model's size."""
     import importlib.util
 
+    if device != "cuda":
+        return choose_precision(device, setting, 0, 0, False)
+    import torch
+
+    free, _total = torch.cuda.mem_get_info()
     have_bnb = importlib.util.find_spec("bitsandbytes") is not None
-    if setting and (device != "cuda" or not have_bnb):
-        raise TrainingError("train.load_in_4bit = true needs CUDA and `pip install bitsandbytes`")
-    return bool(setting) if setting is not None else device == "cuda" and have_bnb
+    params = count_parameters(folder)
+    precision = choose_precision(device, setting, int(free), params, have_bnb)
+    log.info("gpu_precision", precision=precision, free_gib=round(free / GIB, 1), params=params)
+    return precision
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -202,7 +269,12 @@ def sft_args(cfg: TrainingConfig, paths: Paths, device: str, qlora: bool) -> Any
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
+        # the full run keeps the checkpoint with the lowest held-out loss, and exports that one
+        load_best_model_at_end=t.best_checkpoint,
+        metric_for_best_model="eval_loss" if t.best_checkpoint else None,
+        greater_is_better=False if t.best_checkpoint else None,
         logging_steps=t.logging_steps,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         seed=t.seed,
         data_seed=t.seed,
         max_length=t.max_seq_len,
@@ -232,9 +304,9 @@ def run(cfg: TrainingConfig, out: Path, resume: bool = False) -> TrainResult:
     eval_rows = read_messages(paths.eval_data)
     loss_rows = spread(eval_rows, cfg.train.eval_conversations)
     device = pick_device(cfg.train.device)
-    qlora = want_4bit(cfg.train.load_in_4bit, device)
     torch.set_num_threads(cpu_threads(cfg.train.threads))
     folder = hf_folder(resolve(cfg.base), paths.base_cache)
+    qlora = pick_precision(device, cfg.train.load_in_4bit, folder) == "qlora"
     tokenizer = load_tokenizer(folder)
     original = tokenizer.chat_template
     if not original:
@@ -267,10 +339,17 @@ def run(cfg: TrainingConfig, out: Path, resume: bool = False) -> TrainResult:
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
     history = trainer.state.log_history
-    final_eval = _last_eval(history, int(output.global_step)) or trainer.evaluate()
+    best_step = _best_step(trainer.state) if cfg.train.best_checkpoint else None
+    final_eval: dict[str, Any]
+    if best_step is not None:  # the model in memory is the best checkpoint, reloaded
+        final_eval = {"eval_loss": trainer.state.best_metric}
+    else:
+        final_eval = _last_eval(history, int(output.global_step)) or trainer.evaluate()
 
     tokenizer.chat_template = original  # the exported model prompts exactly like the base
-    _save_adapter(trainer, tokenizer, paths.adapter)
+    _save_adapter(trainer, tokenizer, paths.sft_adapter)
+    # `adapter` (what export merges) changes only now, whole: an interrupted run leaves it be
+    copy_dir(paths.sft_adapter, paths.adapter)
     tokens = int(max((h.get("num_tokens", 0) for h in history), default=0))
     result = TrainResult(
         steps=int(output.global_step),
@@ -282,6 +361,7 @@ def run(cfg: TrainingConfig, out: Path, resume: bool = False) -> TrainResult:
         tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
         device=device + (" qlora-4bit" if qlora else ""),
         base=cfg.base,
+        best_step=best_step,
     )
     _write_json(paths.train_summary, asdict(result))
     log.info("train_done", **asdict(result))
@@ -292,6 +372,27 @@ def _save_adapter(trainer: Any, tokenizer: Any, target: Path) -> None:
     from training.base_model import save_folder
 
     save_folder(trainer.model, tokenizer, target)
+
+
+def copy_dir(source: Path, target: Path) -> None:
+    """Copy folder `source` to `target`, replacing it all or nothing."""
+    import shutil
+    import tempfile
+
+    from training.base_model import replace_dir
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _best_step(state: Any) -> int | None:
+    checkpoint = getattr(state, "best_model_checkpoint", None)
+    return int(str(checkpoint).rsplit("-", 1)[1]) if checkpoint else None
 
 
 def spread(rows: list[Any], count: int) -> list[Any]:

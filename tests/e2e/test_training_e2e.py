@@ -1,4 +1,4 @@
-"""The training pipeline with the real SmolLM2 GGUF: round trip, a tiny run, resume, Modelfile.
+"""The training pipeline with the real SmolLM2 GGUF: round trip, a tiny run, resume, DPO, Modelfile.
 
 The round trip proves the export route (transformers folder -> llama.cpp's converter -> GGUF):
 the base GGUF (Q4_1) is loaded by transformers (dequantized), exported as F32 with no training,
@@ -10,6 +10,7 @@ file after a few tokens: llama.cpp's Q4_1 matmuls quantize activations to 8 bits
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from training import export, modelfile
 from training.base_model import hf_folder, load_tokenizer, resolve
 from training.config import TrainingConfig, load_config
 from training.dataset import load_dir
-from training.pipeline import stage_data, stage_export, stage_modelfile, stage_train
+from training.pipeline import stage_data, stage_dpo, stage_export, stage_modelfile, stage_train
 from training.train import Paths, check_template, read_summary, training_template
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
@@ -125,17 +126,34 @@ def test_gguf_round_trip(workspace: tuple[Path, str], llama_dir: Path) -> None:
     assert greedy(result.gguf) == greedy(original)
 
 
+def tiny_dpo(cfg: TrainingConfig) -> TrainingConfig:
+    settings = {
+        "enabled": True, "pairs": 1, "min_pairs": 1, "max_prompts": 4, "generate_batch": 4,
+        "max_new_tokens": 48, "max_steps": 1, "batch_size": 1, "max_seq_len": 128,
+        "logging_steps": 1,
+    }  # fmt: skip
+    return cfg.model_copy(update={"dpo": cfg.dpo.model_copy(update=settings)})
+
+
 def test_tiny_run_exports_a_model_llama_cpp_answers_with(
-    workspace: tuple[Path, str], llama_dir: Path
+    workspace: tuple[Path, str], llama_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from llama_cpp import Llama
 
     out, _ = workspace
     cfg = small_config()
     stage_data(cfg, out)
-    first = stage_train(cfg, out)
+    # held-out loss at each step; the best checkpoint is the one kept (the full config's way)
+    first = stage_train(small_config(best_checkpoint=True, eval_steps=1), out)
     assert first.steps == 2
     assert first.base_eval_loss is not None and first.eval_loss is not None
+    history = json.loads(
+        (Paths(out).checkpoints / "checkpoint-2" / "trainer_state.json").read_text()
+    )
+    losses = {h["step"]: h["eval_loss"] for h in history["log_history"] if "eval_loss" in h}
+    assert sorted(losses) == [0, 1, 2]
+    best = min((1, 2), key=losses.__getitem__)
+    assert first.best_step == best and first.eval_loss == pytest.approx(losses[best])
     assert first.tokens > 0 and first.tokens_per_second > 0
     assert read_summary(out) is not None
 
@@ -144,6 +162,25 @@ def test_tiny_run_exports_a_model_llama_cpp_answers_with(
 
     adapter_tok = load_tokenizer(str(Paths(out).adapter))
     assert "{% generation %}" not in adapter_tok.chat_template  # the base template is saved
+
+    # DPO: interrupted, the adapter export merges is untouched; finished, it is replaced whole
+    weights = Paths(out).adapter / "adapter_model.safetensors"
+    sft_weights = weights.read_bytes()
+    with monkeypatch.context() as patch:
+
+        def interrupted(*_: object, **__: object) -> None:
+            raise KeyboardInterrupt
+
+        patch.setattr("trl.DPOTrainer.train", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            stage_dpo(tiny_dpo(cfg), out)
+    assert weights.read_bytes() == sft_weights
+    tuned = stage_dpo(tiny_dpo(cfg), out)
+    assert tuned.steps == 1 and tuned.pairs == 1 and sum(tuned.problems.values()) >= 1
+    pair = json.loads((out / "dpo" / "pairs.jsonl").read_text())
+    assert pair["problems"] and pair["rejected"][0]["content"] != pair["chosen"][0]["content"]
+    assert weights.read_bytes() != sft_weights  # DPO moved the SFT adapter
+    assert not (Paths(out).adapter / "ref").exists()  # the frozen reference is not exported
 
     result = stage_export(cfg, out)
     assert result.gguf.name == f"{cfg.name}.Q8_0.gguf"
