@@ -223,12 +223,20 @@ def modelfile(out: OutOption = DEFAULT_OUT, config: ConfigOption = None) -> None
 
 
 @app.command("eval")
-def evaluate(out: OutOption = DEFAULT_OUT, config: ConfigOption = None) -> None:
-    """Compare base and fine-tuned models on held-out prompts per persona."""
+def evaluate(
+    out: OutOption = DEFAULT_OUT,
+    config: ConfigOption = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Two cases of each kind per persona only.")
+    ] = False,
+) -> None:
+    """Base (full prompt) vs tuned on held-out turns, break attempts and memory probes."""
     from training.evaluate import table
     from training.pipeline import stage_eval
 
     cfg = load(config)
+    if quick:
+        cfg = cfg.model_copy(update={"eval": cfg.eval.quick()})
     with stage_errors():
         report = stage_eval(cfg, out)
     Console().print(table(report))

@@ -143,14 +143,31 @@ class ModelfileStage(_Strict):
 
 
 class EvalStage(_Strict):
-    """Base vs tuned on held-out prompts through llama.cpp."""
+    """Base (full persona prompt) vs tuned on held-out cases, sampled as the phone samples.
 
-    prompts_per_persona: int = Field(5, ge=1)
-    break_attempts_per_persona: int = Field(2, ge=0)
-    max_tokens: int = Field(120, ge=8)
-    n_ctx: int = Field(1024, ge=256)
+    Temperature, token limit, context and history budget come from the phone's settings
+    (`payphone.config`), not from here. The limits keep the first N cases of each kind per
+    persona (0: every one); the full configuration evaluates everything, the quick one a subset.
+    """
+
+    samples: int = Field(3, ge=1, description="replies per case, seeds seed, seed+1, ...")
+    seed: int = Field(0, ge=0)
+    prompts_per_persona: int = Field(0, ge=0, description="held-out turns per persona; 0 = all")
+    break_attempts_per_persona: int = Field(0, ge=0, description="break attempts; 0 = all")
+    memory_probes_per_persona: int = Field(0, ge=0, description="memory probes; 0 = all")
+    max_tokens: int | None = Field(None, ge=8, description="None: the phone's llm.num_predict")
+    same_quant: bool = Field(True, description="re-quantize the base to the tuned model's type")
     threads: int = Field(0, ge=0, description="llama.cpp threads; 0 = the idle cores")
-    within_words: int = Field(50, ge=1)
+
+    def quick(self) -> EvalStage:
+        """A small subset (two cases of each kind per persona) for CI and a first look."""
+        return self.model_copy(
+            update={
+                "prompts_per_persona": 2,
+                "break_attempts_per_persona": 2,
+                "memory_probes_per_persona": 2,
+            }
+        )
 
 
 class TrainingConfig(_Strict):

@@ -22,20 +22,16 @@ import asyncio
 import random
 import re
 import statistics
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from payphone.config import Settings
-from payphone.llm.base import ChatOptions
 from payphone.llm.embedded import EmbeddedBackend
 from payphone.llm.history import Conversation
 from payphone.personas.loader import Persona, load_personas
-from payphone.reply.chunker import ChunkerConfig
-from payphone.reply.guard import GuardConfig
-from payphone.reply.speakable import make_speakable
-from payphone.streams import hit_limit
+from training.eval_reply import spoken_reply
 from training.persona_classifier import PersonaClassifier, wilson
 
 WORD_LIMIT = 50
@@ -125,12 +121,6 @@ def copies_an_example(reply: str, persona: Persona, threshold: float = 0.5) -> b
     return any(len(mine & _grams(e.reply)) / len(mine) > threshold for e in persona.examples)
 
 
-async def _replay(pieces: list[str], keep_mark: bool) -> AsyncIterator[str]:
-    for piece in pieces:
-        if keep_mark or not hit_limit(piece):
-            yield piece
-
-
 async def _sample(
     model: EmbeddedBackend,
     persona: Persona,
@@ -143,31 +133,21 @@ async def _sample(
     examples = persona.example_pairs if condition == "after" else ()
     convo = Conversation(persona.prompt, settings.llm.history_tokens, examples=examples)
     convo.add_user(caller)
-    options = ChatOptions(
-        num_predict=settings.llm.num_predict,
-        temperature=settings.llm.temperature,
-        num_ctx=settings.llm.num_ctx,
-        seed=seed,
-    )
-    pieces = [p async for p in model.stream(convo.messages(), options)]
-    speakable = make_speakable(
-        GuardConfig.from_settings(settings.llm),
-        ChunkerConfig(first_clause_words=settings.tts.first_chunk_words),
-    )
     # before: the phone spoke the half sentence; after: it drops it
-    chunks = [c async for c in speakable(_replay(pieces, keep_mark=condition == "after"))]
-    reply = " ".join(chunks)
+    spoken = await spoken_reply(
+        model, convo.messages(), settings, seed, drop_half_sentence=condition == "after"
+    )
     return Sample(
         condition=condition,
         persona=persona.id,
         kind=kind,
         caller=caller,
         seed=seed,
-        reply=reply,
-        raw="".join(pieces).strip(),
-        words=len(reply.split()),
-        hit_limit=any(hit_limit(p) for p in pieces),
-        copied_example=copies_an_example(reply, persona),
+        reply=spoken.reply,
+        raw=spoken.raw,
+        words=len(spoken.reply.split()),
+        hit_limit=spoken.hit_limit,
+        copied_example=copies_an_example(spoken.reply, persona),
     )
 
 

@@ -89,7 +89,7 @@ def stage_modelfile(cfg: TrainingConfig, out: Path) -> Path:
 
 
 def stage_eval(cfg: TrainingConfig, out: Path) -> dict[str, Any]:
-    """Base vs tuned; writes OUT/eval/eval.json and reply_lengths.png."""
+    """Base vs tuned, held out; writes OUT/eval/eval.json and eval.png."""
     from training import evaluate, export
     from training.train import read_summary
 
@@ -160,10 +160,10 @@ def run_all(cfg: TrainingConfig, out: Path, console: Console, resume: bool = Fal
     )
     summary.notes["modelfile"] = str(timed("modelfile", lambda: stage_modelfile(cfg, out)))
     summary.report = report = timed("eval", lambda: stage_eval(cfg, out))
-    base, tuned = report["base"]["personas"]["all"], report["tuned"]["personas"]["all"]
+    met = [row for row in report["targets"] if row["met"]]
     summary.notes["eval"] = (
-        f"mean reply {base['mean']:.0f} -> {tuned['mean']:.0f} words; "
-        f"within 50 words {base['within']:.0%} -> {tuned['within']:.0%}"
+        f"mean reply {report['base']['mean_words']} -> {report['tuned']['mean_words']} words; "
+        f"targets met {len(met)}/{len(report['targets'])} (eval/eval.json)"
     )
     from training.evaluate import table
 
