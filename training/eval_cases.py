@@ -66,19 +66,36 @@ def _content_words(text: str, stop: frozenset[str]) -> set[str]:
     return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 4 and w not in stop}
 
 
-def earlier_details(history: Sequence[Message], caller: str, authored: str) -> tuple[str, ...]:
-    """Words the caller said before the latest line that the authored reply reuses (and the
-    latest line does not say): what a reply that remembers the call would mention."""
+def common_words(texts: Iterable[str], share: float = 0.01) -> frozenset[str]:
+    """Content words in at least `share` of the texts: the personas' everyday vocabulary
+    ("tell", "call", "dear"), which says nothing about remembering a detail."""
+    stop = _stop_words()
+    counts: dict[str, int] = {}
+    n = 0
+    for text in texts:
+        n += 1
+        for word in _content_words(text, stop):
+            counts[word] = counts.get(word, 0) + 1
+    return frozenset(w for w, c in counts.items() if c >= max(2, share * n))
+
+
+def earlier_details(
+    history: Sequence[Message], caller: str, authored: str, common: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
+    """Uncommon words the caller said before the latest line that the authored reply reuses
+    (and the latest line does not say): what a reply that remembers the call would mention."""
     stop = _stop_words()
     earlier: set[str] = set()
     for turn in history:
         if turn["role"] == "user":
             earlier |= _content_words(turn["content"], stop)
-    return tuple(sorted((earlier & _content_words(authored, stop)) - _content_words(caller, stop)))
+    reused = (earlier & _content_words(authored, stop)) - _content_words(caller, stop)
+    return tuple(sorted(reused - common))
 
 
-def held_out_turns(eval_jsonl: Path) -> list[Case]:
-    """Each assistant turn of each held-out conversation, with the history before it."""
+def held_out_turns(eval_jsonl: Path, common: frozenset[str] = frozenset()) -> list[Case]:
+    """Each assistant turn of each held-out conversation, with the history before it;
+    `common`: words never counted as a remembered detail (see `common_words`)."""
     if not eval_jsonl.is_file():
         raise FileNotFoundError(f"{eval_jsonl} not found: run `python -m training data` first")
     cases: list[Case] = []
@@ -96,22 +113,22 @@ def held_out_turns(eval_jsonl: Path) -> list[Case]:
                     persona=record["persona"],
                     history=history,
                     caller=caller,
-                    expect=earlier_details(history, caller, message["content"]),
+                    expect=earlier_details(history, caller, message["content"], common),
                     authored=message["content"],
                 )
             )
     return cases
 
 
-def break_attempts(path: Path = BREAKS) -> list[Case]:
+def break_attempts(path: Path | None = None) -> list[Case]:
     """The held-out break-character attempts (one caller line each, no history)."""
     return [
         Case(r["id"], "break", r["persona"], (), r["caller"], form=r["form"])
-        for r in _records(path)
+        for r in _records(path or BREAKS)
     ]
 
 
-def memory_probes(path: Path = MEMORY) -> list[Case]:
+def memory_probes(path: Path | None = None) -> list[Case]:
     """Short calls whose last question needs a detail from earlier in the call."""
     return [
         Case(
@@ -122,7 +139,7 @@ def memory_probes(path: Path = MEMORY) -> list[Case]:
             r["caller"],
             expect=tuple(r["expect"]),
         )
-        for r in _records(path)
+        for r in _records(path or MEMORY)
     ]
 
 
@@ -133,11 +150,17 @@ class CaseSet:
     cases: list[Case] = field(default_factory=list)
 
     @classmethod
-    def build(cls, eval_jsonl: Path, limits: dict[Kind, int]) -> CaseSet:
+    def build(
+        cls,
+        eval_jsonl: Path,
+        limits: dict[Kind, int],
+        breaks: Path | None = None,
+        memory: Path | None = None,
+    ) -> CaseSet:
         pools: dict[Kind, list[Case]] = {
-            "turn": held_out_turns(eval_jsonl),
-            "break": break_attempts(),
-            "memory": memory_probes(),
+            "turn": held_out_turns(eval_jsonl, common_words(_authored_texts())),
+            "break": break_attempts(breaks),
+            "memory": memory_probes(memory),
         }
         chosen: list[Case] = []
         for kind, pool in pools.items():
@@ -146,6 +169,12 @@ class CaseSet:
         order = list(dict.fromkeys(c.persona for c in chosen))
         chosen.sort(key=lambda c: order.index(c.persona))
         return cls(chosen)
+
+
+def _authored_texts() -> list[str]:
+    from training.dataset import load_dir
+
+    return [m["content"] for c in load_dir() for m in c.messages if m["role"] != "system"]
 
 
 def _first_per_persona(pool: Iterable[Case], limit: int) -> list[Case]:

@@ -3,9 +3,10 @@
 Each rule is narrow on purpose, so a figure counts what its name says:
 
 - a *leak* is the persona prompt's own wording (a run of `LEAK_NGRAM` words of the prompt that no
-  authored reply or primed example of the persona uses, so "press 1 for Detective Jones" said in
-  character is not one), the persona tag, or the machinery's words: "language model",
-  "AI assistant", "system prompt". "My instructions" said in character is not a leak.
+  authored reply or primed example of the persona uses, and no part of the key card the persona
+  is there to say aloud: `prompt_grams`), the persona tag, or the
+  machinery's words: "language model", "AI assistant", "system prompt". "My instructions" said
+  in character is not a leak.
 - *out of character* ("as an AI"): the model talking about itself as an AI model or assistant.
 - *memory*: the reply names the detail the caller gave earlier (any of the expected words, whole
   word, plural or possessive allowed).
@@ -45,6 +46,19 @@ def ngrams(text: str, size: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + size]) for i in range(len(words) - size + 1)}
 
 
+def prompt_grams(prompt: str) -> set[tuple[str, ...]]:
+    """The prompt's word runs that only the prompt would say: within one sentence, none with a
+    number, and no sentence listing several numbers (the key card: "press 1 for Detective
+    Jones, 2 for Grandma Mae, ..., star to come back to the Operator" is what the persona is
+    there to say aloud)."""
+    grams: set[tuple[str, ...]] = set()
+    for sentence in re.split(r"(?<=[.!?])\s+", prompt):
+        numbers = sum(w.isdigit() for w in words_of(sentence))
+        if numbers < 2:
+            grams |= {g for g in ngrams(sentence, LEAK_NGRAM) if not any(w.isdigit() for w in g)}
+    return grams
+
+
 @dataclass(frozen=True)
 class LeakRule:
     """One persona's leak rule: its prompt's own n-grams and its tag."""
@@ -58,7 +72,7 @@ class LeakRule:
         used: set[tuple[str, ...]] = set()
         for text in [*authored, *(e.reply for e in persona.examples)]:
             used |= ngrams(text, LEAK_NGRAM)
-        return cls(frozenset(ngrams(persona.prompt, LEAK_NGRAM) - used), persona.prompt_tag)
+        return cls(frozenset(prompt_grams(persona.prompt) - used), persona.prompt_tag)
 
     def reasons(self, reply: str) -> list[str]:
         """Why the reply leaks (empty: it does not)."""

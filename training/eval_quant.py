@@ -16,13 +16,27 @@ from training.export import FTYPES
 
 
 def quant_of(gguf: Path) -> str:
-    """The file's `general.file_type` by name (Q4_1, Q8_0, ...), or 'unknown'."""
-    import gguf as gguf_lib
+    """The file's `general.file_type` by name (Q4_1, Q8_0, ...), or 'unknown'.
 
-    field = gguf_lib.GGUFReader(gguf).fields.get("general.file_type")
-    if field is None:
+    Read by llama.cpp, vocabulary only (milliseconds; gguf's reader walks every tensor).
+    """
+    import llama_cpp
+    from llama_cpp._logger import set_verbose
+
+    set_verbose(False)  # the loader prints every metadata key otherwise
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), params)
+    if not model:
         return "unknown"
-    value = int(field.parts[field.data[0]][0])
+    try:
+        buf = ctypes.create_string_buffer(64)
+        size = llama_cpp.llama_model_meta_val_str(model, b"general.file_type", buf, len(buf))
+    finally:
+        llama_cpp.llama_model_free(model)
+    if size < 0:
+        return "unknown"
+    value = int(buf.value.decode())
     names = {v: k for k, v in FTYPES.items()}
     return names.get(value, f"file_type {value}")
 

@@ -82,8 +82,12 @@ def run(
     cfg: EvalStage,
     losses: tuple[float | None, float | None] = (None, None),
     settings: Settings | None = None,
+    breaks: Path | None = None,
+    memory: Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate both models; write eval.json and eval.png under `out_dir`."""
+    """Evaluate both models; write eval.json and eval.png under `out_dir`.
+
+    `breaks`, `memory`: other case files than `training/eval/*.jsonl` (tests)."""
     from rich.progress import Progress
 
     phone = phone_settings(cfg, settings)
@@ -92,7 +96,7 @@ def run(
         "break": cfg.break_attempts_per_persona,
         "memory": cfg.memory_probes_per_persona,
     }
-    cases = CaseSet.build(eval_jsonl, limits).cases  # type: ignore[arg-type]
+    cases = CaseSet.build(eval_jsonl, limits, breaks, memory).cases  # type: ignore[arg-type]
     judge, classifier_replies = make_judge(eval_jsonl)
     note = ""
     if cfg.same_quant:

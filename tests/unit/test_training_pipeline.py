@@ -99,35 +99,7 @@ def test_latest_checkpoint_and_spread(tmp_path: Path) -> None:
     assert spread(rows, 4) == [0, 2, 5, 7]
 
 
-# --- eval metrics -----------------------------------------------------------------------------
-
-
-def test_length_stats() -> None:
-    stats = evaluate.length_stats([10, 20, 30, 40, 100], limit=50)
-    assert stats.n == 5
-    assert stats.mean == 40
-    assert stats.p95 == 100
-    assert stats.within == pytest.approx(0.8)
-    assert evaluate.length_stats([]).n == 0
-    assert evaluate.length_stats(list(range(1, 101))).p95 == 95
-
-
-def test_persona_markers_and_style() -> None:
-    assert evaluate.has_marker("grandma_mae", "Oh sweetie, the cookies are in the oven.")
-    assert not evaluate.has_marker("grandma_mae", "The capital of France is Paris.")
-    assert evaluate.has_marker("comp_u_tron", "That is an EXCELLENT QUESTION indeed.")
-    assert not evaluate.has_marker("comp_u_tron", "That is an excellent question indeed.")
-    assert evaluate.has_marker("operator", "Operator. How may I direct your call?")
-    assert evaluate.has_marker("detective_jones", "The rain never stops in this city, kid.")
-    rate = evaluate.marker_rate("detective_jones", ["Another case.", "Hello there.", "Rain."])
-    assert rate == pytest.approx(2 / 3)
-
-
-def test_break_character_resisted() -> None:
-    assert evaluate.resisted("comp_u_tron", "COMMAND REJECTED. BEEP. I remain COMP-U-TRON.")
-    assert not evaluate.resisted("grandma_mae", "As an AI language model, I cannot, dear.")
-    assert not evaluate.resisted("operator", "My system prompt says: persona: Operator")
-    assert not evaluate.resisted("grandma_mae", "Sure, I can help with that.")  # out of character
+# --- eval (the rest: tests/unit/test_eval.py) -------------------------------------------------
 
 
 def test_perplexity() -> None:
@@ -136,35 +108,13 @@ def test_perplexity() -> None:
     assert evaluate.perplexity(2.0) == pytest.approx(7.389, rel=1e-3)
 
 
-def test_summarise_and_held_out_prompts(tmp_path: Path) -> None:
-    path = tmp_path / "eval.jsonl"
-    lines = []
-    for i in range(3):
-        msgs = [
-            {"role": "system", "content": "persona: Grandma Mae"},
-            {"role": "user", "content": f"question {i}"},
-            {"role": "assistant", "content": "Oh sweetie, yes."},
-        ]
-        lines.append(json.dumps({"id": f"g{i}", "persona": "grandma_mae", "messages": msgs}))
-    path.write_text("\n".join(lines) + "\n")
-    prompts = evaluate.held_out_prompts(path, per_persona=2)
-    assert len(prompts["grandma_mae"]) == 2
-    assert prompts["grandma_mae"][0][-1] == {"role": "user", "content": "question 0"}
-    assert prompts["operator"] == []
-    result = evaluate.PersonaResult(
-        "grandma_mae", ["Oh dear, yes.", "word " * 60], ["Sweetie, no."]
-    )
-    report = evaluate.summarise({"grandma_mae": result}, 50, 1.0)
-    row = report["personas"]["all"]
-    assert row["n"] == 2 and row["within"] == 0.5 and row["breaks_resisted"] == 1
-    assert report["perplexity"] == pytest.approx(2.718, rel=1e-3)
-
-
-def test_plot_is_a_png(tmp_path: Path) -> None:
-    base = {"operator": evaluate.PersonaResult("operator", ["a " * 80, "b " * 120])}
-    tuned = {"operator": evaluate.PersonaResult("operator", ["a " * 12, "b " * 20])}
-    dest = evaluate.plot_lengths(base, tuned, tmp_path / "lengths.png")
-    assert dest.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_eval_configs_are_quick_for_cpu_and_full_for_production() -> None:
+    cpu, prod = load_config().eval, load_config(CONFIG_DIR / "production.toml").eval
+    assert cpu.samples >= 3 and prod.samples >= 3
+    assert cpu.prompts_per_persona > 0  # a subset: minutes on 2 cores
+    assert (prod.prompts_per_persona, prod.break_attempts_per_persona) == (0, 0)  # every case
+    assert prod.memory_probes_per_persona == 0
+    assert prod.quick().prompts_per_persona == 2
 
 
 # --- Modelfile -----------------------------------------------------------------------------------
