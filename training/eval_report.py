@@ -128,7 +128,41 @@ def _pct(rate: dict[str, Any]) -> str:
 
 
 def table(report: dict[str, Any]) -> Any:
-    """A rich table: one row per target, base vs tuned with intervals, met or not."""
+    """Rich tables: the targets (base vs tuned with intervals, met or not), then per persona."""
+    from rich.console import Group
+
+    return Group(targets_table(report), persona_table(report))
+
+
+PERSONA_COLUMNS = (
+    ("<=50 w", "within_50_words"),
+    ("persona", "persona_agreement"),
+    ("breaks", "breaks_resisted"),
+    ("leaks", "leaks"),
+    ("memory", "memory"),
+)
+
+
+def persona_table(report: dict[str, Any]) -> Any:
+    """One row per persona: each target's rate, base -> tuned."""
+    from rich.table import Table
+
+    t = Table(title="per persona: base -> tuned")
+    t.add_column("persona")
+    for label, _ in PERSONA_COLUMNS:
+        t.add_column(label, justify="right")
+    base, tuned = report["base"]["per_persona"], report["tuned"]["per_persona"]
+    for persona in tuned:
+        cells = []
+        for _, key in PERSONA_COLUMNS:
+            b, a = base[persona]["rates"][key], tuned[persona]["rates"][key]
+            cells.append("-" if a["rate"] is None else f"{b['rate']:.0%} -> {a['rate']:.0%}")
+        t.add_row(persona, *cells)
+    return t
+
+
+def targets_table(report: dict[str, Any]) -> Any:
+    """One row per target, base vs tuned with intervals, met or not; speed below."""
     from rich.table import Table
 
     s = report["settings"]

@@ -12,7 +12,8 @@ import pytest
 
 from training.base_model import BaseModelError, resolve
 from training.config import EvalStage
-from training.evaluate import run, table
+from training.eval_report import persona_table, targets_table
+from training.evaluate import run
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
 
@@ -87,4 +88,5 @@ def test_a_tiny_eval_writes_the_report(tmp_path: Path, tagged_gguf: Path) -> Non
         "within_50_words", "persona_agreement", "breaks_resisted", "leaks", "memory",
     }  # fmt: skip
     assert all(isinstance(r["met"], bool) and len(r["tuned"]["ci95"]) == 2 for r in rows.values())
-    assert table(report).row_count >= len(rows)
+    assert targets_table(report).row_count >= len(rows)
+    assert persona_table(report).row_count == 3
