@@ -237,8 +237,11 @@ def plot(report: dict[str, Any], lengths: dict[str, list[int]], dest: Path) -> P
     bars.legend(loc="lower right")
     top = max([60, *lengths.get("base", []), *lengths.get("tuned", [])])
     bins = list(range(0, top + 10, 5))
+    colours = {"base": "tab:gray", "tuned": "tab:blue"}
     for name, words in lengths.items():
-        hist.hist(words, bins=bins, alpha=0.6, label=f"{name} (n={len(words)})")
+        hist.hist(
+            words, bins=bins, alpha=0.5, color=colours.get(name), label=f"{name} (n={len(words)})"
+        )
     hist.axvline(WORD_LIMIT, color="black", linestyle="--", linewidth=1, label="50 words")
     hist.set_xlabel("reply length (words the model wrote)")
     hist.set_ylabel("replies")
