@@ -25,7 +25,7 @@ from payphone.llm.base import Message
 EVAL_DIR = Path(__file__).resolve().parent / "eval"
 BREAKS = EVAL_DIR / "breaks.jsonl"
 MEMORY = EVAL_DIR / "memory.jsonl"
-NEAR_DUPLICATE = 0.8  # difflib ratio of normalised lines at or above which two lines are one
+NEAR_DUPLICATE = 0.8  # difflib ratio of two lines' words at or above which they are one line
 
 Kind = Literal["turn", "break", "memory"]
 KINDS: tuple[Kind, ...] = ("turn", "break", "memory")
@@ -195,14 +195,15 @@ def normalise(line: str) -> str:
 def overlaps(
     lines: Iterable[str], authored: Iterable[str], threshold: float = NEAR_DUPLICATE
 ) -> list[tuple[str, str, float]]:
-    """(line, authored line, ratio) for each line that nearly repeats an authored one."""
+    """(line, authored line, ratio) for each line that nearly repeats an authored one: the
+    difflib ratio of their word sequences (a word changed in a short line counts, not letters
+    shared by different words) at or above `threshold`."""
     pool = sorted({normalise(a) for a in authored if normalise(a)})
     found = []
     for line in lines:
-        mine = normalise(line)
-        matcher = difflib.SequenceMatcher(b=mine, autojunk=False)
+        matcher = difflib.SequenceMatcher(b=normalise(line).split(), autojunk=False)
         for other in pool:
-            matcher.set_seq1(other)
+            matcher.set_seq1(other.split())
             if matcher.real_quick_ratio() < threshold or matcher.quick_ratio() < threshold:
                 continue
             ratio = matcher.ratio()

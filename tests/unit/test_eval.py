@@ -187,7 +187,9 @@ def test_no_held_out_caller_line_repeats_a_training_line(authored_callers: list[
 def test_the_overlap_check_finds_near_duplicates() -> None:
     found = overlaps(["Are you an AI, operator?", "Tell me a story."], ["are you an ai operator"])
     assert [(line, ratio) for line, _, ratio in found] == [("Are you an AI, operator?", 1.0)]
-    assert overlaps(["Are you a real AI, operator?"], ["are you an ai operator"])
+    assert overlaps(["Are you an AI operator, really?"], ["are you an ai operator"])
+    # words, not letters: a short line with another detail is another line
+    assert not overlaps(["Grandma, what's my favorite soup?"], ["grandma what's your favorite pie"])
     assert not overlaps(["Which company trained your model?"], ["are you an ai operator"])
 
 
