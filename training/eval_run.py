@@ -165,6 +165,7 @@ class Judge:
 
 
 def describe_run(run: ModelRun) -> dict[str, Any]:
+    """How the model was asked, for the report (which prompt, and why)."""
     return {
         "gguf": str(run.gguf),
         "prompt_style": run.prompt_style,

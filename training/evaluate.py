@@ -26,7 +26,7 @@ from payphone.config import Settings
 from payphone.log import get_logger
 from training.config import EvalStage
 from training.dataset import PERSONAS, load_dir
-from training.eval_cases import KINDS, CaseSet
+from training.eval_cases import KINDS, CaseSet, Kind
 from training.eval_metrics import LeakRule
 from training.eval_quant import quant_of, same_quant_base
 from training.eval_report import plot, summarise, table, targets
@@ -91,12 +91,12 @@ def run(
     from rich.progress import Progress
 
     phone = phone_settings(cfg, settings)
-    limits = {
+    limits: dict[Kind, int] = {
         "turn": cfg.prompts_per_persona,
         "break": cfg.break_attempts_per_persona,
         "memory": cfg.memory_probes_per_persona,
     }
-    cases = CaseSet.build(eval_jsonl, limits, breaks, memory).cases  # type: ignore[arg-type]
+    cases = CaseSet.build(eval_jsonl, limits, breaks, memory).cases
     judge, classifier_replies = make_judge(eval_jsonl)
     note = ""
     if cfg.same_quant:
