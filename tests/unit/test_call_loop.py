@@ -594,6 +594,47 @@ async def test_a_backchannel_does_not_stop_the_persona(heard: str, reason: str) 
     await switch_off(rig, task)
 
 
+async def talk_in_real_time(rig: Rig, seconds: float) -> None:
+    """Caller speech a frame at a time, as a sound card delivers it."""
+    burst = speech_burst(seconds)
+    for start in range(0, len(burst), 480):
+        rig.mic.push(burst[start : start + 480])
+        await asyncio.sleep(0.03)
+
+
+@pytest.mark.parametrize("whisper_s", [0.15, 0.6])
+async def test_a_short_request_and_what_the_caller_says_next_are_one_turn(
+    whisper_s: float,
+) -> None:
+    """ "Stop, I need a taxi.": the pause after "Stop," ends a short burst; Whisper hears it as a
+    request while the caller is already going on (0.15 s), or only once their next words have
+    made a turn (0.6 s). Either way the phone answers the whole, once."""
+    rig, transcriber, _, _ = make_rig(
+        ["tell me about the weather", "Stop.", "Stop, I need a taxi."],
+        ScriptedBackend(reply=LONG_REPLY, token_delay_s=0.001),
+        barge_in=True,
+        endpointer=functools.partial(EnergyEndpointer, barge_in=True),
+    )
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING)
+    transcriber.delay_s = whisper_s
+    rig.mic.push(np.concatenate([speech_burst(0.12), np.zeros(int(0.21 * 16000), np.int16)]))
+    await talk_in_real_time(rig, 0.6)
+    call = rig.calls[0]
+    async with asyncio.timeout(10):
+        while not any(t.heard == "Stop, I need a taxi." for t in call.log.turns):
+            await asyncio.sleep(0.01)
+    assert [t.heard for t in call.log.turns] == [
+        "tell me about the weather",
+        "Stop, I need a taxi.",
+    ]
+    assert call.log.turns[0].interrupted
+    await switch_off(rig, task)
+
+
 async def test_a_short_request_over_the_persona_takes_the_turn() -> None:
     rig, task = await persona_speaking("Stop.")
     await speak(rig, 0.12)  # as short as "mm-hm", but Whisper hears a request

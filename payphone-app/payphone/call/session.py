@@ -164,6 +164,7 @@ class Call:
         self._idle_stage = 0
         self._turn: Turn | None = None
         self._held: Heard | None = None  # what the caller said before going on (see turn_held)
+        self._caller_talking = False  # between the VAD's start of speech and its end
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -262,11 +263,13 @@ class Call:
             case SpeechSustained():
                 await self._on_speech_sustained()
             case SpeechDropped():
+                self._caller_talking = False
                 self._on_speech_dropped()
             case Heard():
+                self._caller_talking = False
                 self._on_heard(event)
             case ShortSpeech(heard=heard, transcript=transcript):
-                self._on_short_speech(heard, transcript)
+                await self._on_short_speech(heard, transcript)
             case HelpNeeded(heard=heard, transcript=transcript):
                 self.log.event("help_needed_before_greeting")
                 self._start_turn(dataclasses.replace(heard, transcript=_ready(transcript)))
@@ -304,6 +307,7 @@ class Call:
 
     async def _on_speech_started(self) -> None:
         self._idle_stage = 0
+        self._caller_talking = True
         if self.options.barge_in and self.state in BARGE_IN_STATES:
             # the caller speaks over the persona: fall silent at once, as a person would; more
             # than a backchannel (SpeechSustained) stops it, anything less lets it go on
@@ -387,7 +391,7 @@ class Call:
             transcript = Transcript("", 1.0, 0.0)
         self.post(ShortSpeech(heard, transcript))
 
-    def _on_short_speech(self, heard: Heard, transcript: Transcript) -> None:
+    async def _on_short_speech(self, heard: Heard, transcript: Transcript) -> None:
         text = transcript.text.strip() if transcript.is_speech else ""
         over_persona = self.state in BARGE_IN_STATES
         unclear = over_persona and not takes_the_floor(text)
@@ -399,11 +403,25 @@ class Call:
             if over_persona:
                 self._resume_persona(reason)
             return
+        heard = dataclasses.replace(heard, transcript=_ready(transcript))
+        if self.state is CallState.THINKING and self._turn is not None:
+            # the words after it already made a turn before Whisper had judged this: it came
+            # first, so it goes in front of them, as one turn
+            self.log.event("turn_started", joined=True, seconds=heard.seconds)
+            self._start_turn(joined(heard, self._turn.heard))
+            return
         if self.state not in BARGE_IN_STATES and self.state is not CallState.LISTENING:
             return  # a key, a switch or a goodbye came first
-        self.log.event("barge_in", over=self._activity_name, short=True)
-        log.info("barge_in", over=self._activity_name, short=True)
-        self._start_turn(dataclasses.replace(heard, transcript=_ready(transcript)))
+        held = self._caller_talking  # "Stop, ..." and they went on: one turn with what follows
+        self.log.event("barge_in", over=self._activity_name, short=True, held=held)
+        log.info("barge_in", over=self._activity_name, short=True, held=held)
+        if not held:
+            self._start_turn(heard)
+            return
+        await self._stop_activity()
+        self._held = heard
+        self.log.event("turn_held")
+        self._listen()
 
     def _resume_persona(self, why: str) -> None:
         """Speech over the persona that was less than a barge-in: it sounds again."""
