@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -31,6 +32,14 @@ PROMPT_ONLY = ChatOptions(num_predict=2, temperature=0.0)  # for counting prompt
 
 def worker_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "llm-embedded" and t.is_alive()]
+
+
+async def threads_ended(timeout_s: float = 5.0) -> bool:
+    """The worker reports idle just before its thread returns: give it a moment to exit."""
+    deadline = time.monotonic() + timeout_s
+    while worker_threads() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return worker_threads() == []
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +103,7 @@ async def test_cancel_between_tokens_stops_the_worker(model: EmbeddedBackend) ->
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await model.wait_idle(timeout_s=10)
-    assert worker_threads() == []
+    assert await threads_ended()
     assert model.last_stats is not None
     assert model.last_stats.generated_tokens < 100  # stopped well before num_predict
     # the next reply is whole and its own: nothing late from the cancelled one leaks in
