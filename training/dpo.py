@@ -37,6 +37,7 @@ from training.train import (
     cpu_threads,
     pick_device,
     pick_precision,
+    runtime_args,
 )
 
 log = get_logger(__name__)
@@ -286,15 +287,7 @@ def dpo_args(cfg: TrainingConfig, out: Path, device: str, qlora: bool) -> Any:
         logging_steps=d.logging_steps,
         seed=d.seed,
         data_seed=d.seed,
-        gradient_checkpointing=qlora,
-        bf16=device == "cuda",
-        fp16=False,
-        use_cpu=device == "cpu",
-        optim="adamw_torch",
-        report_to="none",
-        dataloader_num_workers=0,
-        dataset_num_proc=None,
-        disable_tqdm=False,
+        **runtime_args(device, qlora),
     )
 
 

@@ -248,6 +248,22 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def runtime_args(device: str, qlora: bool) -> dict[str, Any]:
+    """How a trainer runs here, the same for SFT and DPO: bf16 on CUDA, fp32 on a CPU,
+    gradient checkpointing for QLoRA, no reporting services, no worker processes."""
+    return {
+        "gradient_checkpointing": qlora,
+        "bf16": device == "cuda",
+        "fp16": False,
+        "use_cpu": device == "cpu",
+        "optim": "adamw_torch",
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "dataset_num_proc": None,
+        "disable_tqdm": False,
+    }
+
+
 def sft_args(cfg: TrainingConfig, paths: Paths, device: str, qlora: bool) -> Any:
     """TRL's SFTConfig with CPU-sane values (its defaults target big GPUs)."""
     from trl import SFTConfig
@@ -280,15 +296,7 @@ def sft_args(cfg: TrainingConfig, paths: Paths, device: str, qlora: bool) -> Any
         max_length=t.max_seq_len,
         assistant_only_loss=True,
         packing=False,
-        gradient_checkpointing=qlora,
-        bf16=device == "cuda",
-        fp16=False,
-        use_cpu=device == "cpu",
-        optim="adamw_torch",
-        report_to="none",
-        dataloader_num_workers=0,
-        dataset_num_proc=None,
-        disable_tqdm=False,
+        **runtime_args(device, qlora),
     )
 
 
