@@ -49,11 +49,13 @@ OPTIONS = ChatOptions(num_predict=64, temperature=0.2, num_ctx=1024, stop=("\n\n
 LONG_REPLY = [f" word{i}" for i in range(400)]
 
 
-def backend(url: str, model: str = MODEL, first_s: float = FIRST_S) -> OllamaBackend:
+def backend(
+    url: str, model: str = MODEL, first_s: float = FIRST_S, connect_s: float = CONNECT_S
+) -> OllamaBackend:
     return OllamaBackend(
         url,
         model,
-        connect_timeout_s=CONNECT_S,
+        connect_timeout_s=connect_s,
         first_token_timeout_s=first_s,
         token_timeout_s=TOKEN_S,
         probe_timeout_s=0.5,
@@ -333,8 +335,9 @@ async def test_breaker_counts_only_consecutive_failures(server: OllamaProtocolSe
 
 async def test_service_starts_degraded_without_pi2_and_recovers() -> None:
     port = free_port()
-    # recovery is under test, not stall detection: a loaded CI box once took > 0.4 s to answer
-    inner = backend(f"http://127.0.0.1:{port}", first_s=5.0)
+    # recovery is under test, not timeouts: a loaded CI box once took > 0.4 s to answer and
+    # another > 0.3 s to accept the connection
+    inner = backend(f"http://127.0.0.1:{port}", first_s=5.0, connect_s=5.0)
     breaker = CircuitBreaker(inner, inner.probe, probe_interval_s=0.05, probe_max_interval_s=0.2)
     status = await breaker.start("You are Mabel.")
     assert status.state is BreakerState.OPEN
