@@ -603,14 +603,16 @@ async def talk_in_real_time(rig: Rig, seconds: float) -> None:
 
 
 @pytest.mark.parametrize("whisper_s", [0.15, 0.6])
+@pytest.mark.parametrize("first", ["Stop.", "Top"])
 async def test_a_short_request_and_what_the_caller_says_next_are_one_turn(
-    whisper_s: float,
+    whisper_s: float, first: str
 ) -> None:
     """ "Stop, I need a taxi.": the pause after "Stop," ends a short burst; Whisper hears it as a
-    request while the caller is already going on (0.15 s), or only once their next words have
-    made a turn (0.6 s). Either way the phone answers the whole, once."""
+    request ("Stop.") or misheard on its own ("Top") while the caller is already going on
+    (0.15 s), or only once their next words have made a turn (0.6 s). Either way the phone
+    answers the whole, once."""
     rig, transcriber, _, _ = make_rig(
-        ["tell me about the weather", "Stop.", "Stop, I need a taxi."],
+        ["tell me about the weather", first, "Stop, I need a taxi."],
         ScriptedBackend(reply=LONG_REPLY, token_delay_s=0.001),
         barge_in=True,
         endpointer=functools.partial(EnergyEndpointer, barge_in=True),
@@ -632,6 +634,38 @@ async def test_a_short_request_and_what_the_caller_says_next_are_one_turn(
         "Stop, I need a taxi.",
     ]
     assert call.log.turns[0].interrupted
+    assert transcriber.heard_s[-1] >= 0.7  # Whisper heard "Stop," and what followed, together
+    await switch_off(rig, task)
+
+
+async def test_an_unclear_burst_is_forgotten_when_what_follows_is_a_backchannel() -> None:
+    """ "Top" (unclear) and the caller goes on, but only with "mm": both are a listener's
+    noises, the persona goes on, and the burst never joins the caller's next real turn."""
+    rig, _, _, _ = make_rig(
+        ["tell me about the weather", "Top", "mm", "what time is it"],
+        ScriptedBackend(reply=LONG_REPLY, token_delay_s=0.001),
+        barge_in=True,
+        endpointer=functools.partial(EnergyEndpointer, barge_in=True),
+    )
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING)
+    rig.mic.push(np.concatenate([speech_burst(0.12), np.zeros(int(0.21 * 16000), np.int16)]))
+    await talk_in_real_time(rig, 0.12)
+    await rig.wait_state(CallState.LISTENING, timeout=10)
+    await speak(rig)
+    call = rig.calls[0]
+    async with asyncio.timeout(10):
+        while len(call.log.turns) < 2:
+            await asyncio.sleep(0.01)
+    first, second = call.log.turns
+    assert not first.interrupted and second.heard == "what time is it"
+    kinds = [e["event"] for e in call.log.events]
+    assert "speech_kept" in kinds and "unclear_joined" not in kinds
+    ignored = [e["reason"] for e in call.log.events if e["event"] == "speech_ignored"]
+    assert ignored == ["backchannel"]
     await switch_off(rig, task)
 
 

@@ -164,6 +164,9 @@ class Call:
         self._idle_stage = 0
         self._turn: Turn | None = None
         self._held: Heard | None = None  # what the caller said before going on (see turn_held)
+        # a short burst over the persona Whisper made nothing of ("Stop" heard as "Top"), while
+        # the caller went on: it goes in front of their next turn, or is forgotten (see _keep)
+        self._unclear: tuple[Heard, str] | None = None  # the burst(s) and the words heard so far
         self._caller_talking = False  # between the VAD's start of speech and its end
 
     # -- inputs -------------------------------------------------------------------------------
@@ -264,6 +267,7 @@ class Call:
                 await self._on_speech_sustained()
             case SpeechDropped():
                 self._caller_talking = False
+                self._unclear = None  # what it might have begun was a blip too
                 self._on_speech_dropped()
             case Heard():
                 self._caller_talking = False
@@ -315,10 +319,7 @@ class Call:
             self.log.event("persona_paused")
         elif self.state is CallState.THINKING and self._turn is not None:
             # the caller goes on before any answer: hold what they said, join what follows
-            self._held = self._turn.heard
-            self.log.event("turn_held")
-            await self._stop_activity()
-            self._listen()
+            await self._hold(self._turn.heard)
         elif self.state is CallState.DIAL_TONE:
             # the caller says "hello?" over the dial tone: silence, and greet when they stop
             await self._stop_activity()
@@ -394,9 +395,15 @@ class Call:
     async def _on_short_speech(self, heard: Heard, transcript: Transcript) -> None:
         text = transcript.text.strip() if transcript.is_speech else ""
         over_persona = self.state in BARGE_IN_STATES
-        unclear = over_persona and not takes_the_floor(text)
-        if is_backchannel(text) or unclear:
-            reason = "backchannel" if is_backchannel(text) else "short_unclear"
+        backchannel = is_backchannel(text)
+        so_far = f"{self._unclear[1]} {text}" if self._unclear is not None else text
+        unclear = over_persona and not backchannel and not takes_the_floor(so_far)
+        if unclear and self._caller_talking:
+            self._keep_unclear(heard, so_far)
+            return
+        if backchannel or unclear:
+            self._unclear = None
+            reason = "backchannel" if backchannel else "short_unclear"
             words = len(text.split())
             self.log.event("speech_ignored", reason=reason, seconds=heard.seconds, words=words)
             log.info("speech_ignored", reason=reason, seconds=heard.seconds, words=words)
@@ -418,6 +425,20 @@ class Call:
         if not held:
             self._start_turn(heard)
             return
+        await self._hold(heard)
+
+    def _keep_unclear(self, heard: Heard, text: str) -> None:
+        """Short, unclear, and the caller is talking again: Whisper may have misheard the first
+        word of "Stop, I need a taxi" on its own. The persona stays paused (their new speech
+        paused it); if what follows becomes a turn, this goes in front of it and Whisper hears
+        both together; if it is a blip, a backchannel or a key, this is forgotten with it."""
+        earlier = self._unclear[0] if self._unclear is not None else None
+        self._unclear = (joined(earlier, heard) if earlier is not None else heard, text)
+        self.log.event("speech_kept", seconds=heard.seconds, words=len(text.split()))
+
+    async def _hold(self, heard: Heard) -> None:
+        """The caller goes on: stop what the phone is doing, keep what they said for the turn
+        their next words make (joined in `_on_heard`)."""
         await self._stop_activity()
         self._held = heard
         self.log.event("turn_held")
@@ -430,6 +451,10 @@ class Call:
             self.log.event("persona_resumed", why=why)
 
     def _start_turn(self, heard: Heard) -> None:
+        unclear, self._unclear = self._unclear, None
+        if unclear is not None:
+            heard = joined(unclear[0], heard)
+            self.log.event("unclear_joined", seconds=unclear[0].seconds)
         self._disarm(Timer.IDLE)
         turn = Turn(self.deps, self.persona, self.conversation, heard)
         self._turn = turn
@@ -577,7 +602,7 @@ class Call:
         if previous is not None and previous.done():
             previous = None
         if name != "turn":
-            self._held = None  # a key, a prompt or a goodbye came between: no join across it
+            self._held = self._unclear = None  # a key, a prompt or a goodbye came between
             self._endpointer.answered()
         self._disarm(Timer.IDLE)
         self._activity_token = token = next(self._tokens)

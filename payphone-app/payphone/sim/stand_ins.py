@@ -90,9 +90,11 @@ class ScriptedTranscriber(Transcriber):
     texts: deque[str] = field(default_factory=deque)
     delay_s: float = 0.05
     calls: int = 0
+    heard_s: list[float] = field(default_factory=list)  # how much audio each call was given
 
     async def transcribe(self, pcm: Pcm) -> Transcript:
         self.calls += 1
+        self.heard_s.append(len(pcm) / 16000)
         await asyncio.to_thread(time.sleep, self.delay_s)  # like Whisper: busy in a worker thread
         text = self.texts.popleft() if self.texts else ""
         return Transcript(text=text, duration_s=len(pcm) / 16000)
