@@ -34,6 +34,7 @@ from typing import Any
 
 import structlog
 
+from payphone.bench.caller_lines import LINES
 from payphone.bench.hangup import percentile
 from payphone.config import LlmSettings, Settings
 from payphone.llm.base import ChatOptions, LlmError, Message
@@ -51,14 +52,6 @@ PIECES = 16  # a short spoken reply
 PARALLEL = 2  # OLLAMA_NUM_PARALLEL on each host
 CALLER_S = (0.5, 1.2)  # the caller speaking (and Whisper) between turns
 KILL_AT_S = 5.0
-LINES = (
-    "Hello, who am I speaking with?",
-    "Can you connect me to the bakery on Main Street?",
-    "What is the weather going to be like tomorrow?",
-    "I need the number for the train station, please.",
-    "Tell me something nice about this town.",
-    "What time does the library close tonight?",
-)
 
 
 @dataclass

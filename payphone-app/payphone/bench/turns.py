@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from payphone.bench.caller_lines import LINES
 from payphone.bench.hangup import percentile
 from payphone.call.events import CallState
 from payphone.call.lines import render_line
@@ -39,16 +40,6 @@ from payphone.sim.runner import MIC_RATE, to_mic_rate
 from payphone.speech.base import VoiceSpec
 from payphone.stages import Stages, load_stages
 
-LINES = (
-    "Hello, who am I speaking with?",
-    "Can you connect me to the bakery on Main Street?",
-    "What is the weather going to be like tomorrow?",
-    "I need the number for the train station, please.",
-    "Tell me something nice about this town.",
-    "Is anybody there? I can barely hear you.",
-    "What time does the library close tonight?",
-    "My car broke down and I need a tow truck.",
-)
 PAUSED = (
     ("I was wondering", "if you could help me find a phone number."),
     ("My name is", "Margaret and I am calling about my order."),
