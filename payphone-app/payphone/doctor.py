@@ -665,14 +665,30 @@ CAUSE_FIXES = {
 
 
 async def check_ollama(llm: LlmSettings) -> list[Check]:
+    """Every host in `llm.ollama_hosts`, in the order a turn tries them. With several, a host
+    that fails while another passes is a warning: the phone fails over and still answers, but
+    the operator should know one Pi #2 is down before the other one goes too."""
+    used = llm.backend == "ollama"
+    name = "ollama" if used else "ollama (not used: llm.backend = embedded)"
+    hosts = [host.rstrip("/") for host in llm.hosts]
+    results = [await _check_ollama_host(llm, host, name, used) for host in hosts]
+    if len(hosts) > 1 and any(all(c.status == "ok" for c in checks) for checks in results):
+        results = [[_failed_over(c) for c in checks] for checks in results]
+    return [check for checks in results for check in checks]
+
+
+def _failed_over(check: Check) -> Check:
+    if check.status != "fail":
+        return check
+    return warn(check.name, f"{check.detail} (turns fail over to the next host)", check.fix)
+
+
+async def _check_ollama_host(llm: LlmSettings, host: str, name: str, used: bool) -> list[Check]:
     """Reachable, has the persona model, answers a one-token chat (a warning when not used)."""
     from payphone.llm.base import ChatOptions, LlmError, Message
     from payphone.llm.factory import build_ollama
 
-    used = llm.backend == "ollama"
     bad = fail if used else warn
-    name = "ollama" if used else "ollama (not used: llm.backend = embedded)"
-    host = str(llm.ollama_host).rstrip("/")
     backend = build_ollama(llm, host)
     backend.probe_timeout_s = llm.connect_timeout_s
     try:
@@ -692,8 +708,9 @@ async def check_ollama(llm: LlmSettings) -> list[Check]:
                 f"on Pi #2: deploy/pi2-install.sh {llm.ollama_model} MODELFILE, "
                 "or set llm.ollama_model to one it has"
             )
-            return [*checks, bad(name, f"model {llm.ollama_model} missing (has: {have})", fix)]
-        checks.append(ok(name, f"model {llm.ollama_model} present"))
+            missing = f"{host}: model {llm.ollama_model} missing (has: {have})"
+            return [*checks, bad(name, missing, fix)]
+        checks.append(ok(name, f"{host}: model {llm.ollama_model} present"))
         messages: list[Message] = [{"role": "user", "content": "Hello?"}]
         options = ChatOptions(num_predict=1, temperature=0.0, num_ctx=llm.num_ctx)
         started = time.monotonic()
@@ -701,9 +718,10 @@ async def check_ollama(llm: LlmSettings) -> list[Check]:
             async for _piece in backend.stream(messages, options):
                 pass
         except LlmError as exc:
-            return [*checks, bad(name, f"a one-token chat failed: {exc}", "`journalctl -u ollama`")]
+            failed = f"{host}: a one-token chat failed: {exc}"
+            return [*checks, bad(name, failed, "`journalctl -u ollama`")]
         took = ms(time.monotonic() - started)
-        checks.append(ok(name, f"round trip {took:g} ms (a one-token chat)"))
+        checks.append(ok(name, f"{host}: round trip {took:g} ms (a one-token chat)"))
         return checks
     finally:
         await backend.aclose()

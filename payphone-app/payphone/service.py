@@ -21,6 +21,7 @@ from payphone.hardware.audio import PyAudioSink, PyAudioSource
 from payphone.hardware.base import Keypad
 from payphone.hardware.hook import GpioHookSwitch
 from payphone.hardware.keypad import MatrixKeypad, Mt8870Keypad
+from payphone.llm.failover import host_states
 from payphone.log import get_logger, ms
 from payphone.models import resolve_gguf
 from payphone.personas.loader import PersonaBook, load_personas
@@ -114,7 +115,11 @@ class Service:
                 "models": fixed("models", models_words(settings) + ": loaded"),
             },
             llm=llm_watch(
-                settings.llm, lambda: stages.backend.status, gguf.name if gguf else "", gguf
+                settings.llm,
+                lambda: stages.backend.status,
+                gguf.name if gguf else "",
+                gguf,
+                hosts=lambda: host_states(stages.backend),
             ),
             phone={"devices": devices_words(settings)},
             on_health=lambda health: self.notifier.status(health.line),

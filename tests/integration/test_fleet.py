@@ -21,15 +21,15 @@ import typer
 
 from payphone.bench import fleet
 from payphone.cli import phones_or_exit
-from payphone.config import LlmSettings, Settings
+from payphone.config import LlmSettings, Settings, StatusSettings
 from payphone.llm.base import ChatOptions, LlmError, Message
 from payphone.llm.breaker import BreakerState, CircuitBreaker
 from payphone.llm.factory import build_backend
-from payphone.llm.failover import Failover
+from payphone.llm.failover import Failover, host_states
 from payphone.llm.ollama_backend import PHONE_HEADER
 from payphone.log import set_phone_id, setup_logging
 from payphone.status.metrics import PhoneMetrics
-from payphone.status.page import llm_watch
+from payphone.status.page import StatusPage, llm_watch
 from tests.helpers import run_module
 from tests.support.ollama_server import Fault, OllamaProtocolServer, free_port, scripted_reply
 
@@ -81,6 +81,28 @@ async def test_a_turn_goes_on_to_the_second_host_when_the_first_is_down() -> Non
         assert await reply(fleet) == "Number please."  # the next turn skips the down host
         assert len(second.chats) == chats + 1
         await fleet.aclose()
+
+
+async def test_metrics_show_each_hosts_breaker() -> None:
+    """The operator sees which Pi #2 is down while the phone, failing over, is still up."""
+    down = f"http://127.0.0.1:{free_port()}"
+    async with OllamaProtocolServer(reply=scripted_reply(["Number", " please."])) as second:
+        fleet = failover([down, second.url])
+        await reply(fleet)
+        llm = LlmSettings(backend="ollama", ollama_hosts=[down, second.url], ollama_model=MODEL)
+        watch = llm_watch(llm, lambda: fleet.status, "", hosts=lambda: host_states(fleet))
+        page = StatusPage(StatusSettings(listen=[]), checks={}, llm=watch, phone={})
+        page.tick()
+        text = page.metrics.render().decode()
+        await fleet.aclose()
+    assert 'payphone_llm_breaker{payphone_llm_breaker="closed"} 1.0' in text
+    assert (
+        f'payphone_llm_host_breaker{{host="{second.url}",payphone_llm_host_breaker="closed"}} 1.0'
+        in text
+    )
+    assert (
+        f'payphone_llm_host_breaker{{host="{down}",payphone_llm_host_breaker="closed"}} 0.0' in text
+    )
 
 
 async def test_turns_go_back_to_the_first_host_when_it_recovers() -> None:

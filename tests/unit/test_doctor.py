@@ -317,9 +317,31 @@ async def test_ollama_without_the_persona_model_fails(monkeypatch: pytest.Monkey
         checks = await check_ollama(settings.llm)
 
     assert [c.status for c in checks] == ["ok", "fail"]
-    assert checks[1].detail == "model payphone-persona missing (has: llama3.2:1b)"
+    assert checks[1].detail == f"{server.url}: model payphone-persona missing (has: llama3.2:1b)"
     assert "deploy/pi2-install.sh payphone-persona MODELFILE" in checks[1].fix
     assert server.chats == []  # no latency probe against a model that is not there
+
+
+async def test_every_ollama_host_is_checked_and_one_down_of_two_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    async with OllamaProtocolServer(models=["payphone-persona:latest"]) as server:
+        hosts = f'["{down}", "{server.url}"]'
+        settings = settings_with(monkeypatch, LLM__BACKEND="ollama", LLM__OLLAMA_HOSTS=hosts)
+        checks = await check_ollama(settings.llm)
+        only_down = settings_with(
+            monkeypatch, LLM__BACKEND="ollama", LLM__OLLAMA_HOSTS=f'["{down}"]'
+        )
+        [alone] = await check_ollama(only_down.llm)
+
+    first, *rest = checks
+    assert first.status == "warn" and down in first.detail and "refused" in first.detail
+    assert "fail over" in first.detail
+    assert [c.status for c in rest] == ["ok", "ok", "ok"]
+    assert all(server.url in c.detail for c in rest)
+    assert exit_code(checks) == 0
+    assert alone.status == "fail" and exit_code([alone]) != 0  # no host left: the phone is down
 
 
 async def test_ollama_down_is_only_a_warning_for_the_embedded_backend(

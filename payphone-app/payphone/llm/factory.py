@@ -70,6 +70,7 @@ def build_backend(
     to the next host at once, so there is no reason to keep trying a failing one).
     """
     backend: ChatBackend
+    host: str | None = None  # the breaker's name: its host, on /metrics and in its log events
     if llm.backend == "ollama" and len(llm.hosts) > 1:
         hosts = [build_ollama(llm, host, phone_id=phone_id) for host in llm.hosts]
         breakers = [
@@ -79,13 +80,14 @@ def build_backend(
     if llm.backend == "ollama":
         ollama_backend = build_ollama(llm, phone_id=phone_id)
         backend, probe = ollama_backend, ollama_backend.probe
+        host = ollama_backend.host.rstrip("/")
     elif gguf is None:
         raise ValueError("llm.backend = embedded needs the GGUF path")
     else:
         embedded = build_embedded(llm, gguf)
         limits = llm.first_token_timeout_s, llm.token_timeout_s
         backend, probe = Deadlines(embedded, *limits), embedded.probe
-    return CircuitBreaker(backend, probe)
+    return CircuitBreaker(backend, probe, name=host)
 
 
 def conversation(

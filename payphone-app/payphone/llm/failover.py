@@ -190,3 +190,13 @@ class Failover(ChatBackend):
 
     async def aclose(self) -> None:
         await asyncio.gather(*(b.aclose() for b in self.breakers), return_exceptions=True)
+
+
+def host_states(backend: object) -> dict[str, BreakerState]:
+    """Each Ollama host's breaker state (one entry for one host, none in-process): the
+    operator's per-host view, `payphone_llm_host_breaker{host}` on /metrics."""
+    if isinstance(backend, Failover):
+        return backend.host_states()
+    if isinstance(backend, CircuitBreaker) and backend.name:
+        return {backend.name: backend.state}
+    return {}

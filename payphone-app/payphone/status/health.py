@@ -143,6 +143,7 @@ class LlmWatch:
         self.version: str | None = None
         self.reachable: bool | None = None  # None: not probed yet (or not Ollama)
         self.problem = ""
+        self.host_states: Callable[[], dict[str, BreakerState]] = dict  # see `llm_watch`
 
     @property
     def where(self) -> str:

@@ -100,6 +100,13 @@ class PhoneMetrics:
             states=[str(s) for s in BreakerState],
             registry=r,
         )
+        self.host_breaker = Enum(
+            "payphone_llm_host_breaker",
+            "Each Ollama host's circuit breaker (llm.ollama_hosts): closed = it answers",
+            ["host"],
+            states=[str(s) for s in BreakerState],
+            registry=r,
+        )
         self.state = Enum(
             "payphone_phone_state", "What the phone is doing now", states=PHONE_STATES, registry=r
         )

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from payphone.call.events import CallState
 from payphone.call.session import Call
 from payphone.config import LlmSettings, Settings, StatusSettings
-from payphone.llm.breaker import BreakerStatus
+from payphone.llm.breaker import BreakerState, BreakerStatus
+from payphone.llm.failover import host_states
 from payphone.log import get_logger
 from payphone.status.board import StatusBoard
 from payphone.status.health import Check, CheckSource, Health, LlmWatch, fixed
@@ -59,20 +60,27 @@ def gpio_words(settings: Settings, pins: str) -> str:
 
 
 def llm_watch(
-    llm: LlmSettings, breaker: Callable[[], BreakerStatus], model: str, gguf: Path | None = None
+    llm: LlmSettings,
+    breaker: Callable[[], BreakerStatus],
+    model: str,
+    gguf: Path | None = None,
+    hosts: Callable[[], dict[str, BreakerState]] = dict,
 ) -> LlmWatch:
     """The model check for `llm.backend`; `model`: the resolved GGUF's name for embedded,
-    `gguf`: that file (hashed once for its digest)."""
+    `gguf`: that file (hashed once for its digest); `hosts`: each Ollama host's breaker."""
     if llm.backend == "ollama" and len(llm.hosts) > 1:
         # probing the first host alone would call the phone down while the next serves its
         # calls: the failover's breakers judge the hosts (up while any is up)
-        hosts = tuple(h.rstrip("/") for h in llm.hosts)
-        return LlmWatch(breaker, backend="ollama", model=llm.ollama_model, failover=hosts)
-    if llm.backend == "ollama":
-        return LlmWatch(
+        several = tuple(h.rstrip("/") for h in llm.hosts)
+        watch = LlmWatch(breaker, backend="ollama", model=llm.ollama_model, failover=several)
+    elif llm.backend == "ollama":
+        watch = LlmWatch(
             breaker, backend="ollama", model=llm.ollama_model, host=str(llm.ollama_host)
         )
-    return LlmWatch(breaker, backend="embedded", model=model, gguf=gguf)
+    else:
+        watch = LlmWatch(breaker, backend="embedded", model=model, gguf=gguf)
+    watch.host_states = hosts
+    return watch
 
 
 class StatusPage:
@@ -163,6 +171,8 @@ class StatusPage:
         m.healthy.labels("all").set(1 if self.health.ok else 0)
         with contextlib.suppress(Exception):
             m.breaker.state(str(self.llm.breaker().state))
+            for host, state in self.llm.host_states().items():
+                m.host_breaker.labels(host).state(str(state))
         described = self._described or self._llm_described()
         m.info.info(
             {
@@ -242,7 +252,12 @@ async def simulator_status(
             "gpio": fixed("gpio", "simulated (gpiozero MockFactory pins)"),
             "models": fixed("models", models_words(settings) + ": loaded"),
         },
-        llm=llm_watch(settings.llm, lambda: stages.backend.status, gguf),
+        llm=llm_watch(
+            settings.llm,
+            lambda: stages.backend.status,
+            gguf,
+            hosts=lambda: host_states(stages.backend),
+        ),
         phone={"devices": "simulated"},
     )
     async with page.serving():
