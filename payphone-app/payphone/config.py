@@ -119,6 +119,9 @@ class TurnSettings(Group):
     )
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
     pause_ms: Annotated[int, Field(ge=60, le=1000)] = 180
+    # Whisper starts on what was said at this much silence (the transcript is ready sooner
+    # when the pause ends the turn, thrown away when the caller goes on); >= pause_ms: at the check
+    transcribe_ms: Annotated[int, Field(ge=30, le=1000)] = 90
     max_silence_ms: Annotated[int, Field(ge=300, le=5000)] = 1200
     speculate_ms: Annotated[int, Field(ge=100, le=5000)] = 500
     # the model unsure, but the words a complete statement ("... I can barely hear you."):

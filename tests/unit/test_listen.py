@@ -162,6 +162,26 @@ async def test_whisper_starts_at_the_pause_and_the_turn_gets_its_transcript(
     assert abs(whisper.given[0] - len(heard.pcm)) < 0.25 * SAMPLE_RATE
 
 
+async def test_whisper_starts_before_the_verdict_is_asked(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    """The first 90 ms of silence start Whisper (`turn.transcribe_ms`); the model is asked at
+    `turn.pause_ms` on the same utterance, and the cut hands on the transcript begun earlier."""
+    whisper = CountingTranscriber()
+    model = ScriptedTurnModel(0.9)
+    listener = VadListener(app_settings.vad, TURN, model, whisper)
+    assert TURN.transcribe_ms < TURN.pause_ms
+    clip = np.concatenate([silence(0.5), speech])
+    feed(listener, np.concatenate([clip, silence(0.15)]))  # 150 ms: past 90, before 180
+    await asyncio.sleep(0)
+    assert len(whisper.given) == 1 and model.asked == []
+    [(_, heard)] = feed(listener, silence(0.3))
+    assert len(model.asked) == 1 and model.asked[0] > whisper.given[0]  # with its pause
+    assert len(whisper.given) == 1  # nothing transcribed twice
+    assert heard.transcript is not None
+    assert (await heard.transcript).text.startswith("What time")
+
+
 async def test_the_eager_transcript_is_dropped_when_the_caller_goes_on(
     app_settings: Settings, speech: Pcm
 ) -> None:

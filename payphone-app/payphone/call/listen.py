@@ -4,7 +4,8 @@ webrtcvad is the frame gate. A fixed silence timer alone is the wrong tool both 
 cuts callers who pause to think, and it makes every answer wait 600 ms. So with an end-of-turn
 model (Smart Turn v3, `turn.model`) a short pause (`turn.pause_ms`) asks the model, in a worker
 thread, whether the utterance so far sounds finished; if it does, and the caller has not spoken
-again meanwhile, the turn ends at once. Otherwise the turn ends after `turn.max_silence_ms` of
+again meanwhile, the turn ends at once. Whisper starts earlier still, at `turn.transcribe_ms` of
+silence, so the transcript the turn needs is ready sooner. Otherwise the turn ends after `turn.max_silence_ms` of
 silence, whatever the model said: after `turn.speculate_ms` of silence the turn starts anyway,
 silently (transcript, model, first sentence), and speaks only at that limit unless the caller goes
 on. Without a model the silence rule (`vad.hangover_ms`) decides.
@@ -73,11 +74,11 @@ class Verdict:
 
 @dataclass
 class _Check:
-    mark: int  # the utterance's last voiced frame when the check was asked
-    pause_ms: int
-    verdict: Future[Verdict]
+    mark: int  # the utterance's last voiced frame when the pause began
     context: Pcm  # the held turn's audio, before this utterance (empty: none)
-    transcript: asyncio.Future[Transcript] | None = None  # Whisper on the same audio, eagerly
+    transcript: asyncio.Future[Transcript] | None = None  # Whisper on the speech, eagerly
+    verdict: Future[Verdict] | None = None  # asked once the pause reaches turn.pause_ms
+    pause_ms: int = 0  # the pause the verdict heard
     logged: bool = False
 
     def drop(self) -> None:
@@ -150,8 +151,12 @@ class VadListener:
         check = self._check
         if check is None or check.mark != mark:
             self._forget()
+            if pause < min(self._turn.transcribe_ms, self._turn.pause_ms):
+                return []
+            self._check = check = self._begin(mark)
+        if check.verdict is None:
             if pause >= self._turn.pause_ms:
-                self._check = self._ask(mark, pause, self._model)
+                check.verdict = self._ask(check, pause, self._model)
             return []
         if not check.verdict.done():
             return []
@@ -177,18 +182,26 @@ class VadListener:
             return self._cut(pause, tentative=True)  # start the work; speak at the limit
         return []  # wait for more words
 
-    def _ask(self, mark: int, pause: int, model: TurnModel) -> _Check:
-        """At a pause: the turn model's verdict, and Whisper on the same audio (eager work the
-        turn uses when this pause ends it)."""
-        audio = self._vad.speech_so_far()  # a copy, taken on the loop
-        context = self._context(len(audio))
-        if len(context):
-            audio = np.concatenate([context, audio])
-        check = _Check(mark, pause, TURN_THREAD.submit(_verdict, model, audio), context)
+    def _begin(self, mark: int) -> _Check:
+        """At the first moment of a pause (`turn.transcribe_ms`): Whisper on what was said, so
+        the transcript is ready sooner when this pause ends the turn; the silence before the
+        verdict is time the CPU would otherwise spend idle."""
+        context = self._context(len(self._vad.speech_so_far()))
+        check = _Check(mark, context)
         if self._transcriber is not None:
+            audio = self._with_context(check)
             check.transcript = asyncio.ensure_future(self._transcriber.transcribe(audio))
             check.transcript.add_done_callback(_quiet)
         return check
+
+    def _ask(self, check: _Check, pause: int, model: TurnModel) -> Future[Verdict]:
+        """At `turn.pause_ms`: the turn model's verdict on the utterance with its pause."""
+        check.pause_ms = pause
+        return TURN_THREAD.submit(_verdict, model, self._with_context(check))
+
+    def _with_context(self, check: _Check) -> Pcm:
+        audio = self._vad.speech_so_far()  # a copy, taken on the loop
+        return np.concatenate([check.context, audio]) if len(check.context) else audio
 
     def _context(self, samples: int) -> Pcm:
         """The held turn's audio, when this utterance began before that turn's limit (so the
