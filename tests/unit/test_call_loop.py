@@ -534,8 +534,16 @@ LONG_REPLY = " ".join(["Well now, let me tell you all about the weather in this 
 async def persona_speaking(then: str) -> tuple[Rig, asyncio.Task[None]]:
     """A barge-in rig whose persona is in the middle of a long reply; the caller's next words
     will be heard as `then`."""
-    rig, *_ = make_rig(
-        ["tell me about the weather", then],
+    rig, _, task = await persona_speaking_then(then)
+    return rig, task
+
+
+async def persona_speaking_then(
+    *then: str,
+) -> tuple[Rig, ScriptedTranscriber, asyncio.Task[None]]:
+    """As `persona_speaking`, with Whisper hearing the caller's next utterances as `then`."""
+    rig, transcriber, _, _ = make_rig(
+        ["tell me about the weather", *then],
         ScriptedBackend(reply=LONG_REPLY, token_delay_s=0.001),
         barge_in=True,
         endpointer=functools.partial(EnergyEndpointer, barge_in=True),
@@ -545,7 +553,12 @@ async def persona_speaking(then: str) -> tuple[Rig, asyncio.Task[None]]:
     await rig.wait_state(CallState.LISTENING)  # after the greeting
     await speak(rig)
     await rig.wait_state(CallState.SPEAKING)
-    return rig, task
+    return rig, transcriber, task
+
+
+def burst_then_pause(rig: Rig) -> None:
+    """ "Stop," and the pause after it: short enough to be judged alone."""
+    rig.mic.push(np.concatenate([speech_burst(0.12), np.zeros(int(0.21 * 16000), np.int16)]))
 
 
 async def test_talking_over_the_persona_stops_it_and_becomes_the_next_turn() -> None:
@@ -611,19 +624,9 @@ async def test_a_short_request_and_what_the_caller_says_next_are_one_turn(
     request ("Stop.") or misheard on its own ("Top") while the caller is already going on
     (0.15 s), or only once their next words have made a turn (0.6 s). Either way the phone
     answers the whole, once."""
-    rig, transcriber, _, _ = make_rig(
-        ["tell me about the weather", first, "Stop, I need a taxi."],
-        ScriptedBackend(reply=LONG_REPLY, token_delay_s=0.001),
-        barge_in=True,
-        endpointer=functools.partial(EnergyEndpointer, barge_in=True),
-    )
-    task = await running(rig)
-    rig.lift()
-    await rig.wait_state(CallState.LISTENING)
-    await speak(rig)
-    await rig.wait_state(CallState.SPEAKING)
+    rig, transcriber, task = await persona_speaking_then(first, "Stop, I need a taxi.")
     transcriber.delay_s = whisper_s
-    rig.mic.push(np.concatenate([speech_burst(0.12), np.zeros(int(0.21 * 16000), np.int16)]))
+    burst_then_pause(rig)
     await talk_in_real_time(rig, 0.6)
     call = rig.calls[0]
     async with asyncio.timeout(10):
@@ -641,18 +644,8 @@ async def test_a_short_request_and_what_the_caller_says_next_are_one_turn(
 async def test_an_unclear_burst_is_forgotten_when_what_follows_is_a_backchannel() -> None:
     """ "Top" (unclear) and the caller goes on, but only with "mm": both are a listener's
     noises, the persona goes on, and the burst never joins the caller's next real turn."""
-    rig, _, _, _ = make_rig(
-        ["tell me about the weather", "Top", "mm", "what time is it"],
-        ScriptedBackend(reply=LONG_REPLY, token_delay_s=0.001),
-        barge_in=True,
-        endpointer=functools.partial(EnergyEndpointer, barge_in=True),
-    )
-    task = await running(rig)
-    rig.lift()
-    await rig.wait_state(CallState.LISTENING)
-    await speak(rig)
-    await rig.wait_state(CallState.SPEAKING)
-    rig.mic.push(np.concatenate([speech_burst(0.12), np.zeros(int(0.21 * 16000), np.int16)]))
+    rig, _, task = await persona_speaking_then("Top", "mm", "what time is it")
+    burst_then_pause(rig)
     await talk_in_real_time(rig, 0.12)
     await rig.wait_state(CallState.LISTENING, timeout=10)
     await speak(rig)
