@@ -22,6 +22,9 @@ from payphone.call.endings import (
         "So...",
         "and,",
         "I was wondering if you could",
+        "I was wondering.",
+        "Could you tell me?",  # the voice rose, but it waits for what
+        "Can you show us",
     ],
 )
 def test_trailing_transcripts_sound_unfinished(text: str) -> None:
@@ -30,7 +33,10 @@ def test_trailing_transcripts_sound_unfinished(text: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["What time is it?", "Thank you.", "My car broke down.", "Yes I can.", "", "Who is it for?"],
+    [
+        *("What time is it?", "Thank you.", "My car broke down.", "Yes I can.", ""),
+        *("Who is it for?", "Can you help me?", "Tell me more.", "Could you call me?"),
+    ],
 )
 def test_finished_transcripts_do_not(text: str) -> None:
     assert not sounds_unfinished(text)

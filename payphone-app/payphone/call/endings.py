@@ -15,9 +15,13 @@ TRAILING = ("...", "…", ",", "-", "—", ";", ":")
 DETERMINERS = ("a", "an", "the", "my", "your", "his", "her", "our", "their", "this", "these")
 CONJUNCTIONS = ("and", "but", "or", "nor", "so", "because", "if", "when", "while", "than")
 PREPOSITIONS = ("to", "of", "in", "on", "at", "by", "for", "with", "from", "into", "about", "as")
-OTHERS = ("is", "are", "was", "were", "like", "um", "uh", "er", "erm", "ah")
+OTHERS = ("is", "are", "was", "were", "like", "um", "uh", "er", "erm", "ah", "wondering")
 MODALS = ("could", "would", "should")  # "I was wondering if you could"
 CANNOT_END = frozenset(DETERMINERS + CONJUNCTIONS + PREPOSITIONS + OTHERS + MODALS)
+# a verb that gives someone something, then "me": "Could you tell me" waits for what, even
+# when the caller's voice rose and Whisper wrote a question mark ("Could you tell me?")
+GIVES = frozenset(("tell", "show", "give", "bring", "send", "let", "teach", "lend", "pass", "hand"))
+RECEIVERS = frozenset(("me", "us"))
 COMPLETE_MIN_WORDS = 5  # "I was wondering." is a fragment Whisper closed with a full stop
 _WORD = re.compile(r"[A-Za-z']+")
 
@@ -34,9 +38,11 @@ def sounds_unfinished(text: str) -> bool:
         return False
     if stripped.endswith(TRAILING):
         return True
+    words = _WORD.findall(stripped.lower())  # "My name is." still stops on "is"
+    if len(words) >= 2 and words[-1] in RECEIVERS and words[-2] in GIVES:
+        return True
     if asks(stripped) or stripped.endswith("!"):
         return False
-    words = _WORD.findall(stripped.lower())  # "My name is." still stops on "is"
     return bool(words) and words[-1] in CANNOT_END
 
 

@@ -5,10 +5,10 @@ cuts callers who pause to think, and it makes every answer wait 600 ms. So with 
 model (Smart Turn v3, `turn.model`) a short pause (`turn.pause_ms`) asks the model, in a worker
 thread, whether the utterance so far sounds finished; if it does, and the caller has not spoken
 again meanwhile, the turn ends at once. Whisper starts earlier still, at `turn.transcribe_ms` of
-silence, so the transcript the turn needs is ready sooner. Otherwise the turn ends after `turn.max_silence_ms` of
-silence, whatever the model said: after `turn.speculate_ms` of silence the turn starts anyway,
-silently (transcript, model, first sentence), and speaks only at that limit unless the caller goes
-on. Without a model the silence rule (`vad.hangover_ms`) decides.
+silence, so the transcript the turn needs is ready sooner. Otherwise the turn ends after
+`turn.max_silence_ms` of silence, whatever the model said: after `turn.speculate_ms` of silence
+the turn starts anyway, silently (transcript, model, first sentence), and speaks only at that
+limit unless the caller goes on. Without a model the silence rule (`vad.hangover_ms`) decides.
 
 A caller who goes on after such a silent start ("I was wondering ... if you could help me")
 makes a new utterance, and the call joins it to the held one. The model and Whisper must hear
