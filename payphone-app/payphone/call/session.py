@@ -283,6 +283,7 @@ class Call:
     async def _on_key(self, key: str) -> None:
         self.log.event("key", key=key)
         self._idle_stage = 0
+        self._unclear = None  # a key comes between: a burst before it is not part of what follows
         if key == "#":
             if self._digits:
                 self._dial()
