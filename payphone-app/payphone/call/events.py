@@ -94,6 +94,7 @@ class Timer(enum.Enum):
     IDLE = "idle"
     INTER_DIGIT = "inter_digit"
     MAX_CALL = "max_call"
+    UNCLEAR = "unclear"  # how long an unclear burst waits for the caller to go on
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,9 @@ FEEDBACK_S = 0.08  # DTMF key-press feedback while dialling
 TONE_FRAME_MS = 20
 PREVIOUS_CLEANUP_S = 1.0  # a cancelled activity cleans up in a few loop turns; never wait longer
 HELLO_WAIT_S = 3.0  # after speech over the dial tone, greet at the latest this much later
+# an unclear short burst over the persona waits this long for the caller to go on ("Stop, ...":
+# the pause after the first word is 0.2-0.6 s in the bench's voices; a speaker waits about that)
+UNCLEAR_WAIT_S = 1.0
 
 # The call on one screen. Each activity makes the call's state while it plays, and says what
 # follows when it ends by itself (None: it plays until something replaces it).
@@ -267,7 +270,7 @@ class Call:
                 await self._on_speech_sustained()
             case SpeechDropped():
                 self._caller_talking = False
-                self._unclear = None  # what it might have begun was a blip too
+                self._drop_unclear()  # what it might have begun was a blip too
                 self._on_speech_dropped()
             case Heard():
                 self._caller_talking = False
@@ -283,7 +286,7 @@ class Call:
     async def _on_key(self, key: str) -> None:
         self.log.event("key", key=key)
         self._idle_stage = 0
-        self._unclear = None  # a key comes between: a burst before it is not part of what follows
+        self._drop_unclear()  # a key comes between: a burst before it is not part of what follows
         if key == "#":
             if self._digits:
                 self._dial()
@@ -399,17 +402,16 @@ class Call:
         backchannel = is_backchannel(text)
         so_far = f"{self._unclear[1]} {text}" if self._unclear is not None else text
         unclear = over_persona and not backchannel and not takes_the_floor(so_far)
-        if unclear and self._caller_talking:
+        if unclear:
             self._keep_unclear(heard, so_far)
+            if not self._caller_talking:  # they paused after it: the persona goes on meanwhile
+                self._resume_persona("short_unclear")
             return
-        if backchannel or unclear:
-            self._unclear = None
-            reason = "backchannel" if backchannel else "short_unclear"
-            words = len(text.split())
-            self.log.event("speech_ignored", reason=reason, seconds=heard.seconds, words=words)
-            log.info("speech_ignored", reason=reason, seconds=heard.seconds, words=words)
+        if backchannel:
+            self._drop_unclear()
+            self._ignored("backchannel", heard.seconds, len(text.split()))
             if over_persona:
-                self._resume_persona(reason)
+                self._resume_persona("backchannel")
             return
         heard = dataclasses.replace(heard, transcript=_ready(transcript))
         if self.state is CallState.THINKING and self._turn is not None:
@@ -429,13 +431,30 @@ class Call:
         await self._hold(heard)
 
     def _keep_unclear(self, heard: Heard, text: str) -> None:
-        """Short, unclear, and the caller is talking again: Whisper may have misheard the first
-        word of "Stop, I need a taxi" on its own. The persona stays paused (their new speech
-        paused it); if what follows becomes a turn, this goes in front of it and Whisper hears
-        both together; if it is a blip, a backchannel or a key, this is forgotten with it."""
+        """Short and unclear over the persona: a listener's noise, or the first word of "Stop,
+        I need a taxi" that Whisper misheard on its own (the pause after "Stop," ended it).
+        Kept for `UNCLEAR_WAIT_S`: if the caller goes on and that becomes a turn, this goes in
+        front of it and Whisper hears both together; if nothing follows, or a blip, a
+        backchannel or a key, it is forgotten (`speech_ignored`, reason short_unclear)."""
         earlier = self._unclear[0] if self._unclear is not None else None
         self._unclear = (joined(earlier, heard) if earlier is not None else heard, text)
+        self._arm(Timer.UNCLEAR, UNCLEAR_WAIT_S)
         self.log.event("speech_kept", seconds=heard.seconds, words=len(text.split()))
+
+    def _unclear_waited(self) -> None:
+        """Nothing came of it within the wait: it was a listener's noise."""
+        if not self._caller_talking:  # else what they are saying now decides
+            self._drop_unclear()
+
+    def _drop_unclear(self) -> None:
+        if self._unclear is not None:
+            heard, text = self._unclear
+            self._unclear = None
+            self._ignored("short_unclear", heard.seconds, len(text.split()))
+
+    def _ignored(self, reason: str, seconds: float, words: int) -> None:
+        self.log.event("speech_ignored", reason=reason, seconds=seconds, words=words)
+        log.info("speech_ignored", reason=reason, seconds=seconds, words=words)
 
     async def _hold(self, heard: Heard) -> None:
         """The caller goes on: stop what the phone is doing, keep what they said for the turn
@@ -465,6 +484,8 @@ class Call:
         self.log.event("timer", timer=timer.value)
         if timer is Timer.MAX_CALL:
             self._say_goodbye_and_howl()
+        elif timer is Timer.UNCLEAR:
+            self._unclear_waited()
         elif self.state in FINAL:
             return
         elif timer is Timer.DIAL_TONE and not self._greeted:
@@ -603,7 +624,8 @@ class Call:
         if previous is not None and previous.done():
             previous = None
         if name != "turn":
-            self._held = self._unclear = None  # a key, a prompt or a goodbye came between
+            self._held = None  # a key, a prompt or a goodbye came between: no join across it
+            self._drop_unclear()
             self._endpointer.answered()
         self._disarm(Timer.IDLE)
         self._activity_token = token = next(self._tokens)
