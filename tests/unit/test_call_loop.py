@@ -619,7 +619,10 @@ async def talk_in_real_time(rig: Rig, seconds: float) -> None:
 
 @pytest.mark.parametrize(
     ("first", "whisper_s", "pause_s"),
-    [("Stop.", 0.15, 0), ("Stop.", 0.6, 0), ("Top", 0.15, 0), ("Top", 0.6, 0), ("Top", 0.02, 0.4)],
+    [
+        *(("Stop.", 0.15, 0), ("Stop.", 0.6, 0), ("Top", 0.15, 0), ("Top", 0.6, 0)),
+        *(("Top", 0.02, 0.4), ("", 0.02, 0.4)),
+    ],
 )
 async def test_a_short_request_and_what_the_caller_says_next_are_one_turn(
     first: str, whisper_s: float, pause_s: float

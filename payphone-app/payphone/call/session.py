@@ -399,7 +399,9 @@ class Call:
     async def _on_short_speech(self, heard: Heard, transcript: Transcript) -> None:
         text = transcript.text.strip() if transcript.is_speech else ""
         over_persona = self.state in BARGE_IN_STATES
-        backchannel = is_backchannel(text)
+        # over the persona, nothing heard is not a backchannel: Whisper wrote nothing for a
+        # clipped "Stop," as often as for a cough; it waits like any unclear burst
+        backchannel = is_backchannel(text) and bool(text or not over_persona)
         so_far = f"{self._unclear[1]} {text}" if self._unclear is not None else text
         unclear = over_persona and not backchannel and not takes_the_floor(so_far)
         if unclear:
