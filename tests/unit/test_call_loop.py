@@ -667,7 +667,7 @@ async def test_an_unclear_burst_is_forgotten_when_what_follows_is_a_backchannel(
     kinds = [e["event"] for e in call.log.events]
     assert "speech_kept" in kinds and "unclear_joined" not in kinds
     ignored = [e["reason"] for e in call.log.events if e["event"] == "speech_ignored"]
-    assert ignored == ["short_unclear", "backchannel"]  # each logged, neither kept
+    assert ignored == ["short_unclear"]  # both bursts, dropped together, never joined later
     await switch_off(rig, task)
 
 

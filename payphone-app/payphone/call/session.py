@@ -169,7 +169,8 @@ class Call:
         self._held: Heard | None = None  # what the caller said before going on (see turn_held)
         # a short burst over the persona Whisper made nothing of ("Stop" heard as "Top"), while
         # the caller went on: it goes in front of their next turn, or is forgotten (see _keep)
-        self._unclear: tuple[Heard, str] | None = None  # the burst(s) and the words heard so far
+        # the burst(s), the words heard so far, and why it would be ignored
+        self._unclear: tuple[Heard, str, str] | None = None
         self._caller_talking = False  # between the VAD's start of speech and its end
 
     # -- inputs -------------------------------------------------------------------------------
@@ -255,6 +256,7 @@ class Call:
         match event:
             case ActivityDone(name=name, token=token):
                 if token == self._activity_token and ACTIVITIES[name][1]:
+                    self._unclear_waited()  # the persona finished: nothing left to interrupt
                     self._listen()
             case TimerFired(timer=timer, token=token):
                 if self._timers.get(timer, (None,))[0] == token:
@@ -403,11 +405,12 @@ class Call:
         # clipped "Stop," as often as for a cough; it waits like any unclear burst
         backchannel = is_backchannel(text) and bool(text or not over_persona)
         so_far = f"{self._unclear[1]} {text}" if self._unclear is not None else text
-        unclear = over_persona and not backchannel and not takes_the_floor(so_far)
-        if unclear:
-            self._keep_unclear(heard, so_far)
+        if over_persona and (backchannel or not takes_the_floor(so_far)):
+            # a listener's noise, or the first word of "Stop, I need a taxi" misheard on its own
+            reason = "backchannel" if backchannel and is_backchannel(so_far) else "short_unclear"
+            self._keep_unclear(heard, so_far, reason)
             if not self._caller_talking:  # they paused after it: the persona goes on meanwhile
-                self._resume_persona("short_unclear")
+                self._resume_persona(reason)
             return
         if backchannel:
             self._drop_unclear()
@@ -432,14 +435,15 @@ class Call:
             return
         await self._hold(heard)
 
-    def _keep_unclear(self, heard: Heard, text: str) -> None:
-        """Short and unclear over the persona: a listener's noise, or the first word of "Stop,
-        I need a taxi" that Whisper misheard on its own (the pause after "Stop," ended it).
-        Kept for `UNCLEAR_WAIT_S`: if the caller goes on and that becomes a turn, this goes in
-        front of it and Whisper hears both together; if nothing follows, or a blip, a
-        backchannel or a key, it is forgotten (`speech_ignored`, reason short_unclear)."""
+    def _keep_unclear(self, heard: Heard, text: str, reason: str) -> None:
+        """Short speech over the persona that does not ask for the turn: a listener's noise
+        ("mm-hm"), or the first word of "Stop, I need a taxi" that Whisper misheard on its own
+        ("Oh.", "Top", nothing: the pause after "Stop," ended it). Kept for `UNCLEAR_WAIT_S`: if
+        the caller goes on and that becomes a turn, this goes in front of it and Whisper hears
+        both together; if nothing follows, or a blip or a key, it is forgotten
+        (`speech_ignored` with `reason`)."""
         earlier = self._unclear[0] if self._unclear is not None else None
-        self._unclear = (joined(earlier, heard) if earlier is not None else heard, text)
+        self._unclear = (joined(earlier, heard) if earlier is not None else heard, text, reason)
         self._arm(Timer.UNCLEAR, UNCLEAR_WAIT_S)
         self.log.event("speech_kept", seconds=heard.seconds, words=len(text.split()))
 
@@ -450,9 +454,9 @@ class Call:
 
     def _drop_unclear(self) -> None:
         if self._unclear is not None:
-            heard, text = self._unclear
+            heard, text, reason = self._unclear
             self._unclear = None
-            self._ignored("short_unclear", heard.seconds, len(text.split()))
+            self._ignored(reason, heard.seconds, len(text.split()))
 
     def _ignored(self, reason: str, seconds: float, words: int) -> None:
         self.log.event("speech_ignored", reason=reason, seconds=seconds, words=words)
