@@ -427,12 +427,6 @@ class VadEndpointer:
             return self._finish(cut=True)
         return None
 
-    def _min_frames_now(self) -> int:
-        """Over our own voice (barge-in), speech that met the start rule paused the persona and
-        is heard whatever its length: a "Stop," the canceller left four frames of was dropped as
-        a blip before Whisper could hear it, and the rest of the sentence came without it."""
-        return min(self.min_frames, self.start_voiced) if self._playing else self.min_frames
-
     def _finish(self, cut: bool) -> Utterance | None:
         """Close the utterance in progress: emit it, or drop it as a blip."""
         speech = self._speech
@@ -450,7 +444,7 @@ class VadEndpointer:
         kept = [f for f in speech.frames if f.index <= last]
         rest = len(speech.frames) - len(kept)
         rest_samples = rest * self.frame_samples
-        if not kept or end_index - speech.speech_start_index < self._min_frames_now():
+        if not kept or end_index - speech.speech_start_index < self.min_frames:
             self.stats.blips += sum(len(f.pcm) for f in kept)
             self.stats.silence += rest_samples
             self.stats.dropped_blips += 1
