@@ -186,10 +186,10 @@ class VadListener:
         """At the first moment of a pause (`turn.transcribe_ms`): Whisper on what was said, so
         the transcript is ready sooner when this pause ends the turn; the silence before the
         verdict is time the CPU would otherwise spend idle."""
-        context = self._context(len(self._vad.speech_so_far()))
-        check = _Check(mark, context)
+        speech = self._vad.speech_so_far()  # a copy, taken on the loop
+        check = _Check(mark, self._context(len(speech)))
         if self._transcriber is not None:
-            audio = self._with_context(check)
+            audio = _after(check.context, speech)
             check.transcript = asyncio.ensure_future(self._transcriber.transcribe(audio))
             check.transcript.add_done_callback(_quiet)
         return check
@@ -197,11 +197,8 @@ class VadListener:
     def _ask(self, check: _Check, pause: int, model: TurnModel) -> Future[Verdict]:
         """At `turn.pause_ms`: the turn model's verdict on the utterance with its pause."""
         check.pause_ms = pause
-        return TURN_THREAD.submit(_verdict, model, self._with_context(check))
-
-    def _with_context(self, check: _Check) -> Pcm:
-        audio = self._vad.speech_so_far()  # a copy, taken on the loop
-        return np.concatenate([check.context, audio]) if len(check.context) else audio
+        audio = _after(check.context, self._vad.speech_so_far())
+        return TURN_THREAD.submit(_verdict, model, audio)
 
     def _context(self, samples: int) -> Pcm:
         """The held turn's audio, when this utterance began before that turn's limit (so the
@@ -237,6 +234,11 @@ class VadListener:
         whole = np.concatenate([check.context, utterance.pcm]) if len(check.context) else None
         self._held = _Held(utterance.pcm if whole is None else whole, limit_at)
         return [heard]
+
+
+def _after(context: Pcm, speech: Pcm) -> Pcm:
+    """The utterance as the verdict and Whisper hear it: the held turn's audio in front."""
+    return np.concatenate([context, speech]) if len(context) else speech
 
 
 def _quiet(future: asyncio.Future[Transcript]) -> None:

@@ -167,9 +167,8 @@ class Call:
         self._idle_stage = 0
         self._turn: Turn | None = None
         self._held: Heard | None = None  # what the caller said before going on (see turn_held)
-        # a short burst over the persona Whisper made nothing of ("Stop" heard as "Top"), while
-        # the caller went on: it goes in front of their next turn, or is forgotten (see _keep)
-        # the burst(s), the words heard so far, and why it would be ignored
+        # short speech over the persona waiting to see if the caller goes on (_keep_unclear):
+        # the burst(s), the words heard so far, and why it is ignored if nothing follows
         self._unclear: tuple[Heard, str, str] | None = None
         self._caller_talking = False  # between the VAD's start of speech and its end
 
@@ -412,11 +411,9 @@ class Call:
             if not self._caller_talking:  # they paused after it: the persona goes on meanwhile
                 self._resume_persona(reason)
             return
-        if backchannel:
+        if backchannel:  # not over the persona (that waited above)
             self._drop_unclear()
             self._ignored("backchannel", heard.seconds, len(text.split()))
-            if over_persona:
-                self._resume_persona("backchannel")
             return
         heard = dataclasses.replace(heard, transcript=_ready(transcript))
         if self.state is CallState.THINKING and self._turn is not None:
