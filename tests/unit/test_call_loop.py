@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from payphone.call.assembly import PhoneStages
-from payphone.call.events import CallState, SpeechStarted
+from payphone.call.events import CallState, SpeechDropped, SpeechStarted
 from payphone.call.listen import Endpointer
 from payphone.call.options import CallOptions
 from payphone.config import CallSettings
@@ -460,9 +460,26 @@ async def test_a_blip_that_makes_no_utterance_does_not_stop_the_idle_timer() -> 
     await rig.wait_state(CallState.LISTENING)
     await rig.wait_state(CallState.ANNOUNCEMENT, timeout=3)  # first idle prompt
     await rig.wait_state(CallState.LISTENING)
-    rig.phone.call.post(SpeechStarted(time.monotonic()))  # type: ignore[union-attr]
+    call = rig.phone.call
+    assert call is not None
+    call.post(SpeechStarted(time.monotonic()))
+    call.post(SpeechDropped(time.monotonic()))  # a blip: no utterance
     await rig.wait_state(CallState.ANNOUNCEMENT, timeout=3)  # the timer still fires
     assert transcriber.calls == 0
+    await switch_off(rig, task)
+
+
+async def test_a_caller_talking_longer_than_the_idle_wait_gets_no_idle_prompt() -> None:
+    rig, *_ = make_rig(["well, it is a long story"])
+    task = await running(rig)
+    rig.lift()
+    await rig.wait_state(CallState.LISTENING)
+    await talk_in_real_time(rig, 1.2)  # twice the rig's idle wait, without a pause
+    await rig.wait_state(CallState.SPEAKING, timeout=5)
+    await rig.wait_state(CallState.LISTENING, timeout=10)
+    call = rig.calls[0]
+    assert [t.heard for t in call.log.turns] == ["well, it is a long story"]
+    assert CallState.ANNOUNCEMENT not in rig.states  # no "Are you still there?" over them
     await switch_off(rig, task)
 
 
@@ -621,7 +638,7 @@ async def talk_in_real_time(rig: Rig, seconds: float) -> None:
     ("first", "whisper_s", "pause_s"),
     [
         *(("Stop.", 0.15, 0), ("Stop.", 0.6, 0), ("Top", 0.15, 0), ("Top", 0.6, 0)),
-        *(("Top", 0.02, 0.4), ("", 0.02, 0.4)),
+        *(("Top", 0.02, 0.4), ("", 0.02, 0.4), ("Stop.", 0.02, 0.4)),
     ],
 )
 async def test_a_short_request_and_what_the_caller_says_next_are_one_turn(
@@ -629,9 +646,9 @@ async def test_a_short_request_and_what_the_caller_says_next_are_one_turn(
 ) -> None:
     """ "Stop, I need a taxi.": the pause after "Stop," ends a short burst; Whisper hears it as a
     request ("Stop.") or misheard on its own ("Top") while the caller is already going on
-    (0.15 s), only once their next words have made a turn (0.6 s), or (unclear) while the caller
-    is still in the pause (0.02 s, going on 0.4 s later). Each way the phone answers the whole,
-    once."""
+    (0.15 s), only once their next words have made a turn (0.6 s), or while the caller is still
+    in the pause (0.02 s, going on 0.4 s later: an unclear "Top" waits, and so does a "Stop."
+    that only opens a request). Each way the phone answers the whole, once."""
     rig, transcriber, task = await persona_speaking_then(first, "Stop, I need a taxi.")
     transcriber.delay_s = whisper_s
     burst_then_pause(rig)
@@ -641,10 +658,10 @@ async def test_a_short_request_and_what_the_caller_says_next_are_one_turn(
     async with asyncio.timeout(10):
         while not any(t.heard == "Stop, I need a taxi." for t in call.log.turns):
             await asyncio.sleep(0.01)
-    assert [t.heard for t in call.log.turns] == [
-        "tell me about the weather",
-        "Stop, I need a taxi.",
-    ]
+    answered = [t.heard for t in call.log.turns if t.reply]  # not a part held unanswered
+    assert answered == ["tell me about the weather", "Stop, I need a taxi."]
+    asked = [m["content"] for m in call.conversation.turns if m["role"] == "user"]
+    assert asked == answered  # the history holds no speculative turn
     assert call.log.turns[0].interrupted
     assert transcriber.heard_s[-1] >= 0.7  # Whisper heard "Stop," and what followed, together
     await switch_off(rig, task)

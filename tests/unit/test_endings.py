@@ -6,6 +6,7 @@ import pytest
 
 from payphone.call.endings import (
     is_backchannel,
+    only_opens,
     reads_complete,
     sounds_unfinished,
     takes_the_floor,
@@ -82,3 +83,19 @@ def test_a_short_burst_that_asks_for_the_turn_takes_the_floor(text: str) -> None
 def test_a_short_burst_of_stray_words_does_not(text: str) -> None:
     """'and then make them' is what Whisper tiny.en wrote for Piper's 'Mm-hm.' over an echo."""
     assert not takes_the_floor(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "opens"),
+    [
+        ("Stop.", True),
+        ("Actually", True),
+        ("Hang on.", True),
+        ("Wait, no", True),
+        ("What?", False),  # a question is answered at once
+        ("Stop, I need a taxi.", False),  # a whole request
+        ("Sorry, can I ask you something?", False),
+    ],
+)
+def test_a_short_opening_waits_for_the_rest(text: str, opens: bool) -> None:
+    assert only_opens(text) is opens

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from payphone.call.events import Heard
+from payphone.call.events import Heard, SpeechDropped
 from payphone.call.listen import TURN_THREAD, VadListener
 from payphone.config import Settings, TurnSettings, load_settings
 from payphone.pcm import Pcm
@@ -57,11 +57,13 @@ def last_voiced(pcm: Pcm) -> int:
     return int(np.nonzero(np.abs(pcm) > 500)[0][-1])
 
 
-def feed(listener: VadListener, pcm: Pcm, settle: bool = True) -> list[tuple[int, Heard]]:
+def feed(
+    listener: VadListener, pcm: Pcm, settle: bool = True, playing: bool = False
+) -> list[tuple[int, Heard]]:
     """Frame by frame; with `settle`, each frame waits for the model as real time would."""
     heard: list[tuple[int, Heard]] = []
     for start in range(0, len(pcm) - FRAME + 1, FRAME):
-        for event in listener.feed(pcm[start : start + FRAME], playing=False):
+        for event in listener.feed(pcm[start : start + FRAME], playing=playing):
             if isinstance(event, Heard):
                 heard.append((start + FRAME, event))
         if settle:
@@ -258,3 +260,42 @@ async def test_an_answer_cut_before_a_mic_frame_saw_it_still_ends_the_held_words
     [(_, second)] = feed(listener, np.concatenate([speech, silence(0.6)]))
     assert len(second.context) == 0
     assert model.asked[-1] < len(first.pcm) + len(speech)
+
+
+def clipped_word(app_settings: Settings) -> Pcm:
+    """What the echo canceller lets through of a "Stop," over our voice: ~150 ms of voice,
+    enough to start an utterance, less than `vad.min_utterance_ms` (a blip)."""
+    word = piper(app_settings, "Stop.")
+    first = int(np.nonzero(np.abs(word) > 500)[0][0]) // FRAME * FRAME
+    return word[first : first + 5 * FRAME]
+
+
+def contains(pcm: Pcm, part: Pcm) -> bool:
+    """Whether the frame-aligned `part` appears unchanged in `pcm`."""
+    return any(
+        np.array_equal(pcm[i : i + len(part)], part)
+        for i in range(0, len(pcm) - len(part) + 1, FRAME)
+    )
+
+
+@pytest.mark.parametrize("over_our_voice", [True, False])
+async def test_a_blip_over_our_voice_goes_in_front_of_the_callers_next_words(
+    app_settings: Settings, speech: Pcm, over_our_voice: bool
+) -> None:
+    """ "Stop, what time does the library open": the canceller leaves a blip of "Stop," and the
+    VAD drops it; the caller goes on, and Whisper must hear the whole line. With the mic open (no
+    echo), a blip is a cough or a knock and is forgotten."""
+    vad = app_settings.vad.model_copy(update={"barge_in": True})
+    listener = VadListener(vad, TURN, ScriptedTurnModel(0.9), echo_cancelled=True)
+    blip = clipped_word(app_settings)
+    clip = np.concatenate([silence(0.3), blip, silence(0.6)])
+    dropped = 0
+    for at in range(0, len(clip), FRAME):
+        events = listener.feed(clip[at : at + FRAME], over_our_voice)
+        dropped += sum(isinstance(event, SpeechDropped) for event in events)
+        TURN_THREAD.submit(lambda: None).result()
+    assert dropped == 1  # the VAD took it for a blip
+    [(_, heard)] = feed(listener, np.concatenate([speech, silence(1.0)]), playing=over_our_voice)
+    voiced = blip[2 * FRAME : 4 * FRAME]
+    assert contains(heard.pcm, voiced) is over_our_voice
+    assert contains(heard.pcm, speech[len(speech) // 2 // FRAME * FRAME :][:FRAME])

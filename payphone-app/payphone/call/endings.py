@@ -91,3 +91,10 @@ def takes_the_floor(text: str) -> bool:
     if not words:
         return False
     return asks(text) or len(words) >= FLOOR_MIN_WORDS or any(w in FLOOR_WORDS for w in words)
+
+
+def only_opens(text: str) -> bool:
+    """Short speech that takes the floor but asks nothing yet ("Stop.", "Actually", "Hang on."):
+    callers go on after it more often than not, so it is answered at the silence limit."""
+    words = _WORD.findall(text.lower().replace("-", " "))
+    return not asks(text) and len(words) < FLOOR_MIN_WORDS

@@ -16,6 +16,11 @@ that whole sentence too, not only its second half, which on its own sounds like 
 listener keeps the audio of a turn that started silently until its limit has passed and gives it
 as `context` to the next utterance (verdict and eager transcript are on context + utterance).
 
+Over the persona's voice a caller's first word ("Stop, I need a taxi") can come through the echo
+canceller as a few voiced frames, less than `vad.min_utterance_ms`: the VAD drops it as a blip.
+If the caller speaks again within `BLIP_CARRY_S`, that blip goes in front of their next words, so
+Whisper hears "Stop, I need a taxi", not "I need a taxi". The blip alone never makes a turn.
+
 The model's answer is picked up on the next mic frame (≤ one frame later), so `feed` stays
 synchronous and cheap on the event loop.
 """
@@ -48,6 +53,10 @@ log = get_logger("listen")
 
 # one end-of-turn check at a time, beside the loop (the model holds the CPU for 10-60 ms)
 TURN_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turn-model")
+# a blip over our voice joins the caller's next words when they start within this (the pause
+# after "Stop," or "Hang on," in the bench's voices is 0.2-0.6 s)
+BLIP_CARRY_S = 1.0
+_EMPTY = np.zeros(0, dtype=np.int16)
 
 
 class Endpointer(Protocol):
@@ -88,6 +97,14 @@ class _Check:
 
 
 @dataclass(frozen=True)
+class _Blip:
+    """Speech over our voice the VAD dropped as too short, and when."""
+
+    pcm: Pcm
+    at: float
+
+
+@dataclass(frozen=True)
 class _Held:
     """A turn cut at a pause: the call joins the caller's next words to it until `limit_at`."""
 
@@ -116,6 +133,8 @@ class VadListener:
         self._held: _Held | None = None  # the last silent start, until its limit has passed
         self._sustain_ms = settings.barge_in_min_ms
         self._sustained = False  # SpeechSustained sent for the utterance in progress
+        self._blip: _Blip | None = None  # the last blip over our voice, until the next words
+        self._prefix: Pcm = _EMPTY  # that blip, in front of the utterance in progress
 
     def feed(self, pcm: Pcm, playing: bool) -> list[MicEvent]:
         self._vad.gate(playing)
@@ -125,14 +144,19 @@ class VadListener:
         ended = self._vad.feed(pcm)
         if self._vad.in_speech and not self._was_speaking:
             events.append(SpeechStarted(time.monotonic()))
+            self._prefix = self._carried()
         if not self._vad.in_speech:
             self._sustained = False
         elif not self._sustained and self._vad.voiced_ms >= self._sustain_ms:
             self._sustained = True
             events.append(SpeechSustained(time.monotonic()))
-        heard = [Heard(u.pcm, u.end_monotonic) for u in ended] + self._end_of_turn()
+        heard = [Heard(self._spoken(u.pcm), u.end_monotonic) for u in ended]
+        heard += self._end_of_turn()
         if self._was_speaking and not self._vad.in_speech and not heard:
             events.append(SpeechDropped(time.monotonic()))  # a blip, or gated by our voice
+            self._keep_blip(playing)
+        if heard or not self._vad.in_speech:
+            self._prefix = _EMPTY
         self._was_speaking = self._vad.in_speech
         events.extend(heard)
         return events
@@ -141,6 +165,27 @@ class VadListener:
         """The mic gate alone misses a reply cut within a frame or two (`#`), and then the next
         line was judged and transcribed with the last one in front, for the call to drop."""
         self._held = None
+        self._blip = None
+
+    def _keep_blip(self, playing: bool) -> None:
+        """A blip over our voice (a clipped "Stop,"), with any blip it continued, kept for the
+        caller's next words; elsewhere a blip is a cough or a knock, and forgotten."""
+        blip = self._vad.take_blip()
+        self._blip = None
+        if playing and blip is not None:
+            self._blip = _Blip(self._spoken(blip), time.monotonic())
+
+    def _carried(self) -> Pcm:
+        """What goes in front of the words just begun: the last blip, if it was recent."""
+        blip, self._blip = self._blip, None
+        if blip is None or time.monotonic() - blip.at > BLIP_CARRY_S:
+            return _EMPTY
+        log.info("blip_carried", blip_ms=ms(len(blip.pcm) / HEARD_RATE))
+        return blip.pcm
+
+    def _spoken(self, speech: Pcm) -> Pcm:
+        """The utterance in progress as the caller said it: a carried blip in front."""
+        return np.concatenate([self._prefix, speech]) if len(self._prefix) else speech
 
     def _end_of_turn(self) -> list[Heard]:
         """Ask the model at a pause; end the turn when it says finished and nothing changed."""
@@ -188,6 +233,7 @@ class VadListener:
         verdict is time the CPU would otherwise spend idle."""
         speech = self._vad.speech_so_far()  # a copy, taken on the loop
         check = _Check(mark, self._context(len(speech)))
+        speech = self._spoken(speech)
         if self._transcriber is not None:
             audio = _after(check.context, speech)
             check.transcript = asyncio.ensure_future(self._transcriber.transcribe(audio))
@@ -197,7 +243,7 @@ class VadListener:
     def _ask(self, check: _Check, pause: int, model: TurnModel) -> Future[Verdict]:
         """At `turn.pause_ms`: the turn model's verdict on the utterance with its pause."""
         check.pause_ms = pause
-        audio = _after(check.context, self._vad.speech_so_far())
+        audio = _after(check.context, self._spoken(self._vad.speech_so_far()))
         return TURN_THREAD.submit(_verdict, model, audio)
 
     def _context(self, samples: int) -> Pcm:
@@ -206,7 +252,7 @@ class VadListener:
         held, started = self._held, time.monotonic() - samples / HEARD_RATE
         if held is None or started > held.limit_at:
             self._held = None
-            return np.zeros(0, dtype=np.int16)
+            return _EMPTY
         return held.pcm
 
     def _forget(self) -> None:
@@ -222,8 +268,9 @@ class VadListener:
             return []
         left_s = max(0.0, (self._turn.max_silence_ms - pause_ms) / 1000)
         limit_at = time.monotonic() + left_s
+        pcm = self._spoken(utterance.pcm)
         heard = Heard(
-            utterance.pcm,
+            pcm,
             utterance.end_monotonic,
             limit_at,
             tentative,
@@ -231,8 +278,7 @@ class VadListener:
             complete_at=utterance.end_monotonic + self._turn.complete_ms / 1000,
             context=check.context,
         )
-        whole = np.concatenate([check.context, utterance.pcm]) if len(check.context) else None
-        self._held = _Held(utterance.pcm if whole is None else whole, limit_at)
+        self._held = _Held(_after(check.context, pcm), limit_at)
         return [heard]
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import structlog
 
 from payphone.call.crisis import recognise
-from payphone.call.endings import is_backchannel, takes_the_floor
+from payphone.call.endings import is_backchannel, only_opens, takes_the_floor
 from payphone.call.events import (
     ActivityDone,
     CallEvent,
@@ -112,6 +112,16 @@ def joined(earlier: Heard | None, heard: Heard) -> Heard:
     pcm = np.concatenate([earlier.pcm, heard.pcm])
     transcript = heard.transcript if same else None
     return dataclasses.replace(heard, pcm=pcm, context=empty, transcript=transcript)
+
+
+def opening(heard: Heard, text: str) -> Heard:
+    """ "Actually," over the persona, and the caller paused: the turn works at once but speaks
+    only at the silence limit (at least `UNCLEAR_WAIT_S` after they stopped), unless they go on;
+    then their words join it. A question or a whole sentence is answered at once."""
+    if not only_opens(text):
+        return heard
+    limit_at = max(heard.limit_at, heard.speech_end + UNCLEAR_WAIT_S)
+    return dataclasses.replace(heard, tentative=True, limit_at=limit_at)
 
 
 @dataclass
@@ -428,7 +438,7 @@ class Call:
         self.log.event("barge_in", over=self._activity_name, short=True, held=held)
         log.info("barge_in", over=self._activity_name, short=True, held=held)
         if not held:
-            self._start_turn(heard)
+            self._start_turn(opening(heard, so_far))
             return
         await self._hold(heard)
 
@@ -495,6 +505,8 @@ class Call:
             self._start("greeting", self._greet)
         elif timer is Timer.INTER_DIGIT and self._digits:
             self._dial()
+        elif timer is Timer.IDLE and self._caller_talking:
+            self._arm(Timer.IDLE, self.settings.idle_prompt_s)  # a long sentence is no silence
         elif timer is Timer.IDLE and self.state is CallState.LISTENING:
             self._idle_stage += 1
             if self._idle_stage == 1:

@@ -257,6 +257,7 @@ class VadEndpointer:
         self._ring: deque[_Frame] = deque()
         self._speech: _Speech | None = None
         self._next_index = 0
+        self._blip: Pcm | None = None  # the last blip dropped, until taken
         self.stats = VadStats()
 
     # -- public ------------------------------------------------------------------------------
@@ -326,6 +327,13 @@ class VadEndpointer:
         if self._speech is None or not self._speech.frames:
             return np.zeros(0, dtype=np.int16)
         return np.concatenate([f.pcm for f in self._speech.frames])
+
+    def take_blip(self) -> Pcm | None:
+        """The audio of the blip dropped last, once (None: none since the last take). Over our
+        own voice a caller's first word ("Stop,") can reach the VAD as only a few voiced frames
+        through the echo canceller; the listener puts it back in front of their next words."""
+        blip, self._blip = self._blip, None
+        return blip
 
     def end_now(self) -> Utterance | None:
         """The caller has finished (the end-of-turn model says so): close the utterance now,
@@ -448,6 +456,7 @@ class VadEndpointer:
             self.stats.blips += sum(len(f.pcm) for f in kept)
             self.stats.silence += rest_samples
             self.stats.dropped_blips += 1
+            self._blip = np.concatenate([f.pcm for f in kept]) if kept else None
             log.debug(
                 "vad_blip_dropped",
                 speech_ms=(end_index - speech.speech_start_index) * self.frame_ms,
@@ -487,6 +496,7 @@ class VadEndpointer:
             dropped += sum(len(f.pcm) for f in self._speech.frames)
         self._ring.clear()
         self._speech = None
+        self._blip = None
         setattr(self.stats, bucket, getattr(self.stats, bucket) + dropped)
 
     def _update_pending(self) -> None:
