@@ -119,6 +119,9 @@ class TurnSettings(Group):
     )
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
     pause_ms: Annotated[int, Field(ge=60, le=1000)] = 180
+    # a first look at this much silence ends a turn that already sounds finished; unsure, the
+    # model is asked again at pause_ms. >= pause_ms: one look, at pause_ms
+    first_check_ms: Annotated[int, Field(ge=30, le=1000)] = 90
     # Whisper starts on what was said at this much silence (the transcript is ready sooner
     # when the pause ends the turn, thrown away when the caller goes on); >= pause_ms: at the check
     transcribe_ms: Annotated[int, Field(ge=30, le=1000)] = 90

@@ -128,6 +128,8 @@ def test_voices_run_on_the_onnx_arena_and_give_it_back_after_each_sentence(
     voice = load_voice(resolve_voice(settings))
     assert voice.session.get_session_options().enable_cpu_mem_arena is True
     shrink = voice.session._shrink.get_run_config_entry("memory.enable_memory_arena_shrinkage")
+    options = voice.session.get_session_options()  # its threads sleep between runs: no spinning
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert shrink == "cpu:0"
     assert voice.config.sample_rate == 22050
 

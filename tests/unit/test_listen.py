@@ -26,10 +26,12 @@ TURN = TurnSettings(pause_ms=180, speculate_ms=500, max_silence_ms=1200, thresho
 
 
 class ScriptedTurnModel:
-    """Says the same probability every time; can be held until released, or fail."""
+    """Says the same probability every time (or `first` the first time); can be held until
+    released, or fail."""
 
-    def __init__(self, probability: float, fail: bool = False) -> None:
+    def __init__(self, probability: float, fail: bool = False, first: float | None = None) -> None:
         self.probability = probability
+        self.first = first
         self.fail = fail
         self.asked: list[int] = []
         self.release = threading.Event()
@@ -40,6 +42,8 @@ class ScriptedTurnModel:
         self.release.wait(5)
         if self.fail:
             raise RuntimeError("model exploded")
+        if self.first is not None and len(self.asked) == 1:
+            return self.first
         return self.probability
 
 
@@ -75,15 +79,39 @@ def silence_ms_at(end_sample: int, speech_end: int) -> float:
     return (end_sample - speech_end) * 1000 / SAMPLE_RATE
 
 
-def test_a_finished_sentence_ends_at_the_short_pause(app_settings: Settings, speech: Pcm) -> None:
+def test_a_finished_sentence_ends_at_the_first_look(app_settings: Settings, speech: Pcm) -> None:
     model = ScriptedTurnModel(0.9)
     clip = np.concatenate([silence(0.5), speech, silence(2.0)])
     [(at, heard)] = feed(VadListener(app_settings.vad, TURN, model), clip)
     waited = silence_ms_at(at, last_voiced(clip))
-    assert waited < 400  # pause_ms + a frame or two, not the 600 ms silence rule
+    assert waited < 300  # first_check_ms + the VAD's end stamping, not the 600 ms silence rule
     assert not heard.tentative
     assert len(model.asked) == 1
     assert len(heard.pcm) >= len(speech) * 0.9
+    one_look = TURN.model_copy(update={"first_check_ms": TURN.pause_ms})
+    [(later, _)] = feed(VadListener(app_settings.vad, one_look, ScriptedTurnModel(0.9)), clip)
+    gained = silence_ms_at(later, at)
+    assert gained >= TURN.pause_ms - TURN.first_check_ms - 30  # within a frame
+
+
+def test_an_unsure_first_look_asks_again_at_the_pause(app_settings: Settings, speech: Pcm) -> None:
+    """At 90 ms of silence the model was unsure; with 180 ms it hears a finished sentence."""
+    model = ScriptedTurnModel(0.9, first=0.3)
+    clip = np.concatenate([silence(0.5), speech, silence(2.0)])
+    [(at, heard)] = feed(VadListener(app_settings.vad, TURN, model), clip)
+    waited = silence_ms_at(at, last_voiced(clip))
+    assert TURN.pause_ms <= waited < TURN.speculate_ms
+    assert not heard.tentative
+    assert len(model.asked) == 2 and model.asked[1] > model.asked[0]  # the longer pause
+
+
+def test_one_look_when_the_first_is_set_at_the_pause(app_settings: Settings, speech: Pcm) -> None:
+    one_look = TURN.model_copy(update={"first_check_ms": TURN.pause_ms})
+    model = ScriptedTurnModel(0.9)
+    clip = np.concatenate([silence(0.5), speech, silence(2.0)])
+    [(at, _)] = feed(VadListener(app_settings.vad, one_look, model), clip)
+    assert TURN.pause_ms <= silence_ms_at(at, last_voiced(clip)) < TURN.speculate_ms
+    assert len(model.asked) == 1
 
 
 def test_an_unfinished_sounding_sentence_starts_silently_and_speaks_at_the_limit(
@@ -171,7 +199,8 @@ async def test_whisper_starts_before_the_verdict_is_asked(
     `turn.pause_ms` on the same utterance, and the cut hands on the transcript begun earlier."""
     whisper = CountingTranscriber()
     model = ScriptedTurnModel(0.9)
-    listener = VadListener(app_settings.vad, TURN, model, whisper)
+    one_look = TURN.model_copy(update={"first_check_ms": TURN.pause_ms})
+    listener = VadListener(app_settings.vad, one_look, model, whisper)
     assert TURN.transcribe_ms < TURN.pause_ms
     clip = np.concatenate([silence(0.5), speech])
     feed(listener, np.concatenate([clip, silence(0.15)]))  # 150 ms: past 90, before 180
@@ -182,6 +211,27 @@ async def test_whisper_starts_before_the_verdict_is_asked(
     assert len(whisper.given) == 1  # nothing transcribed twice
     assert heard.transcript is not None
     assert (await heard.transcript).text.startswith("What time")
+
+
+async def test_whisper_waits_for_the_first_check(app_settings: Settings, speech: Pcm) -> None:
+    """The first look and Whisper both come at 90 ms of silence; on two cores each slowed the
+    other two- to threefold, so Whisper starts once the check has answered."""
+    whisper = CountingTranscriber()
+    model = ScriptedTurnModel(0.9)
+    model.release.clear()  # the check is still running
+    listener = VadListener(app_settings.vad, TURN, model, whisper)
+    feed(listener, np.concatenate([silence(0.5), speech, silence(0.15)]), settle=False)
+    for _ in range(200):  # the check is under way in the model's thread
+        if model.asked:
+            break
+        await asyncio.sleep(0.01)
+    assert len(model.asked) == 1 and whisper.given == []
+    model.release.set()
+    TURN_THREAD.submit(lambda: None).result()
+    [(_, heard)] = feed(listener, silence(0.03))
+    assert heard.transcript is not None
+    await heard.transcript
+    assert len(whisper.given) == 1
 
 
 async def test_the_eager_transcript_is_dropped_when_the_caller_goes_on(

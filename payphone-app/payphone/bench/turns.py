@@ -12,7 +12,8 @@ end-of-turn model (`turn.*`) and the fixed silence rule (`vad.hangover_ms`).
 
 A paused line is *cut off* when the reply starts before the caller's last word; *split* when a
 turn started at the pause and the rest of the line had to join it (nothing is lost, but the
-first start was wasted work).
+first start was wasted work). Each end-of-turn check is timed where it runs (in the pipeline,
+beside Whisper): its p50 / p95 is printed with the turn model's figures.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import asyncio
 import dataclasses
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from payphone.bench.caller_lines import LINES
 from payphone.bench.hangup import percentile
 from payphone.call.events import CallState
 from payphone.call.lines import render_line
+from payphone.call.listen import TurnModel
 from payphone.call.options import CallOptions
 from payphone.config import Settings
 from payphone.pcm import Pcm
@@ -149,6 +151,21 @@ async def _turn(rig: Rig, line: Line) -> TurnFigure:
     )
 
 
+@dataclass
+class TimedTurnModel:
+    """The end-of-turn model, each check timed as it runs in the call (beside Whisper)."""
+
+    model: TurnModel
+    check_ms: list[float] = field(default_factory=list)
+
+    def predict(self, pcm: Pcm) -> float:
+        started = time.perf_counter()
+        try:
+            return self.model.predict(pcm)
+        finally:
+            self.check_ms.append((time.perf_counter() - started) * 1000)
+
+
 async def _pipeline(
     stages: Stages, settings: Settings, lines: list[Line], echo: HandsetEcho | None
 ) -> list[TurnFigure]:
@@ -192,6 +209,22 @@ def _summary(name: str, figures: list[TurnFigure]) -> dict[str, Any]:
     return result
 
 
+def _checks(check_ms: list[float]) -> dict[str, Any]:
+    if not check_ms:
+        return {"checks": 0}
+    result = {
+        "checks": len(check_ms),
+        "check_p50_ms": round(statistics.median(check_ms), 1),
+        "check_p95_ms": percentile(check_ms, 95),
+    }
+    print(
+        f"{'':13s} end-of-turn checks: {result['checks']}, p50 {result['check_p50_ms']} ms, "
+        f"p95 {result['check_p95_ms']} ms each (in the pipeline, beside Whisper)",
+        flush=True,
+    )
+    return result
+
+
 async def _run(settings: Settings, trials: int, echo: HandsetEcho | None) -> dict[str, Any]:
     book = load_personas(settings.personas.user_dir)
     stages = await load_stages(settings, book.operator, list(book))
@@ -203,9 +236,12 @@ async def _run(settings: Settings, trials: int, echo: HandsetEcho | None) -> dic
         if echo is not None:
             result |= {"echo_db": echo.db, "echo_delay_ms": echo.delay_ms}
         if stages.turn_model is not None:
+            timed = TimedTurnModel(stages.turn_model)
+            timed_stages = dataclasses.replace(stages, turn_model=timed)
             result["turn_model_pipeline"] = _summary(
-                "turn model", await _pipeline(stages, settings, lines, echo)
+                "turn model", await _pipeline(timed_stages, settings, lines, echo)
             )
+            result["turn_model_pipeline"] |= _checks(sorted(timed.check_ms))
         silence_only = dataclasses.replace(stages, turn_model=None)
         result["silence_rule"] = _summary(
             "silence rule", await _pipeline(silence_only, settings, lines, echo)

@@ -2,13 +2,15 @@
 
 webrtcvad is the frame gate. A fixed silence timer alone is the wrong tool both ways: 600 ms
 cuts callers who pause to think, and it makes every answer wait 600 ms. So with an end-of-turn
-model (Smart Turn v3, `turn.model`) a short pause (`turn.pause_ms`) asks the model, in a worker
-thread, whether the utterance so far sounds finished; if it does, and the caller has not spoken
-again meanwhile, the turn ends at once. Whisper starts earlier still, at `turn.transcribe_ms` of
-silence, so the transcript the turn needs is ready sooner. Otherwise the turn ends after
-`turn.max_silence_ms` of silence, whatever the model said: after `turn.speculate_ms` of silence
-the turn starts anyway, silently (transcript, model, first sentence), and speaks only at that
-limit unless the caller goes on. Without a model the silence rule (`vad.hangover_ms`) decides.
+model (Smart Turn v3, `turn.model`) a short pause asks the model, in a worker thread, whether
+the utterance so far sounds finished; if it does, and the caller has not spoken again meanwhile,
+the turn ends at once. It looks first at `turn.first_check_ms` of silence (a finished sentence
+ends there) and, unsure, again at `turn.pause_ms` (a sentence sounds more finished the longer
+the silence after it; a fragment at 90 ms sounds less finished than at 180). Whisper starts at
+`turn.transcribe_ms`, so the transcript the turn needs is ready sooner. Otherwise the turn ends
+after `turn.max_silence_ms` of silence, whatever the model said: after `turn.speculate_ms` of
+silence the turn starts anyway, silently (transcript, model, first sentence), and speaks only at
+that limit unless the caller goes on. Without a model the silence rule (`vad.hangover_ms`) decides.
 
 A caller who goes on after such a silent start ("I was wondering ... if you could help me")
 makes a new utterance, and the call joins it to the held one. The model and Whisper must hear
@@ -196,12 +198,13 @@ class VadListener:
         check = self._check
         if check is None or check.mark != mark:
             self._forget()
-            if pause < min(self._turn.transcribe_ms, self._turn.pause_ms):
+            if pause < min(self._turn.transcribe_ms, self._first_look_ms):
                 return []
-            self._check = check = self._begin(mark)
+            self._check = check = _Check(mark, self._context(self._vad.speech_samples))
+        if check.verdict is None and pause >= self._first_look_ms:
+            check.verdict = self._ask(check, pause, self._model)
+        self._transcribe_when_free(check, pause)
         if check.verdict is None:
-            if pause >= self._turn.pause_ms:
-                check.verdict = self._ask(check, pause, self._model)
             return []
         if not check.verdict.done():
             return []
@@ -223,25 +226,34 @@ class VadListener:
             )
         if finished:
             return self._cut(pause, tentative=False)
+        if check.pause_ms < self._turn.pause_ms:  # unsure at the first look: again, later
+            if pause >= self._turn.pause_ms:
+                check.verdict, check.logged = self._ask(check, pause, self._model), False
+            return []
         if pause >= self._turn.speculate_ms:
             return self._cut(pause, tentative=True)  # start the work; speak at the limit
         return []  # wait for more words
 
-    def _begin(self, mark: int) -> _Check:
-        """At the first moment of a pause (`turn.transcribe_ms`): Whisper on what was said, so
-        the transcript is ready sooner when this pause ends the turn; the silence before the
-        verdict is time the CPU would otherwise spend idle."""
-        speech = self._vad.speech_so_far()  # a copy, taken on the loop
-        check = _Check(mark, self._context(len(speech)))
-        speech = self._spoken(speech)
-        if self._transcriber is not None:
-            audio = _after(check.context, speech)
-            check.transcript = asyncio.ensure_future(self._transcriber.transcribe(audio))
-            check.transcript.add_done_callback(_quiet)
-        return check
+    @property
+    def _first_look_ms(self) -> int:
+        """The first verdict's pause: `turn.first_check_ms`, never after `turn.pause_ms`."""
+        return min(self._turn.first_check_ms, self._turn.pause_ms)
+
+    def _transcribe_when_free(self, check: _Check, pause: int) -> None:
+        """Whisper on what was said, from `turn.transcribe_ms` of silence, so the transcript is
+        ready sooner when this pause ends the turn; but not while the first check runs: on two
+        cores the two slowed each other two- to threefold, and the check decides first."""
+        if self._transcriber is None or check.transcript is not None:
+            return
+        if pause < self._turn.transcribe_ms or (check.verdict and not check.verdict.done()):
+            return
+        audio = _after(check.context, self._spoken(self._vad.speech_so_far()))
+        check.transcript = asyncio.ensure_future(self._transcriber.transcribe(audio))
+        check.transcript.add_done_callback(_quiet)
 
     def _ask(self, check: _Check, pause: int, model: TurnModel) -> Future[Verdict]:
-        """At `turn.pause_ms`: the turn model's verdict on the utterance with its pause."""
+        """At `turn.first_check_ms` and (unsure) `turn.pause_ms`: the turn model's verdict on
+        the utterance with its pause."""
         check.pause_ms = pause
         audio = _after(check.context, self._spoken(self._vad.speech_so_far()))
         return TURN_THREAD.submit(_verdict, model, audio)

@@ -322,6 +322,11 @@ class VadEndpointer:
         again, so a decision taken on an earlier pause can be recognised as stale."""
         return None if self._speech is None else self._speech.last_voiced_index
 
+    @property
+    def speech_samples(self) -> int:
+        """How long the utterance in progress is, in samples (pre-roll and pause included)."""
+        return 0 if self._speech is None else len(self._speech.frames) * self.frame_samples
+
     def speech_so_far(self) -> Pcm:
         """The audio of the utterance in progress, pre-roll and the pause so far included."""
         if self._speech is None or not self._speech.frames:
