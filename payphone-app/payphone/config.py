@@ -123,7 +123,8 @@ class TurnSettings(Group):
     # model is asked again at pause_ms. >= pause_ms: one look, at pause_ms
     first_check_ms: Annotated[int, Field(ge=30, le=1000)] = 90
     # Whisper starts on what was said at this much silence (the transcript is ready sooner
-    # when the pause ends the turn, thrown away when the caller goes on); >= pause_ms: at the check
+    # when the pause ends the turn, thrown away when the caller goes on), once a check asked by
+    # then has answered (the two share the CPU badly)
     transcribe_ms: Annotated[int, Field(ge=30, le=1000)] = 90
     max_silence_ms: Annotated[int, Field(ge=300, le=5000)] = 1200
     speculate_ms: Annotated[int, Field(ge=100, le=5000)] = 500

@@ -107,6 +107,11 @@ def test_a_decoding_loop_is_cut_back_to_one_pass() -> None:
         cut_repetition("Hello, who am I speaking with? Hello,") == "Hello, who am I speaking with?"
     )
     assert cut_repetition("Is it you? Is it") == "Is it you?"
+    # a loop that starts after a few words: one pass of its phrase stays
+    assert cut_repetition("in the nature of the nature of the nature") == "in the nature of"
+    assert cut_repetition("I said no no no no") == "I said no"
+    assert cut_repetition("Is it you or you?") == "Is it you or you?"
+    assert cut_repetition("Well, it is what it is.") == "Well, it is what it is."
     # a second sentence that merely starts like the first is the caller's
     assert cut_repetition("Hello, is anybody there? Hello, can you hear me?") == (
         "Hello, is anybody there? Hello, can you hear me?"

@@ -95,6 +95,8 @@ def test_a_short_burst_of_stray_words_does_not(text: str) -> None:
         ("What?", False),  # a question is answered at once
         ("Stop, I need a taxi.", False),  # a whole request
         ("Sorry, can I ask you something?", False),
+        ("Tell me a joke.", False),  # short, but the whole request
+        ("", False),
     ],
 )
 def test_a_short_opening_waits_for_the_rest(text: str, opens: bool) -> None:

@@ -328,24 +328,30 @@ def contains(pcm: Pcm, part: Pcm) -> bool:
     )
 
 
-@pytest.mark.parametrize("over_our_voice", [True, False])
+@pytest.mark.parametrize(
+    ("during", "after", "carried"),
+    [(True, True, True), (True, False, True), (False, False, False), (False, True, False)],
+)
 async def test_a_blip_over_our_voice_goes_in_front_of_the_callers_next_words(
-    app_settings: Settings, speech: Pcm, over_our_voice: bool
+    app_settings: Settings, speech: Pcm, during: bool, after: bool, carried: bool
 ) -> None:
     """ "Stop, what time does the library open": the canceller leaves a blip of "Stop," and the
-    VAD drops it; the caller goes on, and Whisper must hear the whole line. With the mic open (no
-    echo), a blip is a cough or a knock and is forgotten."""
+    VAD drops it; the caller goes on, and Whisper must hear the whole line, even when the
+    persona's reply ended before the blip was dropped. With the mic open while it was said (no
+    echo), a blip is a cough or a knock and is forgotten, whatever plays by the time it is
+    dropped."""
     vad = app_settings.vad.model_copy(update={"barge_in": True})
     listener = VadListener(vad, TURN, ScriptedTurnModel(0.9), echo_cancelled=True)
     blip = clipped_word(app_settings)
     clip = np.concatenate([silence(0.3), blip, silence(0.6)])
+    switch = int(0.3 * SAMPLE_RATE) + len(blip) + 3 * FRAME  # in the pause after it
     dropped = 0
     for at in range(0, len(clip), FRAME):
-        events = listener.feed(clip[at : at + FRAME], over_our_voice)
+        events = listener.feed(clip[at : at + FRAME], during if at < switch else after)
         dropped += sum(isinstance(event, SpeechDropped) for event in events)
         TURN_THREAD.submit(lambda: None).result()
     assert dropped == 1  # the VAD took it for a blip
-    [(_, heard)] = feed(listener, np.concatenate([speech, silence(1.0)]), playing=over_our_voice)
+    [(_, heard)] = feed(listener, np.concatenate([speech, silence(1.0)]), playing=after)
     voiced = blip[2 * FRAME : 4 * FRAME]
-    assert contains(heard.pcm, voiced) is over_our_voice
+    assert contains(heard.pcm, voiced) is carried
     assert contains(heard.pcm, speech[len(speech) // 2 // FRAME * FRAME :][:FRAME])

@@ -13,7 +13,8 @@ end-of-turn model (`turn.*`) and the fixed silence rule (`vad.hangover_ms`).
 A paused line is *cut off* when the reply starts before the caller's last word; *split* when a
 turn started at the pause and the rest of the line had to join it (nothing is lost, but the
 first start was wasted work). Each end-of-turn check is timed where it runs (in the pipeline,
-beside Whisper): its p50 / p95 is printed with the turn model's figures.
+with everything else the call does meanwhile): its p50 / p95 is printed with the turn model's
+figures.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ async def _turn(rig: Rig, line: Line) -> TurnFigure:
 
 @dataclass
 class TimedTurnModel:
-    """The end-of-turn model, each check timed as it runs in the call (beside Whisper)."""
+    """The end-of-turn model, each check timed as it runs in the call."""
 
     model: TurnModel
     check_ms: list[float] = field(default_factory=list)
@@ -219,7 +220,7 @@ def _checks(check_ms: list[float]) -> dict[str, Any]:
     }
     print(
         f"{'':13s} end-of-turn checks: {result['checks']}, p50 {result['check_p50_ms']} ms, "
-        f"p95 {result['check_p95_ms']} ms each (in the pipeline, beside Whisper)",
+        f"p95 {result['check_p95_ms']} ms each (in the pipeline)",
         flush=True,
     )
     return result

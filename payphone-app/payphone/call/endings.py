@@ -94,7 +94,10 @@ def takes_the_floor(text: str) -> bool:
 
 
 def only_opens(text: str) -> bool:
-    """Short speech that takes the floor but asks nothing yet ("Stop.", "Actually", "Hang on."):
-    callers go on after it more often than not, so it is answered at the silence limit."""
+    """A short burst that begins with a word callers cut in with and asks nothing yet ("Stop.",
+    "Actually", "Hang on."): callers go on after it more often than not, so it is answered at
+    the silence limit. "Tell me a joke." is a whole request, answered at once."""
     words = _WORD.findall(text.lower().replace("-", " "))
-    return not asks(text) and len(words) < FLOOR_MIN_WORDS
+    if not words or asks(text) or len(words) >= FLOOR_MIN_WORDS:
+        return False
+    return words[0] in FLOOR_WORDS

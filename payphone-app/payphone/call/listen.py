@@ -30,6 +30,7 @@ synchronous and cheap on the event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -88,14 +89,18 @@ class _Check:
     mark: int  # the utterance's last voiced frame when the pause began
     context: Pcm  # the held turn's audio, before this utterance (empty: none)
     transcript: asyncio.Future[Transcript] | None = None  # Whisper on the speech, eagerly
-    verdict: Future[Verdict] | None = None  # asked once the pause reaches turn.pause_ms
+    # asked at turn.first_check_ms of pause, and again at turn.pause_ms when it was unsure
+    verdict: Future[Verdict] | None = None
     pause_ms: int = 0  # the pause the verdict heard
     logged: bool = False
 
     def drop(self) -> None:
-        """The caller spoke again: the eager transcript is of no use any more."""
+        """The caller spoke again (or it was a blip): the eager transcript and a check not yet
+        begun are of no use any more (a check already running finishes unread)."""
         if self.transcript is not None:
             self.transcript.cancel()
+        if self.verdict is not None:
+            self.verdict.cancel()
 
 
 @dataclass(frozen=True)
@@ -137,26 +142,32 @@ class VadListener:
         self._sustained = False  # SpeechSustained sent for the utterance in progress
         self._blip: _Blip | None = None  # the last blip over our voice, until the next words
         self._prefix: Pcm = _EMPTY  # that blip, in front of the utterance in progress
+        self._over_voice = False  # our voice played during the utterance in progress
 
     def feed(self, pcm: Pcm, playing: bool) -> list[MicEvent]:
         self._vad.gate(playing)
         if playing:
             self._held = None  # the persona answered (or spoke): the next words start afresh
         events: list[MicEvent] = []
+        paused_ms = self._vad.pause_ms  # before this frame: how long ago a blip ended
         ended = self._vad.feed(pcm)
         if self._vad.in_speech and not self._was_speaking:
             events.append(SpeechStarted(time.monotonic()))
             self._prefix = self._carried()
+            self._over_voice = False
+        self._over_voice |= playing and self._vad.in_speech and self._vad.pause_ms == 0
         if not self._vad.in_speech:
             self._sustained = False
         elif not self._sustained and self._vad.voiced_ms >= self._sustain_ms:
             self._sustained = True
             events.append(SpeechSustained(time.monotonic()))
-        heard = [Heard(self._spoken(u.pcm), u.end_monotonic) for u in ended]
+        heard = [Heard(u.pcm, u.end_monotonic) for u in ended]
+        if heard:  # the carried blip goes in front of the first (one per frame, in practice)
+            heard[0] = dataclasses.replace(heard[0], pcm=self._spoken(heard[0].pcm))
         heard += self._end_of_turn()
         if self._was_speaking and not self._vad.in_speech and not heard:
             events.append(SpeechDropped(time.monotonic()))  # a blip, or gated by our voice
-            self._keep_blip(playing)
+            self._keep_blip(paused_ms)
         if heard or not self._vad.in_speech:
             self._prefix = _EMPTY
         self._was_speaking = self._vad.in_speech
@@ -169,13 +180,15 @@ class VadListener:
         self._held = None
         self._blip = None
 
-    def _keep_blip(self, playing: bool) -> None:
+    def _keep_blip(self, paused_ms: int) -> None:
         """A blip over our voice (a clipped "Stop,"), with any blip it continued, kept for the
-        caller's next words; elsewhere a blip is a cough or a knock, and forgotten."""
+        caller's next words, timed from when it ended (`paused_ms` ago); elsewhere a blip is a
+        cough or a knock, and forgotten."""
         blip = self._vad.take_blip()
         self._blip = None
-        if playing and blip is not None:
-            self._blip = _Blip(self._spoken(blip), time.monotonic())
+        if self._over_voice and blip is not None:
+            ended = time.monotonic() - paused_ms / 1000
+            self._blip = _Blip(self._spoken(blip), ended)
 
     def _carried(self) -> Pcm:
         """What goes in front of the words just begun: the last blip, if it was recent."""
@@ -241,8 +254,9 @@ class VadListener:
 
     def _transcribe_when_free(self, check: _Check, pause: int) -> None:
         """Whisper on what was said, from `turn.transcribe_ms` of silence, so the transcript is
-        ready sooner when this pause ends the turn; but not while the first check runs: on two
-        cores the two slowed each other two- to threefold, and the check decides first."""
+        ready sooner when this pause ends the turn; but not while a check asked by then is still
+        running: on two cores the two slowed each other two- to threefold, and the check decides
+        first. (With `transcribe_ms` below `first_check_ms` Whisper starts before any check.)"""
         if self._transcriber is None or check.transcript is not None:
             return
         if pause < self._turn.transcribe_ms or (check.verdict and not check.verdict.done()):
@@ -277,6 +291,8 @@ class VadListener:
         check, self._check = self._check, None
         utterance = self._vad.end_now()
         if utterance is None or check is None:
+            if check is not None:
+                check.drop()  # a blip: nobody will read its transcript
             return []
         left_s = max(0.0, (self._turn.max_silence_ms - pause_ms) / 1000)
         limit_at = time.monotonic() + left_s

@@ -96,7 +96,9 @@ def cut_repetition(text: str) -> str:
     Three patterns are cut: the whole text periodic with at least one full repeat ("yes yes yes"
     -> "yes"), a restart, where the first three words come again later, and a short restart
     after the last full sentence ("Hello, who is this? Hello,"), which would otherwise read as a
-    caller trailing off and hold the answer back to the silence limit.
+    caller trailing off and hold the answer back to the silence limit. A loop that starts after
+    a few words ("in the nature of the nature of the nature", Whisper on a "Mm-hm" through the
+    echo canceller) keeps one pass of its phrase: callers do not say a phrase three times.
     """
     words = text.split()
     keys = [_plain(w) for w in words]
@@ -104,6 +106,8 @@ def cut_repetition(text: str) -> str:
     for period in range(1, n // 2 + 1):
         if all(keys[i] == keys[i - period] for i in range(period, n)):
             return " ".join(words[:period])
+    if (looped := _tail_loop(keys)) is not None:
+        return " ".join(words[:looped])
     head = keys[:3]
     for start in range(3, n - 2):
         if keys[start : start + 3] == head:
@@ -112,6 +116,19 @@ def cut_repetition(text: str) -> str:
     if ends and n - ends[-1] - 1 < 3 and keys[ends[-1] + 1 :] == keys[: n - ends[-1] - 1]:
         return " ".join(words[: ends[-1] + 1])
     return text
+
+
+def _tail_loop(keys: list[str], longest: int = 4) -> int | None:
+    """Where a phrase of up to `longest` words that runs on, said two and a half times or more,
+    to the end of the text, has been said once (None: no such loop)."""
+    n = len(keys)
+    for start in range(1, n):
+        for period in range(1, longest + 1):
+            if n - start < 2 * period + period // 2 + 1:
+                break
+            if all(keys[i] == keys[i - period] for i in range(start + period, n)):
+                return start + period
+    return None
 
 
 @dataclass(frozen=True)
