@@ -242,7 +242,7 @@ async def _run(settings: Settings, trials: int, echo: HandsetEcho | None) -> dic
             result["turn_model_pipeline"] = _summary(
                 "turn model", await _pipeline(timed_stages, settings, lines, echo)
             )
-            result["turn_model_pipeline"] |= _checks(sorted(timed.check_ms))
+            result["turn_model_pipeline"] |= _checks(timed.check_ms)
         silence_only = dataclasses.replace(stages, turn_model=None)
         result["silence_rule"] = _summary(
             "silence rule", await _pipeline(silence_only, settings, lines, echo)

@@ -261,16 +261,19 @@ class VadListener:
             return
         if pause < self._turn.transcribe_ms or (check.verdict and not check.verdict.done()):
             return
-        audio = _after(check.context, self._spoken(self._vad.speech_so_far()))
-        check.transcript = asyncio.ensure_future(self._transcriber.transcribe(audio))
+        check.transcript = asyncio.ensure_future(self._transcriber.transcribe(self._so_far(check)))
         check.transcript.add_done_callback(_quiet)
 
     def _ask(self, check: _Check, pause: int, model: TurnModel) -> Future[Verdict]:
         """At `turn.first_check_ms` and (unsure) `turn.pause_ms`: the turn model's verdict on
         the utterance with its pause."""
         check.pause_ms = pause
-        audio = _after(check.context, self._spoken(self._vad.speech_so_far()))
-        return TURN_THREAD.submit(_verdict, model, audio)
+        return TURN_THREAD.submit(_verdict, model, self._so_far(check))
+
+    def _so_far(self, check: _Check) -> Pcm:
+        """What was said so far as the verdict and Whisper hear it: the held turn's audio, a
+        carried blip, then the utterance in progress (a copy, taken on the loop)."""
+        return _after(check.context, self._spoken(self._vad.speech_so_far()))
 
     def _context(self, samples: int) -> Pcm:
         """The held turn's audio, when this utterance began before that turn's limit (so the

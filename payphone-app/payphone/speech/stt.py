@@ -104,7 +104,7 @@ def cut_repetition(text: str) -> str:
     keys = [_plain(w) for w in words]
     n = len(keys)
     for period in range(1, n // 2 + 1):
-        if all(keys[i] == keys[i - period] for i in range(period, n)):
+        if _repeats(keys, 0, period):
             return " ".join(words[:period])
     if (looped := _tail_loop(keys)) is not None:
         return " ".join(words[:looped])
@@ -126,9 +126,15 @@ def _tail_loop(keys: list[str], longest: int = 4) -> int | None:
         for period in range(1, longest + 1):
             if n - start < 2 * period + period // 2 + 1:
                 break
-            if all(keys[i] == keys[i - period] for i in range(start + period, n)):
+            if _repeats(keys, start, period):
                 return start + period
     return None
+
+
+def _repeats(keys: list[str], start: int, period: int) -> bool:
+    """Whether the words from `start` on are one phrase of `period` words, said over and over
+    to the end (the last pass may break off)."""
+    return all(keys[i] == keys[i - period] for i in range(start + period, len(keys)))
 
 
 @dataclass(frozen=True)
