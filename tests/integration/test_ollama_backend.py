@@ -40,6 +40,7 @@ MODEL = "payphone-persona"
 CONNECT_S = 0.3
 FIRST_S = 0.4
 TOKEN_S = 0.3
+ROOMY_S = 5.0  # limits for tests about something else: a loaded CI box once took > 0.4 s
 SLACK_S = 1.5  # scheduling slack on a busy 2-core CI machine; the limits themselves are tiny
 HELLO: list[Message] = [
     {"role": "system", "content": "You are Mabel, the operator."},
@@ -50,14 +51,19 @@ LONG_REPLY = [f" word{i}" for i in range(400)]
 
 
 def backend(
-    url: str, model: str = MODEL, first_s: float = FIRST_S, connect_s: float = CONNECT_S
+    url: str,
+    model: str = MODEL,
+    first_s: float = ROOMY_S,
+    connect_s: float = ROOMY_S,
+    token_s: float = ROOMY_S,
 ) -> OllamaBackend:
+    """A client whose limits are roomy unless a test is about them (loaded CI boxes are slow)."""
     return OllamaBackend(
         url,
         model,
         connect_timeout_s=connect_s,
         first_token_timeout_s=first_s,
-        token_timeout_s=TOKEN_S,
+        token_timeout_s=token_s,
         probe_timeout_s=0.5,
     )
 
@@ -152,7 +158,7 @@ async def test_unknown_model_is_model_not_found(server: OllamaProtocolServer) ->
 
 
 async def test_refused_connection() -> None:
-    client = backend(f"http://127.0.0.1:{free_port()}")
+    client = backend(f"http://127.0.0.1:{free_port()}", connect_s=CONNECT_S)
     outcome = await collect(client)
     assert outcome.error is not None and outcome.error.cause == "refused"
     assert outcome.elapsed_s < CONNECT_S + SLACK_S
@@ -173,7 +179,7 @@ async def test_stalls_end_within_the_limit_and_close_the_stream(
     server: OllamaProtocolServer, fault: Fault, cause: str, limit_s: float, pieces_before: int
 ) -> None:
     server.fault = fault
-    client = backend(server.url)
+    client = backend(server.url, first_s=FIRST_S, token_s=TOKEN_S)
     outcome = await collect(client)
     chat = server.chats[-1]
     await wait_done(chat)
@@ -210,7 +216,7 @@ async def test_first_token_limit_counts_from_the_request_not_per_piece() -> None
     # pieces every 0.25 s but the first one late: 0.25 < FIRST_S, so the deadline must hold
     async with OllamaProtocolServer(reply=scripted_reply(["a", "b"], 0.25)) as srv:
         srv.fault = Fault("stall_first", stall_s=FIRST_S * 0.8)
-        client = backend(srv.url)
+        client = backend(srv.url, first_s=FIRST_S, token_s=TOKEN_S)
         outcome = await collect(client)
         await client.aclose()
     assert outcome.error is not None and outcome.error.cause == "stall_first_token"
@@ -335,9 +341,7 @@ async def test_breaker_counts_only_consecutive_failures(server: OllamaProtocolSe
 
 async def test_service_starts_degraded_without_pi2_and_recovers() -> None:
     port = free_port()
-    # recovery is under test, not timeouts: a loaded CI box once took > 0.4 s to answer and
-    # another > 0.3 s to accept the connection
-    inner = backend(f"http://127.0.0.1:{port}", first_s=5.0, connect_s=5.0)
+    inner = backend(f"http://127.0.0.1:{port}")
     breaker = CircuitBreaker(inner, inner.probe, probe_interval_s=0.05, probe_max_interval_s=0.2)
     status = await breaker.start("You are Mabel.")
     assert status.state is BreakerState.OPEN
@@ -462,7 +466,7 @@ def _start_server_in(namespace: str, host: str) -> subprocess.Popen[str]:
 async def test_two_hosts_cable_cut_mid_stream_is_a_stall(link: Link) -> None:
     proc = _start_server_in(link.namespace, link.server_ip)
     try:
-        client = backend(f"http://{link.server_ip}:11434")
+        client = backend(f"http://{link.server_ip}:11434", token_s=TOKEN_S)
         pieces: list[str] = []
         cut_at: float | None = None
 
