@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from payphone.config import Settings, config_file_in_use, load_settings
+from payphone.cores import single_threaded_blas
 from payphone.log import set_phone_id, setup_logging
 from payphone.memory import tune_malloc
 from payphone.models import ModelNotFound as ModelNotFoundError
@@ -494,5 +495,6 @@ def stats_command(
 
 
 def main() -> None:
+    single_threaded_blas()  # before numpy loads: see payphone/cores.py
     tune_malloc()  # before any model loads or thread starts: see payphone/memory.py
     app(prog_name="payphone")

@@ -197,7 +197,10 @@ class LlmSettings(Group):
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
     num_predict: Annotated[int, Field(ge=8, le=1024)] = 96
     num_ctx: Annotated[int, Field(ge=256, le=32768)] = 2048
+    # the embedded model's threads while Whisper, Piper or the turn model work (0: half the
+    # cores), and while none of them does (0: every core; see payphone/cores.py)
     n_threads: Annotated[int, Field(ge=0, le=64)] = 0
+    n_threads_alone: Annotated[int, Field(ge=0, le=64)] = 0
     history_tokens: Annotated[int, Field(ge=64, le=16384)] = 1024
     # the guard ends a reply at the first sentence end past this, and trails off a quarter later:
     # at most 50 words (~18 s spoken), the length the persona data and the phone are made for

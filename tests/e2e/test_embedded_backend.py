@@ -7,6 +7,7 @@ checked with llama.cpp's own counters (prompt tokens evaluated), never with time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
 import time
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from payphone.config import Settings
+from payphone.cores import working
 from payphone.llm.base import ChatOptions, LlmError, Message
 from payphone.llm.breaker import BreakerState
 from payphone.llm.embedded import EmbeddedBackend
@@ -110,6 +112,35 @@ async def test_cancel_between_tokens_stops_the_worker(model: EmbeddedBackend) ->
     short = ChatOptions(num_predict=6, temperature=0.0)
     again = [p async for p in model.stream(ask("You are a friendly operator.", "Say hi."), short)]
     assert again and "".join(again).strip()
+
+
+async def test_every_core_only_while_no_speech_stage_works(
+    model: EmbeddedBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llama_cpp
+
+    monkeypatch.setattr(model, "alone_threads", 2)  # the fixture shares one thread
+    options = ChatOptions(num_predict=48, temperature=0.0)  # the worker runs a token or two ahead
+
+    def threads() -> int:
+        return int(llama_cpp.llama_n_threads(model._llm._ctx.ctx))
+
+    async def reply(hold_for_pieces: int = 0) -> list[int]:
+        """Threads in use at each piece; a speech stage works during the first pieces."""
+        seen: list[int] = []
+        with contextlib.ExitStack() as stage:
+            if hold_for_pieces:
+                stage.enter_context(working("tts"))
+            async for _ in model.stream(ask("You are a storyteller.", "Tell a story."), options):
+                seen.append(threads())
+                if len(seen) == hold_for_pieces:
+                    stage.close()  # Piper has finished its sentence
+        return seen
+
+    assert set(await reply()) == {2}
+    shared_then_alone = await reply(hold_for_pieces=3)
+    assert shared_then_alone[:3] == [1, 1, 1]
+    assert shared_then_alone[-1] == 2  # back to every core once the stage stopped
 
 
 async def test_one_generation_at_a_time(model: EmbeddedBackend) -> None:

@@ -18,13 +18,20 @@ from payphone.speech.tts import PiperSynthesizer
 
 async def test_the_backend_is_built_from_the_llm_group_and_the_gguf_path() -> None:
     gguf = Path("/models/persona.gguf")
-    llm = LlmSettings(num_ctx=1024, n_threads=3, first_token_timeout_s=1.5, token_timeout_s=0.5)
+    llm = LlmSettings(
+        num_ctx=1024, n_threads=3, n_threads_alone=5, first_token_timeout_s=1.5, token_timeout_s=0.5
+    )
     limited = build_backend(llm, gguf).backend
     assert isinstance(limited, Deadlines)  # the embedded model gets Ollama's limits too
     assert (limited.first_token_s, limited.token_s) == (1.5, 0.5)
     model = limited.backend
     assert isinstance(model, EmbeddedBackend)
-    assert (model.model_path, model.n_ctx, model.n_threads) == (gguf, 1024, 3)
+    assert (model.model_path, model.n_ctx, model.n_threads, model.alone_threads) == (
+        gguf,
+        1024,
+        3,
+        5,
+    )
     with pytest.raises(ValueError, match="GGUF path"):
         build_backend(LlmSettings(backend="embedded"))
     ollama = build_backend(LlmSettings(backend="ollama", ollama_model="persona"))

@@ -47,6 +47,7 @@ from payphone.call.events import (
     SpeechSustained,
 )
 from payphone.config import TurnSettings, VadSettings
+from payphone.cores import working
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
 from payphone.speech.base import Transcriber, Transcript
@@ -327,5 +328,6 @@ def _quiet(future: asyncio.Future[Transcript]) -> None:
 def _verdict(model: TurnModel, audio: Pcm) -> Verdict:
     """In the turn-model thread: the verdict on the utterance as it was at the pause."""
     started = time.perf_counter()
-    probability = model.predict(audio)
+    with working("turn_model"):
+        probability = model.predict(audio)
     return Verdict(probability, ms(time.perf_counter() - started))

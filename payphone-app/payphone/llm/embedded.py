@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from payphone.bridge import ThreadStream
+from payphone.cores import others_working
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.llm.prompt_style import Declared, declared_style
 from payphone.log import get_logger, ms
@@ -85,13 +86,18 @@ def _free_sampler(llm: Any) -> None:
 class EmbeddedBackend(ChatBackend):
     """llama.cpp with the GGUF's own chat template, streaming from a worker thread."""
 
-    def __init__(self, model_path: Path, *, n_ctx: int = 2048, n_threads: int = 0) -> None:
+    def __init__(
+        self, model_path: Path, *, n_ctx: int = 2048, n_threads: int = 0, alone_threads: int = 0
+    ) -> None:
         self.model_path = model_path
         self.n_ctx = n_ctx
-        # 0: half the cores, leaving CPU for Whisper, Piper and the event loop. Prompt batches
-        # use the same count: llama-cpp's default (all cores) made the first token 30x slower
-        # (0.19 s -> 5-7 s) on a busy 2-core machine, its threads spinning against each other.
+        # while Whisper, Piper or the turn model work (0: half the cores): llama.cpp's threads
+        # wait for each other at every step, so beside them more threads are slower, not faster
         self.n_threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
+        # while none of them does (0: every core): the prompt and the first sentence, mostly
+        # (see payphone/cores.py); never fewer than the shared count
+        self.alone_threads = max(alone_threads or os.cpu_count() or 1, self.n_threads)
+        self._threads_now = self.n_threads
         self._llm: Any = None
         self._load_lock = threading.Lock()  # a thread lock: usable from any event loop
         self._model_lock = threading.Lock()  # one generation at a time, across threads
@@ -210,11 +216,13 @@ class EmbeddedBackend(ChatBackend):
                 started = time.perf_counter()
                 first: float | None = None
                 finish: str | None = None
+                self._fit_threads(llama_cpp, llm)
                 chunks = llm.create_chat_completion(**kwargs)
                 try:
                     for chunk in chunks:
                         if stop.is_set():
                             break
+                        self._fit_threads(llama_cpp, llm)  # for the next token
                         choice = chunk["choices"][0]
                         text = choice["delta"].get("content")
                         finish = choice.get("finish_reason") or finish
@@ -235,6 +243,13 @@ class EmbeddedBackend(ChatBackend):
                     )
             finally:
                 self._stop = None
+
+    def _fit_threads(self, llama_cpp: Any, llm: Any) -> None:
+        """In the worker, between evaluations: every core while no speech stage works."""
+        wanted = self.n_threads if others_working() else self.alone_threads
+        if wanted != self._threads_now:
+            llama_cpp.llama_set_n_threads(llm._ctx.ctx, wanted, wanted)
+            self._threads_now = wanted
 
     async def wait_idle(self, timeout_s: float = 30.0) -> bool:
         """Wait for the last worker thread to finish; False if it is still running."""

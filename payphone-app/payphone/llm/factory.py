@@ -57,7 +57,9 @@ def build_ollama(
 
 def build_embedded(llm: LlmSettings, gguf: Path) -> EmbeddedBackend:
     """The in-process backend for the resolved GGUF (`payphone.models.resolve_gguf`)."""
-    return EmbeddedBackend(gguf, n_ctx=llm.num_ctx, n_threads=llm.n_threads)
+    return EmbeddedBackend(
+        gguf, n_ctx=llm.num_ctx, n_threads=llm.n_threads, alone_threads=llm.n_threads_alone
+    )
 
 
 def build_backend(

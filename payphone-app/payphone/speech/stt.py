@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from payphone.config import SttSettings
+from payphone.cores import working
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
 from payphone.speech.base import Transcriber, Transcript
@@ -282,7 +283,7 @@ class WhisperTranscriber(Transcriber):
     def decode(self, pcm: Pcm, window: Window) -> Decoded:
         """Run Whisper once, without the noise rules (also used by the benchmark)."""
         audio = pcm_to_float(pcm)
-        with self._lock:
+        with self._lock, working("stt"):
             if window == "full":
                 return self._decode_full(audio)
             return self._decode_utterance(audio)

@@ -26,6 +26,7 @@ from piper import PiperConfig, PiperVoice, SynthesisConfig
 
 from payphone.bridge import ThreadStream
 from payphone.config import TtsSettings
+from payphone.cores import working
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
 from payphone.speech.base import Synthesizer, VoiceSpec
@@ -247,6 +248,12 @@ class PiperSynthesizer(Synthesizer):
         self, path: Path, text: str, voice: VoiceSpec, stop: threading.Event
     ) -> Iterator[Pcm]:
         """Runs in the worker thread: Piper's sentences through the persona's pipeline."""
+        with working("tts"):
+            yield from self._rendered(path, text, voice, stop)
+
+    def _rendered(
+        self, path: Path, text: str, voice: VoiceSpec, stop: threading.Event
+    ) -> Iterator[Pcm]:
         piper = self._voices.get(path)
         rate = int(piper.config.sample_rate)
         chain = build_chain(voice.effect, rate, voice.pitch_semitones, self.telephone)
