@@ -106,6 +106,23 @@ class VadSettings(Group):
     # stops it for good (a barge-in). Shorter speech is judged by its words: a backchannel
     # ("mm-hm", "yeah, okay", a cough) lets it go on, a short request ("Stop.") takes the turn
     barge_in_min_ms: Annotated[int, Field(ge=60, le=3000)] = 700
+    # over the persona's voice (with barge-in) speech starts at this many voiced frames of the
+    # start window (at most all of it): a soft onset ("Excuse me") through the echo canceller
+    # has few, and the persona falling silent a frame sooner is what the caller notices
+    barge_in_start_frames: Annotated[int, Field(ge=1, le=50)] = 3
+
+    @model_validator(mode="after")
+    def _start_rules_fit_the_window(self) -> VadSettings:
+        """A start rule needs no more voiced frames than its window holds (the barge-in rule's
+        default shrinks with a smaller window)."""
+        written = {"start_voiced_frames"} | (self.model_fields_set & {"barge_in_start_frames"})
+        for name in sorted(written):
+            if getattr(self, name) > self.start_window_frames:
+                raise ValueError(
+                    f"vad.{name} ({getattr(self, name)}) must be at most "
+                    f"vad.start_window_frames ({self.start_window_frames})"
+                )
+        return self
 
 
 class TurnSettings(Group):

@@ -103,6 +103,9 @@ def _describe(err: Mapping[str, Any], where: _Sources) -> str:
     root = where.settings_cls
     if err["type"] == "extra_forbidden":
         return f"{name}: unknown setting; allowed here: {_known_keys(root, loc[:-1])}"
+    if err["type"] == "value_error" and _field_at(root, loc)[0] is not None:
+        # a rule across a group's settings: its message names them
+        return f"{name}: {err.get('ctx', {}).get('error', err['msg'])}"
     value = err.get("input")
     allowed = _allowed(root, loc)
     hint = f"; allowed: {allowed}" if allowed else ""

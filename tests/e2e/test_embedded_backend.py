@@ -7,16 +7,15 @@ checked with llama.cpp's own counters (prompt tokens evaluated), never with time
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from payphone.config import Settings
-from payphone.cores import working
 from payphone.llm.base import ChatOptions, LlmError, Message
 from payphone.llm.breaker import BreakerState
 from payphone.llm.embedded import EmbeddedBackend
@@ -119,28 +118,26 @@ async def test_every_core_only_while_no_speech_stage_works(
 ) -> None:
     import llama_cpp
 
-    monkeypatch.setattr(model, "alone_threads", 2)  # the fixture shares one thread
-    options = ChatOptions(num_predict=48, temperature=0.0)  # the worker runs a token or two ahead
+    import payphone.llm.embedded as embedded
 
-    def threads() -> int:
-        return int(llama_cpp.llama_n_threads(model._llm._ctx.ctx))
+    monkeypatch.setattr(model, "alone_threads", 2)
+    used: list[int] = []  # llama.cpp's thread count for each evaluation, read in the worker
+    fit = model._fit_threads
 
-    async def reply(hold_for_pieces: int = 0) -> list[int]:
-        """Threads in use at each piece; a speech stage works during the first pieces."""
-        seen: list[int] = []
-        with contextlib.ExitStack() as stage:
-            if hold_for_pieces:
-                stage.enter_context(working("tts"))
-            async for _ in model.stream(ask("You are a storyteller.", "Tell a story."), options):
-                seen.append(threads())
-                if len(seen) == hold_for_pieces:
-                    stage.close()  # Piper has finished its sentence
-        return seen
+    def fit_and_record(lib: Any, llm: Any) -> None:
+        fit(lib, llm)
+        used.append(int(lib.llama_n_threads(llm._ctx.ctx)))
 
-    assert set(await reply()) == {2}
-    shared_then_alone = await reply(hold_for_pieces=3)
-    assert shared_then_alone[:3] == [1, 1, 1]
-    assert shared_then_alone[-1] == 2  # back to every core once the stage stopped
+    monkeypatch.setattr(model, "_fit_threads", fit_and_record)
+    # Piper is at work for the prompt and the first two tokens, then finishes
+    busy = iter([True, True, True])
+    monkeypatch.setattr(embedded, "others_working", lambda: next(busy, False))
+    options = ChatOptions(num_predict=8, temperature=0.0)
+    async for _ in model.stream(ask("You are a storyteller.", "Tell a story."), options):
+        pass
+    assert used[:3] == [1, 1, 1]
+    assert len(used) > 3 and set(used[3:]) == {2}
+    assert llama_cpp.llama_n_threads_batch(model._llm._ctx.ctx) == 2  # prompts too
 
 
 async def test_one_generation_at_a_time(model: EmbeddedBackend) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from payphone.config import Settings, load_settings
 from payphone.settings_errors import SettingsError
+from payphone.speech.vad import VadEndpointer
 
 
 def write(path: Path, text: str) -> Path:
@@ -72,6 +73,21 @@ def test_toml_value_names_table_key_and_file(tmp_path: Path) -> None:
     [line] = problems(toml)
     assert line.startswith(f"[vad] frame_ms (in {toml}): 25")
     assert "one of 10, 20, 30" in line
+
+
+def test_a_rule_across_a_group_names_its_settings(tmp_path: Path) -> None:
+    toml = write(tmp_path / "p.toml", "[vad]\nbarge_in_start_frames = 7\n")
+    [line] = problems(toml)
+    assert line == (
+        f"vad (in {toml}): vad.barge_in_start_frames (7) must be at most "
+        "vad.start_window_frames (6)"
+    )
+    # the barge-in rule's default shrinks with a smaller window: nothing to complain about
+    small = write(
+        tmp_path / "small.toml", "[vad]\nstart_voiced_frames = 2\nstart_window_frames = 2\n"
+    )
+    assert load_settings(small).vad.barge_in_start_frames == 3
+    assert VadEndpointer(load_settings(small).vad).barge_in_start == 2
 
 
 def test_dotenv_value_names_the_file(tmp_path: Path) -> None:

@@ -170,6 +170,29 @@ def test_barge_in_needs_speech_above_the_echo(speech: Pcm) -> None:
     assert found[0].start_s < true_start
 
 
+def _heard_from(vad: VadEndpointer, pcm: Pcm, chunk: int = 480) -> float | None:
+    """When (s) the VAD decided the caller had started."""
+    for i in range(0, len(pcm), chunk):
+        vad.feed(pcm[i : i + chunk])
+        if vad.in_speech:
+            return (i + chunk) / SAMPLE_RATE
+    return None
+
+
+def test_over_our_voice_speech_starts_on_fewer_voiced_frames(speech: Pcm) -> None:
+    def heard_at(playing: bool, start_frames: int) -> float | None:
+        settings = VadSettings(barge_in=True, barge_in_start_frames=start_frames)
+        vad = VadEndpointer(settings, echo_cancelled=True)  # what the canceller leaves: nothing
+        vad.gate(playing)
+        return _heard_from(vad, np.concatenate([silence(0.5), speech]))
+
+    quick, strict = heard_at(True, 2), heard_at(True, 6)
+    assert quick is not None and strict is not None
+    assert quick <= strict - 0.06  # at least two 30 ms frames sooner
+    # not playing, the ordinary start rule decides whatever the barge-in rule says
+    assert heard_at(False, 2) == heard_at(False, 6)
+
+
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="frames"):
         VadEndpointer(frame_ms=25)

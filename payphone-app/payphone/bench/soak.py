@@ -13,8 +13,10 @@ import json
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +122,7 @@ async def _one_call(rig: Rig, rng: random.Random, speech: list[Pcm]) -> None:
 
 async def _run(
     settings: Settings, calls: int, seed: int, echo: HandsetEcho | None
-) -> dict[str, float]:
+) -> dict[str, Any]:
     counter = ErrorCounter()
     setup_logging("warning", "json", counter)
     loop_errors: list[str] = []
@@ -143,14 +145,15 @@ async def _run(
     )
     task = await rig.start()
     started = time.monotonic()
-    rss_start = threads_start = 0.0
+    rss_start = 0.0
+    threads_start: Counter[str] = Counter()
     turns = 0
     for number in range(1, calls + 1):
         await _one_call(rig, rng, speech)
         turns += sum(len(call.log.turns) for call in rig.calls)
         rig.calls.clear()  # the bench's own record of finished calls, not the phone's
         if number == min(WARM_UP_CALLS, calls):
-            rss_start, threads_start = rss_mb(), threading.active_count()
+            rss_start, threads_start = rss_mb(), _thread_names()
         if number % 10 == 0:
             print(
                 f"{number} calls, {time.monotonic() - started:.0f} s, rss {rss_mb():.0f} MB",
@@ -158,7 +161,7 @@ async def _run(
             )
     await asyncio.sleep(1.0)  # worker threads of the last cancelled turn finish
     leftover_tasks = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("call-")]
-    threads_end = threading.active_count()
+    threads_left = sorted((_thread_names() - threads_start).elements())
     rss_end = rss_mb()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -171,7 +174,8 @@ async def _run(
         "faults_injected": backend.faults,
         "errors": len(counter.error_lines) + len(loop_errors),
         "leftover_call_tasks": len(leftover_tasks),
-        "leftover_threads": max(0, threads_end - int(threads_start)),
+        "leftover_threads": len(threads_left),
+        "leftover_thread_names": threads_left,
         "rss_start_mb": round(rss_start, 1),
         "rss_end_mb": round(rss_end, 1),
         "rss_growth_pct": round((rss_end - rss_start) / rss_start * 100, 2) if rss_start else 0.0,
@@ -184,14 +188,19 @@ async def _run(
     print(
         f"{result['calls']} calls, {turns} turns, {backend.faults} faults injected, "
         f"{result['errors']} errors, {len(leftover_tasks)} call tasks and "
-        f"{result['leftover_threads']} threads left, RSS {rss_start:.0f} -> {rss_end:.0f} MB "
+        f"{len(threads_left)} threads left {threads_left}, RSS {rss_start:.0f} -> {rss_end:.0f} MB "
         f"({result['rss_growth_pct']}%)"
     )
     return result
 
 
+def _thread_names() -> Counter[str]:
+    """Threads by name: one more at the end says which pool or worker did not finish."""
+    return Counter(thread.name for thread in threading.enumerate())
+
+
 def main(
     settings: Settings, trials: int = 200, seed: int = 7, echo: HandsetEcho | None = None
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """`echo`: the earpiece leaks back into the mic (and plays in real time, not 4x)."""
     return asyncio.run(_run(settings, trials, seed, echo))

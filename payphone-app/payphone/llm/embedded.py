@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from payphone.bridge import ThreadStream
-from payphone.cores import others_working
+from payphone.cores import others_working, usable_cores
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.llm.prompt_style import Declared, declared_style
 from payphone.log import get_logger, ms
@@ -92,11 +91,13 @@ class EmbeddedBackend(ChatBackend):
         self.model_path = model_path
         self.n_ctx = n_ctx
         # while Whisper, Piper or the turn model work (0: half the cores): llama.cpp's threads
-        # wait for each other at every step, so beside them more threads are slower, not faster
-        self.n_threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
-        # while none of them does (0: every core): the prompt and the first sentence, mostly
-        # (see payphone/cores.py); never fewer than the shared count
-        self.alone_threads = max(alone_threads or os.cpu_count() or 1, self.n_threads)
+        # wait for each other at every step, so beside other busy threads more of them are
+        # slower, not faster (all cores beside other work once took a first token 0.19 -> 5-7 s)
+        cores = usable_cores()
+        self.n_threads = n_threads or max(1, cores // 2)
+        # while none of them does (0: every core this process may use): the prompt and the first
+        # sentence, mostly (see payphone/cores.py); never fewer than the shared count
+        self.alone_threads = max(alone_threads or cores, self.n_threads)
         self._threads_now = self.n_threads
         self._llm: Any = None
         self._load_lock = threading.Lock()  # a thread lock: usable from any event loop
@@ -134,6 +135,7 @@ class EmbeddedBackend(ChatBackend):
                 n_threads_batch=self.n_threads,
                 verbose=False,
             )
+            self._threads_now = self.n_threads  # a new context starts at its shared count
             _route_llama_logs(llama_cpp)
             self._abort_callback = llama_cpp.ggml_abort_callback(self._should_abort)
             llama_cpp.llama_set_abort_callback(self._llm._ctx.ctx, self._abort_callback, None)

@@ -248,6 +248,8 @@ class PiperSynthesizer(Synthesizer):
         self, path: Path, text: str, voice: VoiceSpec, stop: threading.Event
     ) -> Iterator[Pcm]:
         """Runs in the worker thread: Piper's sentences through the persona's pipeline."""
+        if stop.is_set():  # stopped (a hang-up, a barge-in) while it waited for the thread
+            return
         with working("tts"):
             yield from self._rendered(path, text, voice, stop)
 

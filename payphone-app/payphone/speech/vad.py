@@ -172,7 +172,8 @@ class _Speech:
 class VadEndpointer:
     """Streaming end-pointer: `feed` any chunk of int16 PCM, get finished utterances back.
 
-    Start: `start_voiced_frames` voiced among the last `start_window_frames` frames. End: a run
+    Start: `start_voiced_frames` voiced among the last `start_window_frames` frames
+    (`barge_in_start_frames` over our own voice, with barge-in). End: a run
     of unvoiced frames as long as `hangover_ms`. Utterances shorter than `min_utterance_ms` of
     speech are dropped as blips; speech longer than `max_utterance_s` is cut and emitted, and
     collection carries straight on into the next utterance (nothing lost at the seam).
@@ -209,6 +210,7 @@ class VadEndpointer:
         self.start_window = (
             s.start_window_frames if start_window_frames is None else start_window_frames
         )
+        self.barge_in_start = min(s.barge_in_start_frames, self.start_window)
         self.hangover_ms = s.hangover_ms if hangover_ms is None else hangover_ms
         self.preroll_ms = s.preroll_ms if preroll_ms is None else preroll_ms
         self.min_utterance_ms = s.min_utterance_ms if min_utterance_ms is None else min_utterance_ms
@@ -409,7 +411,9 @@ class VadEndpointer:
     def _listen(self, frame: _Frame) -> None:
         self._ring.append(frame)
         window = list(self._ring)[-self.start_window :]
-        if sum(f.voiced for f in window) >= self.start_voiced:
+        over_our_voice = self._playing and self.barge_in
+        needed = self.barge_in_start if over_our_voice else self.start_voiced
+        if sum(f.voiced for f in window) >= needed:
             first_voiced = next(f for f in window if f.voiced)
             keep_from = first_voiced.index - self.preroll_frames
             while self._ring and self._ring[0].index < keep_from:
