@@ -98,7 +98,6 @@ class EmbeddedBackend(ChatBackend):
         # while none of them does (0: every core this process may use): the prompt and the first
         # sentence, mostly (see payphone/cores.py); never fewer than the shared count
         self.alone_threads = max(alone_threads or cores, self.n_threads)
-        self._threads_now = self.n_threads
         self._llm: Any = None
         self._load_lock = threading.Lock()  # a thread lock: usable from any event loop
         self._model_lock = threading.Lock()  # one generation at a time, across threads
@@ -135,7 +134,6 @@ class EmbeddedBackend(ChatBackend):
                 n_threads_batch=self.n_threads,
                 verbose=False,
             )
-            self._threads_now = self.n_threads  # a new context starts at its shared count
             _route_llama_logs(llama_cpp)
             self._abort_callback = llama_cpp.ggml_abort_callback(self._should_abort)
             llama_cpp.llama_set_abort_callback(self._llm._ctx.ctx, self._abort_callback, None)
@@ -249,9 +247,8 @@ class EmbeddedBackend(ChatBackend):
     def _fit_threads(self, llama_cpp: Any, llm: Any) -> None:
         """In the worker, between evaluations: every core while no speech stage works."""
         wanted = self.n_threads if others_working() else self.alone_threads
-        if wanted != self._threads_now:
+        if wanted != llama_cpp.llama_n_threads(llm._ctx.ctx):  # the context's own count
             llama_cpp.llama_set_n_threads(llm._ctx.ctx, wanted, wanted)
-            self._threads_now = wanted
 
     async def wait_idle(self, timeout_s: float = 30.0) -> bool:
         """Wait for the last worker thread to finish; False if it is still running."""

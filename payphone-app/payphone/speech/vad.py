@@ -273,6 +273,11 @@ class VadEndpointer:
     def playing(self) -> bool:
         return self._playing
 
+    @property
+    def _over_our_voice(self) -> bool:
+        """Our voice plays and the caller may talk over it: the barge-in rules apply."""
+        return self._playing and self.barge_in
+
     def gate(self, playing: bool) -> None:
         """Tell the VAD whether our own audio is playing (the mic then hears the earpiece).
 
@@ -378,7 +383,7 @@ class VadEndpointer:
     def _is_voiced(self, frame: Pcm) -> bool:
         voiced = bool(self._vad.is_speech(frame.tobytes(), self.sample_rate))
         level = frame_dbfs(frame)
-        if self._playing and self.barge_in:
+        if self._over_our_voice:
             # the echo estimate is frozen while the caller speaks
             tracker = self._residual if self.echo_cancelled else self._echo
             return tracker.stands_out(level, learn=self._speech is None) and voiced
@@ -411,8 +416,7 @@ class VadEndpointer:
     def _listen(self, frame: _Frame) -> None:
         self._ring.append(frame)
         window = list(self._ring)[-self.start_window :]
-        over_our_voice = self._playing and self.barge_in
-        needed = self.barge_in_start if over_our_voice else self.start_voiced
+        needed = self.barge_in_start if self._over_our_voice else self.start_voiced
         if sum(f.voiced for f in window) >= needed:
             first_voiced = next(f for f in window if f.voiced)
             keep_from = first_voiced.index - self.preroll_frames
