@@ -91,7 +91,7 @@ EXTRAS="pi"
 # PyAudio compiles against PortAudio (gcc from build-essential); lgpio comes as a self-contained
 # wheel from PyPI (Debian bookworm has no liblgpio-dev, and the wheel needs none)
 apt_packages=(python3-venv python3-dev build-essential portaudio19-dev libasound2-plugins
-  alsa-utils)
+  libspeexdsp1 alsa-utils)
 if [ "$ONE_PI" = 1 ]; then
   EXTRAS="pi,embedded"
   apt_packages+=(cmake pkg-config)  # llama-cpp-python compiles on the Pi

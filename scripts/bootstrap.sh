@@ -12,7 +12,7 @@ if [ "${1:-}" = "--test" ]; then mode="test"; fi
 
 VENV=${PAYPHONE_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-apt_packages=(portaudio19-dev libasound2-plugins build-essential cmake pkg-config)
+apt_packages=(portaudio19-dev libasound2-plugins libspeexdsp1 build-essential cmake pkg-config)
 # chromium: the status page's browser test (Playwright drives it; no browser download)
 test_apt_packages=(espeak-ng shellcheck systemd golang-go nftables chromium)
 extras="embedded"

@@ -89,6 +89,11 @@ class EchoSettings(Group):
     # AEC3 finds the earpiece-to-mic delay itself; a hint (ms) only helps it start there
     delay_ms: Annotated[int, Field(ge=0, le=500)] = 0
     noise_suppression: bool = False
+    # the words (Whisper, the end-of-turn model) come from speexdsp's linear filter, which
+    # leaves a caller's first syllable over the persona whole where AEC3's suppressor dents
+    # it; its tail (ms) must cover the earpiece-to-mic delay plus the handset's ring-down.
+    # 0: the words come from AEC3 too
+    words_tail_ms: Annotated[int, Field(ge=0, le=500)] = 128
 
 
 class VadSettings(Group):

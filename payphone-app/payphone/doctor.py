@@ -636,7 +636,14 @@ def check_echo(settings: Settings) -> list[Check]:
         frame = noise[start : start + canceller.block * 3]
         canceller.process(frame, frame)
     cost = f"{canceller.ms_per_block:.2f} ms CPU per 10 ms block"
-    return [ok("echo", f"WebRTC AEC3 loads at {rate} Hz; {cost}")]
+    words = f"Whisper hears the {canceller.words_filter}"
+    canceller.close()
+    checks = [ok("echo", f"WebRTC AEC3 loads at {rate} Hz; {words}; {cost}")]
+    if settings.echo.words_tail_ms and not canceller.has_words_filter:
+        fix = "apt-get install libspeexdsp1 (or echo.words_tail_ms = 0 to say you mean it)"
+        why = "speexdsp did not load: a caller's first syllable over the persona may be lost"
+        checks.append(warn("echo words", why, fix))
+    return checks
 
 
 def check_prompt_style(settings: Settings) -> list[Check]:

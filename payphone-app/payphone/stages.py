@@ -64,6 +64,8 @@ class Stages:
 
     async def aclose(self) -> None:
         await self.backend.aclose()
+        if self.echo is not None:
+            self.echo.close()
 
 
 def system_prompt(settings: Settings, persona: Persona, declared: Declared | None = None) -> str:

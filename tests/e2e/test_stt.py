@@ -107,6 +107,10 @@ def test_a_decoding_loop_is_cut_back_to_one_pass() -> None:
         cut_repetition("Hello, who am I speaking with? Hello,") == "Hello, who am I speaking with?"
     )
     assert cut_repetition("Is it you? Is it") == "Is it you?"
+    # the last pass can break off inside a word (Whisper on "Excuse me" over the persona)
+    assert cut_repetition("Excuse me. Excuse me. Exc") == "Excuse me."
+    assert cut_repetition("Stop it. Stop") == "Stop it."
+    assert cut_repetition("I need a taxi. I need a tax") == "I need a taxi."
     # a loop that starts after a few words: one pass of its phrase stays
     assert cut_repetition("in the nature of the nature of the nature") == "in the nature of"
     assert cut_repetition("I said no no no no") == "I said no"

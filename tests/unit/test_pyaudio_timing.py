@@ -183,7 +183,7 @@ async def test_the_reference_leads_the_echo_on_a_card_that_reports_its_buffers(
     frame = MIC * 30 // 1000
     out = np.concatenate(
         [
-            canceller.process(mic[i : i + frame], ref[i : i + frame])
+            canceller.process(mic[i : i + frame], ref[i : i + frame]).vad
             for i in range(0, len(mic), frame)
         ]
     )

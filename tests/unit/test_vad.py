@@ -91,6 +91,31 @@ def test_no_sample_is_ever_dropped(speech: Pcm, chunks: list[int]) -> None:
         assert np.array_equal(utt.pcm, audio[begin : begin + len(utt.pcm)])
 
 
+@given(chunk=st.sampled_from([160, 320, 333, 480, 1000]))
+@settings(max_examples=5, deadline=None)
+def test_the_utterance_carries_the_words_audio_and_only_the_frame_decides(
+    speech: Pcm, chunk: int
+) -> None:
+    """Behind two echo filters the VAD decides on AEC3's frame, and the utterance carries the
+    same span through the words' filter: here the words are the speech at half level."""
+    clean, _ = place(speech, 1.0, 2.0)
+    words = (clean // 2).astype(np.int16)
+    vad = VadEndpointer(VadSettings())
+    found: list[Utterance] = []
+    for i in range(0, len(clean), chunk):
+        found += vad.feed(clean[i : i + chunk], words[i : i + chunk])
+    found += vad.flush()
+
+    assert len(found) == 1
+    begin = round(found[0].start_s * SAMPLE_RATE)
+    assert np.array_equal(found[0].pcm, words[begin : begin + len(found[0].pcm)])
+    # speech only in the words is not speech: the frame decides
+    quiet = VadEndpointer(VadSettings())
+    assert quiet.feed(np.zeros_like(clean), clean) + quiet.flush() == []
+    with pytest.raises(ValueError, match="words has 10 samples, the frame 20"):
+        quiet.feed(clean[:20], clean[:10])
+
+
 def test_silence_and_noise_give_no_utterance() -> None:
     rng = np.random.default_rng(7)
     noise = (rng.standard_normal(3 * SAMPLE_RATE) * 300).astype(np.int16)

@@ -7,13 +7,13 @@ handset feeds the earpiece back into the mic (`--echo-db`, `--echo-delay-ms`; de
 20 ms). At a random moment of each reply one of four things happens: the caller barges in with
 a line, says a backchannel ("mm-hm"), knocks the handset (a noise burst), or says nothing.
 
-Printed: ERLE over the replies nobody spoke over (mic energy into the canceller over what came
-out), false barge-ins (a backchannel, a knock or the persona's own echo stopping the reply or
-starting a turn) and false pauses (the persona muted for a moment, then resumed), barge-in
-reaction from the caller's first voiced sample to the earpiece falling silent (p50/p95), and
-the interrupting lines' WER as the phone heard them over the echo vs Whisper on the same clean
-clips. JSON last line. Figures, never pass/fail.
-"""
+Printed: ERLE over the replies nobody spoke over (mic energy into the canceller over what came out,
+for AEC3's output that the VAD hears and for the linear filter's that Whisper hears), false
+barge-ins (a backchannel, a knock or the persona's own echo stopping the reply or starting a turn)
+and false pauses (the persona muted for a moment, then resumed), barge-in reaction from the caller's
+first voiced sample to the earpiece falling silent (p50/p95), and the interrupting lines' WER as the
+phone heard them over the echo vs Whisper on the same clean clips. JSON last line. Figures, never
+pass/fail."""
 
 from __future__ import annotations
 
@@ -101,7 +101,8 @@ class Trial:
     turn_started: bool = False
     reaction_ms: float | None = None
     heard: str | None = None
-    energy: tuple[float, float] = (0.0, 0.0)  # into and out of the canceller while it played
+    # into the canceller, out of AEC3 (the VAD's) and out of the linear filter (the words')
+    energy: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 async def _clips(stages: Stages) -> dict[str, list[Clip]]:
@@ -169,14 +170,18 @@ async def _trial(
         trial.reached = False
         return trial
     turns_before = len(call.log.turns)
-    energy = (canceller.energy_in, canceller.energy_out)
+    energy = (canceller.energy_in, canceller.energy_out, canceller.energy_words)
     pushed = time.monotonic()
     rig.mic.push(clip.pcm)  # the handset takes it a frame at a time, in real time
     if clip.kind == "barge":
         await _until_answered(rig, pushed, deadline=pushed + 12)
     else:
         await asyncio.sleep(len(clip.pcm) / MIC_RATE + LISTEN_AFTER_S)
-    trial.energy = (canceller.energy_in - energy[0], canceller.energy_out - energy[1])
+    trial.energy = (
+        canceller.energy_in - energy[0],
+        canceller.energy_out - energy[1],
+        canceller.energy_words - energy[2],
+    )
     events = _events_after(rig, pushed)
     kinds = [e["event"] for e in events]
     trial.barged = "barge_in" in kinds
@@ -271,14 +276,21 @@ async def _run(settings: Settings, trials: int, echo: HandsetEcho) -> dict[str, 
         clean = {c.text: (await stages.transcriber.transcribe(c.pcm)).text for c in clips["barge"]}
     finally:
         await stages.aclose()
-    return _summary(results, clean, canceller.ms_per_block)
+    return _summary(results, clean, canceller.ms_per_block, canceller.words_filter)
 
 
-def _summary(trials: list[Trial], clean: dict[str, str], ms_per_block: float) -> dict[str, Any]:
+def _erle(into: float, out: float) -> float | None:
+    return round(float(10 * np.log10(into / out)), 1) if out > 0 else None
+
+
+def _summary(
+    trials: list[Trial], clean: dict[str, str], ms_per_block: float, words_filter: str
+) -> dict[str, Any]:
     reached = [t for t in trials if t.reached]
     echo_only = [t for t in reached if t.kind == "nothing"]
     echo_in = sum(t.energy[0] for t in echo_only)
     echo_out = sum(t.energy[1] for t in echo_only)
+    echo_words = sum(t.energy[2] for t in echo_only)
     barges = [t for t in reached if t.kind == "barge"]
     others = [t for t in reached if t.kind != "barge"]
     reactions = sorted(t.reaction_ms for t in barges if t.reaction_ms is not None)
@@ -287,7 +299,6 @@ def _summary(trials: list[Trial], clean: dict[str, str], ms_per_block: float) ->
     heard = [t for t in barges if t.heard is not None]
     wer_echo = word_error_rate([t.text for t in heard], [t.heard or "" for t in heard])
     wer_clean = word_error_rate(list(clean), list(clean.values()))
-    erle = 10 * np.log10(echo_in / echo_out) if echo_out > 0 else None
     false = [t for t in others if t.barged or t.turn_started]
     for t in false:
         print(f"  false barge-in: {t.kind} {t.text!r}, heard as {t.heard!r}", flush=True)
@@ -297,7 +308,9 @@ def _summary(trials: list[Trial], clean: dict[str, str], ms_per_block: float) ->
         "replies": len(trials),
         "reached": len(reached),
         "per_kind": {k: sum(t.kind == k for t in reached) for k in KINDS},
-        "erle_db": None if erle is None else round(float(erle), 1),
+        "erle_db": _erle(echo_in, echo_out),
+        "words_filter": words_filter,
+        "words_erle_db": _erle(echo_in, echo_words),
         "aec_ms_per_10ms": round(ms_per_block, 3),
         "false_barge_ins": false_barge,
         "false_pauses": false_pause,
@@ -309,8 +322,10 @@ def _summary(trials: list[Trial], clean: dict[str, str], ms_per_block: float) ->
         "wer_clean": round(wer_clean, 1),
     }
     print(
-        f"ERLE {result['erle_db']} dB over {result['per_kind']['nothing']} echo-only replies; "
-        f"AEC {result['aec_ms_per_10ms']} ms CPU per 10 ms\n"
+        f"ERLE {result['erle_db']} dB (AEC3, what the VAD hears) and "
+        f"{result['words_erle_db']} dB (the words: {words_filter}) over "
+        f"{result['per_kind']['nothing']} echo-only replies; "
+        f"both {result['aec_ms_per_10ms']} ms CPU per 10 ms\n"
         f"false barge-ins {false_barge} (false pauses {false_pause})\n"
         f"barge-ins {result['barge_ins_caught']}/{len(barges)}; reaction (first voiced sample -> "
         f"earpiece silent) p50 {result['reaction_p50_ms']} ms, p95 {result['reaction_p95_ms']} ms\n"

@@ -66,7 +66,10 @@ _EMPTY = np.zeros(0, dtype=np.int16)
 class Endpointer(Protocol):
     """Cuts mic frames into utterances; `playing`: our own voice is in the earpiece."""
 
-    def feed(self, pcm: Pcm, playing: bool) -> list[MicEvent]: ...
+    def feed(self, pcm: Pcm, playing: bool, words: Pcm | None = None) -> list[MicEvent]:
+        """`pcm` decides whether the caller speaks; `words` (the same span, through another echo
+        filter; None: `pcm`) is the audio the utterances carry."""
+        ...
 
     def answered(self) -> None:
         """The persona was heard (or a key, a prompt came between): what the caller said before
@@ -145,13 +148,13 @@ class VadListener:
         self._prefix: Pcm = _EMPTY  # that blip, in front of the utterance in progress
         self._over_voice = False  # our voice played during the utterance in progress
 
-    def feed(self, pcm: Pcm, playing: bool) -> list[MicEvent]:
+    def feed(self, pcm: Pcm, playing: bool, words: Pcm | None = None) -> list[MicEvent]:
         self._vad.gate(playing)
         if playing:
             self._held = None  # the persona answered (or spoke): the next words start afresh
         events: list[MicEvent] = []
         paused_ms = self._vad.pause_ms  # before this frame: how long ago a blip ended
-        ended = self._vad.feed(pcm)
+        ended = self._vad.feed(pcm, words)
         if self._vad.in_speech and not self._was_speaking:
             events.append(SpeechStarted(time.monotonic()))
             self._prefix = self._carried()

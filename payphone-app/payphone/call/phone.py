@@ -88,23 +88,25 @@ class Phone:
             await self._take(frame, played)
 
     async def _take(self, frame: Pcm, played: Pcm | None = None) -> None:
-        """One mic frame, cleaned of the earpiece's echo when the phone cancels it (AEC3 costs
-        well under a millisecond a frame, so it runs here, in frame order)."""
+        """One mic frame, cleaned of the earpiece's echo when the phone cancels it (both filters
+        cost well under a millisecond a frame, so they run here, in frame order)."""
         await asyncio.sleep(0)  # a backlog must not starve hang-up, signals and the watchdog
         try:
-            if self.echo is not None:
-                frame = self.echo.process(frame, played)
-            self._hear(frame)
+            if self.echo is None:
+                self._hear(frame, frame)
+            else:
+                self._hear(*self.echo.process(frame, played))
         except Exception as exc:  # one bad frame must not take the phone down
             log.exception("mic_frame_failed", error=repr(exc))
 
-    def _hear(self, frame: Pcm) -> None:
+    def _hear(self, frame: Pcm, words: Pcm) -> None:
+        """`frame` decides (keys, whether the caller speaks); `words` is what they said."""
         call = self.call
         if call is None or not call.plays_key_tone:  # our own key feedback must not dial again
             for keypad in self.inband:
                 keypad.feed(frame)
         if call is not None:
-            call.hear(frame)
+            call.hear(frame, words)
 
     # -- calls ------------------------------------------------------------------------------------
 

@@ -188,10 +188,11 @@ class Call:
         """Deliver an event (on the loop's thread)."""
         self._inbox.put_nowait(event)
 
-    def hear(self, frame: Pcm) -> None:
-        """One mic frame: the endpointer cuts utterances, gated while our own voice plays."""
+    def hear(self, frame: Pcm, words: Pcm | None = None) -> None:
+        """One mic frame: the endpointer cuts utterances, gated while our own voice plays.
+        `words`: the same frame as Whisper should hear it (another echo filter; None: `frame`)."""
         gated = self.deps.sink.playing and self.state not in OPEN_MIC
-        for event in self._endpointer.feed(frame, gated):
+        for event in self._endpointer.feed(frame, gated, words):
             self.post(event)
 
     @property

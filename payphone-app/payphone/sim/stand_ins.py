@@ -59,13 +59,13 @@ class EnergyEndpointer:
     def answered(self) -> None:
         """Nothing is held across turns here."""
 
-    def feed(self, pcm: Pcm, playing: bool) -> list[MicEvent]:
+    def feed(self, pcm: Pcm, playing: bool, words: Pcm | None = None) -> list[MicEvent]:
         level = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
         loud = level > self.threshold and (self.barge_in or not playing)
         now = time.monotonic()
         if loud:
             started = not self._speech
-            self._speech.append(pcm)
+            self._speech.append(pcm if words is None else words)
             self._quiet = 0
             events: list[MicEvent] = [SpeechStarted(now)] if started else []
             if len(self._speech) == self.sustain_frames:

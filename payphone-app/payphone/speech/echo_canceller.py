@@ -15,29 +15,34 @@ dev machine. `livekit` scored the same but aborted about 1 process exit in 20 un
 runtime thread panics at exit); speexdsp kept double-talk best but needs seconds to converge and
 its binding has no wheels; `pyaec` fell below 20 dB at -20 dB and cut the caller's voice.
 
-`EchoCanceller.process(mic, played)` takes one mic frame and what the earpiece played over the
-same span of time (time-aligned: the sink's output, not what was queued) and returns the mic
-frame without the echo. Frames are 16-bit mono at the call's rate, whole multiples of 10 ms (the
-VAD's 10/20/30 ms frames are): AEC3 works in 10 ms blocks, and the binding would zero-pad a
-partial block, which breaks the stream. `load_echo_canceller` returns None, with the reason
-logged, when the library cannot load: the phone then runs with barge-in off.
+`EchoCanceller.process(mic, played)` takes one mic frame and what the earpiece played over the same
+span of time (time-aligned: the sink's output, not what was queued) and returns the mic frame
+without the echo twice (`Cleaned`): AEC3's output for the VAD, which must never take our own voice
+for a caller, and speexdsp's linear filter's for the words (`linear_echo`: Whisper and the
+end-of-turn model), which must not lose the first syllable of a caller who talks over the persona.
+Without speexdsp both are AEC3's. Frames are 16-bit mono at the call's rate, whole multiples of 10
+ms (the VAD's 10/20/30 ms frames are): AEC3 works in 10 ms blocks, and the binding would zero-pad a
+partial block, which breaks the stream. `load_echo_canceller` returns None, with the reason logged,
+when the library cannot load: the phone then runs with barge-in off.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from payphone.config import EchoSettings, Settings
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
+from payphone.speech.linear_echo import LinearEchoFilter, LinearEchoUnavailable
 
 log = get_logger("payphone.speech.echo_canceller")
 
 LIBRARY = "pywebrtc-audio"
+LINEAR_LIBRARY = "speexdsp"
 BLOCK_S = 0.01  # AEC3's block: 10 ms
 
 
@@ -45,18 +50,32 @@ class EchoUnavailable(Exception):
     """The echo canceller cannot run here; the message says why."""
 
 
+class Cleaned(NamedTuple):
+    """One mic frame without the earpiece's echo, for each of its two listeners."""
+
+    vad: Pcm  # AEC3 with its suppressor: our own voice is gone, a caller's onset may be dented
+    words: Pcm  # the linear filter only: a little echo left, the caller's voice whole
+
+
 class EchoCanceller:
     """One phone's echo canceller: mic frames in, the same frames without the earpiece's echo.
 
     `processor` is a `pywebrtc_audio.AudioProcessor` (or anything with its `process(near, far)`,
-    `reset()` and `stream_delay_ms`). Safe to call from a worker thread: a lock serialises
-    `process` and `reset` (the native processor is not thread-safe), and the library releases
-    the GIL, so the event loop keeps running meanwhile. Per frame it allocates only the output
-    array the library returns.
+    `reset()` and `stream_delay_ms`); `words` the linear filter for the words (None: they get
+    AEC3's output). Safe to call from a worker thread: a lock serialises `process` and `reset`
+    (the native processors are not thread-safe), and both libraries release the GIL, so the
+    event loop keeps running meanwhile. Per frame it allocates only the output arrays.
     """
 
-    def __init__(self, processor: Any, sample_rate: int, delay_ms: int = 0) -> None:
+    def __init__(
+        self,
+        processor: Any,
+        sample_rate: int,
+        delay_ms: int = 0,
+        words: LinearEchoFilter | None = None,
+    ) -> None:
         self._processor = processor
+        self._words = words
         self._lock = threading.Lock()
         self.sample_rate = sample_rate
         self.block = round(sample_rate * BLOCK_S)
@@ -68,6 +87,18 @@ class EchoCanceller:
         # reset: over a stretch where only the earpiece spoke, their ratio is the ERLE
         self.energy_in = 0.0
         self.energy_out = 0.0
+        self.energy_words = 0.0  # ...and out of the words' filter
+
+    @property
+    def has_words_filter(self) -> bool:
+        return self._words is not None
+
+    @property
+    def words_filter(self) -> str:
+        """What cleans the words: the linear filter and its tail, or AEC3 alone."""
+        if self._words is None:
+            return "AEC3 (no linear filter)"
+        return f"{LINEAR_LIBRARY} linear filter, {self._words.tail_ms} ms tail"
 
     @property
     def delay_ms(self) -> int:
@@ -85,8 +116,8 @@ class EchoCanceller:
         thread's CPU time: the library has no threads, and a busy machine does not inflate it)."""
         return 1000.0 * self.busy_s / self.blocks if self.blocks else 0.0
 
-    def process(self, mic: Pcm | bytes, played: Pcm | bytes | None) -> Pcm:
-        """The mic frame with the echo of `played` removed.
+    def process(self, mic: Pcm | bytes, played: Pcm | bytes | None) -> Cleaned:
+        """The mic frame with the echo of `played` removed, for the VAD and for the words.
 
         `played`: what the earpiece played during this frame's span, as many samples as `mic`;
         None when it played nothing (silence is fed, so AEC3's reference keeps step with the mic).
@@ -107,19 +138,29 @@ class EchoCanceller:
         with self._lock:
             started = time.thread_time()
             out: Pcm = self._processor.process(near, far)
+            words = out if self._words is None else self._words.process(near, far)
             self.busy_s += time.thread_time() - started
             self.blocks += n // self.block
             self.energy_in += _energy(near)
             self.energy_out += _energy(out)
-        return out
+            self.energy_words += _energy(words)
+        return Cleaned(out, words)
 
     def reset(self) -> None:
         """Forget the learned echo path and filter state (a new call); settings stay."""
         with self._lock:
             self._processor.reset()
+            if self._words is not None:
+                self._words.reset()
             self.blocks = 0
             self.busy_s = 0.0
-            self.energy_in = self.energy_out = 0.0
+            self.energy_in = self.energy_out = self.energy_words = 0.0
+
+    def close(self) -> None:
+        """Free the linear filter's native state (AEC3's goes with its Python object)."""
+        with self._lock:  # not while a frame is inside it
+            if self._words is not None:
+                self._words.close()
 
     def _silent(self, n: int) -> Pcm:
         if len(self._silence) < n:
@@ -158,7 +199,24 @@ def open_echo_canceller(echo: EchoSettings, sample_rate: int) -> EchoCanceller:
         )
     except Exception as exc:  # ImportError (no wheel, native library fails), ValueError (rate)
         raise EchoUnavailable(f"{LIBRARY}: {type(exc).__name__}: {exc}") from exc
-    return EchoCanceller(processor, sample_rate, echo.delay_ms)
+    words = open_words_filter(echo, sample_rate)
+    return EchoCanceller(processor, sample_rate, echo.delay_ms, words)
+
+
+def open_words_filter(echo: EchoSettings, sample_rate: int) -> LinearEchoFilter | None:
+    """The linear filter for the words, or None (logged, with the reason): the words then come
+    from AEC3, and a caller's first syllable over the persona may be lost."""
+    if echo.words_tail_ms == 0:
+        return None
+    try:
+        return LinearEchoFilter(sample_rate, round(sample_rate * BLOCK_S), echo.words_tail_ms)
+    except LinearEchoUnavailable as exc:
+        log.warning(
+            "words_echo_filter_unavailable",
+            reason=str(exc),
+            consequence="the words come from AEC3: a first syllable over the persona may be lost",
+        )
+        return None
 
 
 def load_echo_canceller(settings: Settings) -> EchoCanceller | None:
@@ -175,6 +233,7 @@ def load_echo_canceller(settings: Settings) -> EchoCanceller | None:
         sample_rate=canceller.sample_rate,
         delay_ms=canceller.delay_ms,
         noise_suppression=settings.echo.noise_suppression,
+        words=canceller.words_filter,
         load_ms=ms(time.monotonic() - started),
     )
     return canceller

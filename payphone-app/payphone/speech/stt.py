@@ -134,8 +134,13 @@ def _tail_loop(keys: list[str], longest: int = 4) -> int | None:
 
 def _repeats(keys: list[str], start: int, period: int) -> bool:
     """Whether the words from `start` on are one phrase of `period` words, said over and over
-    to the end (the last pass may break off)."""
-    return all(keys[i] == keys[i - period] for i in range(start + period, len(keys)))
+    to the end (the last pass may break off, even inside a word: "Excuse me. Excuse me. Exc")."""
+    last = len(keys) - 1
+    return all(
+        keys[i] == keys[i - period]
+        or (i == last and bool(keys[i]) and keys[i - period].startswith(keys[i]))
+        for i in range(start + period, len(keys))
+    )
 
 
 @dataclass(frozen=True)

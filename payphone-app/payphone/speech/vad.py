@@ -106,7 +106,7 @@ class VadStats:
 
 @dataclass
 class _Frame:
-    pcm: Pcm
+    pcm: Pcm  # as the utterance carries it (the words' audio); only the VAD's decides `voiced`
     index: int
     voiced: bool
 
@@ -255,6 +255,7 @@ class VadEndpointer:
         self.energy_margin_db = energy_margin_db
         self._noise_db: float | None = None
         self._partial = np.zeros(0, dtype=np.int16)
+        self._partial_words = self._partial  # the same samples as the words carry them
         # frames before a start: the start window plus the pre-roll
         self._ring: deque[_Frame] = deque()
         self._speech: _Speech | None = None
@@ -295,16 +296,28 @@ class VadEndpointer:
         if playing and not self.barge_in:
             self._discard_all_to("gated")
 
-    def feed(self, pcm: Pcm) -> list[Utterance]:
-        """Take any number of samples; return the utterances that ended inside them."""
+    def feed(self, pcm: Pcm, words: Pcm | None = None) -> list[Utterance]:
+        """Take any number of samples; return the utterances that ended inside them.
+
+        `words`: the same samples as the utterances should carry them (the mic through another
+        echo filter, for Whisper); None: `pcm` itself. Only `pcm` decides what is speech.
+        """
         samples = np.asarray(pcm, dtype=np.int16).reshape(-1)
+        spoken = samples if words is None else np.asarray(words, dtype=np.int16).reshape(-1)
+        if len(spoken) != len(samples):
+            raise ValueError(f"words has {len(spoken)} samples, the frame {len(samples)}")
         self.stats.samples_in += len(samples)
-        buffered = np.concatenate([self._partial, samples]) if len(self._partial) else samples
+        buffered, carried = samples, spoken
+        if len(self._partial):
+            buffered = np.concatenate([self._partial, samples])
+            carried = np.concatenate([self._partial_words, spoken])
         whole = len(buffered) // self.frame_samples * self.frame_samples
         self._partial = buffered[whole:].copy()
+        self._partial_words = carried[whole:].copy()
         out: list[Utterance] = []
         for offset in range(0, whole, self.frame_samples):
-            done = self._frame(buffered[offset : offset + self.frame_samples])
+            span = slice(offset, offset + self.frame_samples)
+            done = self._frame(buffered[span], carried[span])
             if done is not None:
                 out.append(done)
         self._update_pending()
@@ -359,7 +372,7 @@ class VadEndpointer:
         out: list[Utterance] = []
         # a trailing partial frame (< one frame) cannot be judged by webrtcvad: count it silent
         self.stats.silence += len(self._partial)
-        self._partial = np.zeros(0, dtype=np.int16)
+        self._partial = self._partial_words = np.zeros(0, dtype=np.int16)
         if self._speech is not None:
             done = self._finish(cut=False)
             if done is not None:
@@ -372,7 +385,7 @@ class VadEndpointer:
         """Forget everything in progress (a new call); pending audio counts as silence."""
         self._discard_all_to("silence")
         self.stats.silence += len(self._partial)
-        self._partial = np.zeros(0, dtype=np.int16)
+        self._partial = self._partial_words = np.zeros(0, dtype=np.int16)
         self._update_pending()
 
     # -- frame by frame ----------------------------------------------------------------------
@@ -399,14 +412,14 @@ class VadEndpointer:
         # frames no louder than the background do not count, so the end is stamped on time
         return self._noise_db is None or level >= self._noise_db + self.energy_margin_db
 
-    def _frame(self, pcm: Pcm) -> Utterance | None:
+    def _frame(self, pcm: Pcm, words: Pcm) -> Utterance | None:
         index = self._next_index
         self._next_index += 1
         self.stats.frames += 1
         if self._playing and not self.barge_in:
             self.stats.gated += len(pcm)
             return None
-        frame = _Frame(pcm, index, self._is_voiced(pcm))
+        frame = _Frame(words, index, self._is_voiced(pcm))
         self.stats.voiced_frames += frame.voiced
         if self._speech is None:
             self._listen(frame)
