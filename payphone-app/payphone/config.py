@@ -106,7 +106,9 @@ class VadSettings(Group):
     preroll_ms: Annotated[int, Field(ge=300, le=2000)] = 300
     min_utterance_ms: Annotated[int, Field(ge=0, le=5000)] = 200
     max_utterance_s: Annotated[float, Field(ge=1, le=60)] = 15.0
-    barge_in: bool = False
+    # the caller can talk over the persona (needs the echo canceller: without it the phone
+    # keeps the mic closed while the persona speaks, and says so)
+    barge_in: bool = True
     # the persona falls silent as soon as the caller speaks over it; this much voiced speech
     # stops it for good (a barge-in). Shorter speech is judged by its words: a backchannel
     # ("mm-hm", "yeah, okay", a cough) lets it go on, a short request ("Stop.") takes the turn

@@ -121,10 +121,10 @@ async def test_noise_only_makes_no_turn(tmp_path: Path) -> None:
 
 
 async def test_with_the_handsets_echo_and_barge_in_only_the_callers_turns_are_answered(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """The earpiece leaks back into the mic at -10 dB; AEC3 takes it out, so the persona never
-    answers (or stops for) its own voice, even with barge-in on."""
+    answers (or stops for) its own voice, with barge-in on (the default)."""
     lines = [
         "Hello operator, what time do you close tonight?",
         "Is the bakery on Main Street open too?",
@@ -137,7 +137,7 @@ async def test_with_the_handsets_echo_and_barge_in_only_the_callers_turns_are_an
         "- wait_reply\n- wait: 1.0\n- onhook\n",
         encoding="utf-8",
     )
-    monkeypatch.setenv("PAYPHONE_VAD__BARGE_IN", "true")
+    assert load_settings().vad.barge_in
     report = await simulate(
         load_settings(),
         script,
