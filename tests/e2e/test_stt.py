@@ -109,6 +109,10 @@ def test_a_decoding_loop_is_cut_back_to_one_pass() -> None:
     assert cut_repetition("Is it you? Is it") == "Is it you?"
     # the last pass can break off inside a word (Whisper on "Excuse me" over the persona)
     assert cut_repetition("Excuse me. Excuse me. Exc") == "Excuse me."
+    assert (
+        cut_repetition("Stop. I need the number for a taxi. Stop. I")
+        == "Stop. I need the number for a taxi."
+    )
     assert cut_repetition("Stop it. Stop") == "Stop it."
     assert cut_repetition("I need a taxi. I need a tax") == "I need a taxi."
     # a loop that starts after a few words: one pass of its phrase stays

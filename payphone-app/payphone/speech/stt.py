@@ -96,8 +96,9 @@ def cut_repetition(text: str) -> str:
     Whisper, when it misses the end of the audio, starts reading it again from the beginning.
     Three patterns are cut: the whole text periodic with at least one full repeat ("yes yes yes"
     -> "yes"), a restart, where the first three words come again later, and a short restart
-    after the last full sentence ("Hello, who is this? Hello,"), which would otherwise read as a
-    caller trailing off and hold the answer back to the silence limit. A loop that starts after
+    after a full sentence ("Hello, who is this? Hello,"; "Stop. I need a taxi. Stop. I"), which
+    would otherwise read as a caller trailing off and hold the answer back to the silence
+    limit. A loop that starts after
     a few words ("in the nature of the nature of the nature", Whisper on a "Mm-hm" through the
     echo canceller) keeps one pass of its phrase: callers do not say a phrase three times.
     """
@@ -114,8 +115,9 @@ def cut_repetition(text: str) -> str:
         if keys[start : start + 3] == head:
             return " ".join(words[:start])
     ends = [i for i, word in enumerate(words[:-1]) if word.endswith(SENTENCE_ENDS)]
-    if ends and n - ends[-1] - 1 < 3 and keys[ends[-1] + 1 :] == keys[: n - ends[-1] - 1]:
-        return " ".join(words[: ends[-1] + 1])
+    for end in ends:  # "Stop. I need a taxi. Stop. I": the restart may itself end a sentence
+        if n - end - 1 < 3 and keys[end + 1 :] == keys[: n - end - 1]:
+            return " ".join(words[: end + 1])
     return text
 
 
