@@ -8,6 +8,8 @@ share (243 vs 188 ms). So the stages say when they work (`working`), and the mod
 core only while none of them does (`others_working`). One process is one machine: the count is
 process-wide, like the cores. The model changes its thread count between evaluations only: a
 stage that starts during a prompt shares the CPU with it until the prompt is done (~70 ms).
+Between two speech stages the same holds: an end-of-turn check that meets a Whisper decode
+waits for it (`wait_idle`) instead of halving both.
 
 numpy's OpenBLAS keeps a worker per core spinning for a while after each call (the turn model's
 features, Whisper's mel filterbank): on two cores that worker took the other core for the whole
@@ -21,10 +23,12 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
 _lock = threading.Lock()
+_done = threading.Condition(_lock)  # some stage finished a piece of work
 _working: Counter[str] = Counter()
 
 
@@ -38,6 +42,23 @@ def working(stage: str) -> Iterator[None]:
     finally:
         with _lock:
             _working[stage] -= 1
+            _done.notify_all()
+
+
+def busy(stage: str) -> bool:
+    """Whether `stage` is working now."""
+    with _lock:
+        return _working[stage] > 0
+
+
+def wait_idle(stage: str, timeout_s: float) -> float:
+    """Block (a worker thread, never the loop) until no `stage` work runs, at most `timeout_s`;
+    the seconds waited. Two stages on two cores slow each other more than they gain: one that
+    can wait for the other starts when it is done and runs at full speed."""
+    started = time.monotonic()
+    with _done:
+        _done.wait_for(lambda: _working[stage] == 0, timeout_s)
+    return time.monotonic() - started
 
 
 def others_working() -> bool:

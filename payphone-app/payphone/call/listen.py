@@ -47,7 +47,7 @@ from payphone.call.events import (
     SpeechSustained,
 )
 from payphone.config import TurnSettings, VadSettings
-from payphone.cores import working
+from payphone.cores import wait_idle, working
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
 from payphone.speech.base import Transcriber, Transcript
@@ -57,6 +57,9 @@ log = get_logger("listen")
 
 # one end-of-turn check at a time, beside the loop (the model holds the CPU for 10-60 ms)
 TURN_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turn-model")
+# a check waits at most this long for a Whisper decode to finish (a long utterance's takes
+# ~0.2 s here); then it runs beside it
+STT_WAIT_S = 0.3
 # a blip over our voice joins the caller's next words when they start within this (the pause
 # after "Stop," or "Hang on," in the bench's voices is 0.2-0.6 s)
 BLIP_CARRY_S = 1.0
@@ -86,6 +89,7 @@ class TurnModel(Protocol):
 class Verdict:
     probability: float
     model_ms: float
+    waited_ms: float = 0.0  # for Whisper to finish before the model ran
 
 
 @dataclass
@@ -240,6 +244,7 @@ class VadListener:
                 probability=round(verdict.probability, 3),
                 pause_ms=check.pause_ms,
                 model_ms=verdict.model_ms,
+                waited_ms=verdict.waited_ms,
             )
         if finished:
             return self._cut(pause, tentative=False)
@@ -329,8 +334,13 @@ def _quiet(future: asyncio.Future[Transcript]) -> None:
 
 
 def _verdict(model: TurnModel, audio: Pcm) -> Verdict:
-    """In the turn-model thread: the verdict on the utterance as it was at the pause."""
+    """In the turn-model thread: the verdict on the utterance as it was at the pause.
+
+    A check asked while Whisper decodes (the second look, at `turn.pause_ms`, comes while the
+    eager transcript of the first is still running) waits for it: side by side on two cores
+    each took twice as long, and the turn needs both anyway."""
+    waited = wait_idle("stt", STT_WAIT_S)
     started = time.perf_counter()
     with working("turn_model"):
         probability = model.predict(audio)
-    return Verdict(probability, ms(time.perf_counter() - started))
+    return Verdict(probability, ms(time.perf_counter() - started), ms(waited))
