@@ -637,9 +637,10 @@ def check_echo(settings: Settings) -> list[Check]:
         canceller.process(frame, frame)
     cost = f"{canceller.ms_per_block:.2f} ms CPU per 10 ms block"
     words = f"Whisper hears the {canceller.words_filter}"
+    linear = canceller.has_words_filter
     canceller.close()
     checks = [ok("echo", f"WebRTC AEC3 loads at {rate} Hz; {words}; {cost}")]
-    if settings.echo.words_tail_ms and not canceller.has_words_filter:
+    if settings.echo.words_tail_ms and not linear:
         fix = "apt-get install libspeexdsp1 (or echo.words_tail_ms = 0 to say you mean it)"
         why = "speexdsp did not load: a caller's first syllable over the persona may be lost"
         checks.append(warn("echo words", why, fix))

@@ -202,6 +202,13 @@ def test_without_speexdsp_the_words_come_from_aec3(monkeypatch: pytest.MonkeyPat
     aec3, words = check_echo(load_settings())
     assert aec3.status == "ok" and "Whisper hears the AEC3 (no linear filter)" in aec3.detail
     assert words.status == "warn" and "libspeexdsp1" in words.fix
+    # closed (the service stopping), a late frame still comes out, words from AEC3
+    monkeypatch.undo()
+    speexdsp = open_echo_canceller(EchoSettings(), SAMPLE_RATE)
+    assert speexdsp.has_words_filter
+    speexdsp.close()
+    late = speexdsp.process(frame, frame)
+    assert late.words is late.vad and not speexdsp.has_words_filter
 
 
 @pytest.mark.models

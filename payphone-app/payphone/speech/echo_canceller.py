@@ -158,9 +158,10 @@ class EchoCanceller:
 
     def close(self) -> None:
         """Free the linear filter's native state (AEC3's goes with its Python object)."""
-        with self._lock:  # not while a frame is inside it
-            if self._words is not None:
-                self._words.close()
+        with self._lock:  # not while a frame is inside it; a frame after it gets AEC3's words
+            words, self._words = self._words, None
+            if words is not None:
+                words.close()
 
     def _silent(self, n: int) -> Pcm:
         if len(self._silence) < n:
