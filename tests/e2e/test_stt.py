@@ -109,6 +109,8 @@ def test_a_decoding_loop_is_cut_back_to_one_pass() -> None:
     assert cut_repetition("Is it you? Is it") == "Is it you?"
     # the last pass can break off inside a word (Whisper on "Excuse me" over the persona)
     assert cut_repetition("Excuse me. Excuse me. Exc") == "Excuse me."
+    for answer in ("Now? No.", "Okay, ok.", "Sorry, so"):  # a short answer is not a loop
+        assert cut_repetition(answer) == answer
     assert (
         cut_repetition("Stop. I need the number for a taxi. Stop. I")
         == "Stop. I need the number for a taxi."

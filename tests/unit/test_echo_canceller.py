@@ -309,3 +309,61 @@ def test_an_out_of_range_delay_names_the_setting(monkeypatch: pytest.MonkeyPatch
     assert result.returncode == 2
     assert "PAYPHONE_ECHO__NOISE_SUPPRESSION" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.models
+async def test_the_phone_decides_on_aec3_and_gives_the_call_the_linear_filters_words(
+    reply: Pcm,
+) -> None:
+    """The phone's mic pump: AEC3's frame goes to the VAD and the keypads, the linear filter's
+    to what the utterance carries; a swap would give Whisper a dented first syllable."""
+    from payphone.call.phone import Phone
+
+    class Recorder:
+        plays_key_tone = False
+
+        def __init__(self) -> None:
+            self.heard: list[tuple[Pcm, Pcm]] = []
+
+        def hear(self, frame: Pcm, words: Pcm) -> None:
+            self.heard.append((frame, words))
+
+    canceller = open_echo_canceller(EchoSettings(), SAMPLE_RATE)
+    made: list[Any] = []
+    process = canceller.process
+
+    def recorded(mic: Pcm, played: Pcm | None) -> Any:
+        made.append(process(mic, played))
+        return made[-1]
+
+    canceller.process = recorded  # type: ignore[method-assign]
+    phone = Phone(None, [], None, None, lambda _: None, echo=canceller)  # type: ignore[arg-type]
+    call = Recorder()
+    phone.call = call  # type: ignore[assignment]
+    mic = pcm(echo_path(reply.astype(np.float64)) + noise_floor(len(reply)))
+    for i in range(0, SAMPLE_RATE - FRAME, FRAME):
+        await phone._take(mic[i : i + FRAME], reply[i : i + FRAME])
+
+    assert [(f is c.vad, w is c.words) for (f, w), c in zip(call.heard, made, strict=True)] == [
+        (True, True)
+    ] * len(made)
+    assert any(not np.array_equal(c.vad, c.words) for c in made)  # two different streams
+
+
+def test_the_linear_filter_takes_equal_whole_blocks_only() -> None:
+    """speexdsp reads a whole block of each through raw pointers: a short buffer would let it
+    read past the end, so the sizes are checked before any call."""
+    from payphone.speech.linear_echo import LinearEchoFilter
+
+    block = np.zeros(160, np.int16)
+    linear = LinearEchoFilter(SAMPLE_RATE, 160, 64)
+    assert len(linear.process(np.tile(block, 3), np.tile(block, 3))) == 480
+    with pytest.raises(ValueError, match="whole 160-sample blocks"):
+        linear.process(block[:100], block[:100])
+    with pytest.raises(ValueError, match="need equal"):
+        linear.process(block, np.tile(block, 2))
+    linear.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        linear.process(block, block)
+    with pytest.raises(ValueError, match="tail_ms must be positive"):
+        LinearEchoFilter(SAMPLE_RATE, 160, 0)

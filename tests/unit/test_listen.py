@@ -355,3 +355,32 @@ async def test_a_blip_over_our_voice_goes_in_front_of_the_callers_next_words(
     voiced = blip[2 * FRAME : 4 * FRAME]
     assert contains(heard.pcm, voiced) is carried
     assert contains(heard.pcm, speech[len(speech) // 2 // FRAME * FRAME :][:FRAME])
+
+
+def test_without_an_echo_canceller_the_mic_stays_closed_while_the_persona_plays(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    """vad.barge_in is on by default, but talking over the persona needs its voice out of the
+    mic: without a canceller whatever the mic hears while it plays is its own echo."""
+    vad = app_settings.vad.model_copy(update={"barge_in": True})
+    clip = np.concatenate([silence(0.3), speech, silence(1.5)])
+    closed = VadListener(vad, TURN, ScriptedTurnModel(0.9))
+    assert feed(closed, clip, playing=True) == []
+    cancelled = VadListener(vad, TURN, ScriptedTurnModel(0.9), echo_cancelled=True)
+    assert len(feed(cancelled, clip, playing=True)) == 1
+
+
+def test_the_turn_carries_the_words_audio(app_settings: Settings, speech: Pcm) -> None:
+    """The VAD decides on the frame it is fed (AEC3's), Whisper hears `words` (the linear
+    filter's): here the words are the same speech at half level."""
+    clip = np.concatenate([silence(0.3), speech, silence(1.5)])
+    words = (clip // 2).astype(np.int16)
+    listener = VadListener(app_settings.vad, TURN, ScriptedTurnModel(0.9))
+    heard = []
+    for start in range(0, len(clip) - FRAME + 1, FRAME):
+        span = slice(start, start + FRAME)
+        heard += [e for e in listener.feed(clip[span], False, words[span]) if isinstance(e, Heard)]
+        TURN_THREAD.submit(lambda: None).result()
+    [turn] = heard
+    middle = turn.pcm[len(turn.pcm) // 2 // FRAME * FRAME :][:FRAME]
+    assert contains(words, middle) and not contains(clip, middle)

@@ -142,7 +142,14 @@ class VadListener:
         self._model = model
         self._transcriber = transcriber
         hangover = self._turn.max_silence_ms if model is not None else settings.hangover_ms
-        self._vad = VadEndpointer(settings, hangover_ms=hangover, echo_cancelled=echo_cancelled)
+        # talking over the persona needs its voice out of the mic: without an echo canceller
+        # the mic stays closed while it plays, whatever vad.barge_in says
+        self._vad = VadEndpointer(
+            settings,
+            hangover_ms=hangover,
+            barge_in=settings.barge_in and echo_cancelled,
+            echo_cancelled=echo_cancelled,
+        )
         self._check: _Check | None = None
         self._was_speaking = False
         self._held: _Held | None = None  # the last silent start, until its limit has passed

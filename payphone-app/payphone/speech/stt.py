@@ -138,9 +138,10 @@ def _repeats(keys: list[str], start: int, period: int) -> bool:
     """Whether the words from `start` on are one phrase of `period` words, said over and over
     to the end (the last pass may break off, even inside a word: "Excuse me. Excuse me. Exc")."""
     last = len(keys) - 1
+    broken_off = last >= start + 2 * period  # only after one whole repeat: "Now? No." stays
     return all(
         keys[i] == keys[i - period]
-        or (i == last and bool(keys[i]) and keys[i - period].startswith(keys[i]))
+        or (i == last and broken_off and bool(keys[i]) and keys[i - period].startswith(keys[i]))
         for i in range(start + period, len(keys))
     )
 
