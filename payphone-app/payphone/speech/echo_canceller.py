@@ -37,12 +37,12 @@ import numpy as np
 from payphone.config import EchoSettings, Settings
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
+from payphone.speech import linear_echo
 from payphone.speech.linear_echo import LinearEchoFilter, LinearEchoUnavailable
 
 log = get_logger("payphone.speech.echo_canceller")
 
 LIBRARY = "pywebrtc-audio"
-LINEAR_LIBRARY = "speexdsp"
 BLOCK_S = 0.01  # AEC3's block: 10 ms
 
 
@@ -98,7 +98,7 @@ class EchoCanceller:
         """What cleans the words: the linear filter and its tail, or AEC3 alone."""
         if self._words is None:
             return "AEC3 (no linear filter)"
-        return f"{LINEAR_LIBRARY} linear filter, {self._words.tail_ms} ms tail"
+        return f"{linear_echo.LIBRARY} linear filter, {self._words.tail_ms} ms tail"
 
     @property
     def delay_ms(self) -> int:
@@ -142,8 +142,9 @@ class EchoCanceller:
             self.busy_s += time.thread_time() - started
             self.blocks += n // self.block
             self.energy_in += _energy(near)
-            self.energy_out += _energy(out)
-            self.energy_words += _energy(words)
+            out_energy = _energy(out)
+            self.energy_out += out_energy
+            self.energy_words += out_energy if words is out else _energy(words)
         return Cleaned(out, words)
 
     def reset(self) -> None:

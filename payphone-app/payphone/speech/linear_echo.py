@@ -19,7 +19,7 @@ the weak spot).
 
 speexdsp (Xiph) is a C library in every Debian and Raspberry Pi OS release (`libspeexdsp1`,
 which ALSA's rate plugins already pull in). Its Python binding on PyPI is a source package that
-needs SWIG and headers to build, so the four functions used are declared here with ctypes.
+needs SWIG and headers to build, so the five functions used are declared here with ctypes.
 """
 
 from __future__ import annotations

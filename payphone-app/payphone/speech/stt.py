@@ -98,9 +98,9 @@ def cut_repetition(text: str) -> str:
     -> "yes"), a restart, where the first three words come again later, and a short restart
     after a full sentence ("Hello, who is this? Hello,"; "Stop. I need a taxi. Stop. I"), which
     would otherwise read as a caller trailing off and hold the answer back to the silence
-    limit. A loop that starts after
-    a few words ("in the nature of the nature of the nature", Whisper on a "Mm-hm" through the
-    echo canceller) keeps one pass of its phrase: callers do not say a phrase three times.
+    limit. A loop that starts after a few words ("in the nature of the nature of the nature",
+    Whisper on a "Mm-hm" through the echo canceller) keeps one pass of its phrase: callers do
+    not say a phrase three times.
     """
     words = text.split()
     keys = [_plain(w) for w in words]
