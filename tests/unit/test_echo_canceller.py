@@ -367,3 +367,33 @@ def test_the_linear_filter_takes_equal_whole_blocks_only() -> None:
         linear.process(block, block)
     with pytest.raises(ValueError, match="tail_ms must be positive"):
         LinearEchoFilter(SAMPLE_RATE, 160, 0)
+
+
+@pytest.mark.models
+def test_a_new_call_starts_aec3_afresh_and_keeps_the_words_filter(
+    canceller: EchoCanceller, reply: Pcm
+) -> None:
+    mic = pcm(echo_path(reply.astype(np.float64)) + noise_floor(len(reply)))
+
+    def both() -> tuple[Signal, Signal]:
+        """(what the VAD hears, what Whisper hears) of the reply's echo."""
+        frames = [
+            canceller.process(mic[i : i + FRAME], reply[i : i + FRAME])
+            for i in range(0, len(mic) - len(mic) % FRAME, FRAME)
+        ]
+        vad = np.concatenate([f.vad for f in frames]).astype(np.float64)
+        return vad, np.concatenate([f.words for f in frames]).astype(np.float64)
+
+    canceller.reset()
+    fresh_vad, fresh_words = both()
+    again_vad, _ = both()
+    blocks = canceller.blocks
+    canceller.new_call()
+    call_vad, call_words = both()
+
+    assert not np.array_equal(again_vad, fresh_vad)
+    assert np.array_equal(call_vad, fresh_vad)  # AEC3 as fresh as at the start
+    assert canceller.blocks > blocks  # the meters run on
+    # the words' filter learned on (it needs seconds): its first second leaves less echo
+    second = SAMPLE_RATE
+    assert np.sum(call_words[:second] ** 2) < 0.5 * np.sum(fresh_words[:second] ** 2)

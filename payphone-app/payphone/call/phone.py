@@ -115,6 +115,8 @@ class Phone:
             return
         call_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.calls_taken += 1
+        if self.echo is not None:
+            self.echo.new_call()  # before the dial tone's first frame comes back
         with bind_call(call_id=call_id):
             try:
                 call = self.make_call(call_id)
