@@ -246,6 +246,7 @@ async def _run(settings: Settings, trials: int, echo: HandsetEcho) -> dict[str, 
         options = dataclasses.replace(CallOptions.from_settings(settings), call=quick)
         rig = build_rig(phone_stages, options, echo=echo)
         canceller = stages.echo
+        words_filter = canceller.words_filter  # read now: closing the stages frees the filter
         task = await rig.start()
         results: list[Trial] = []
         keys = [p.key for p in book][:4] or ["0"]
@@ -276,7 +277,7 @@ async def _run(settings: Settings, trials: int, echo: HandsetEcho) -> dict[str, 
         clean = {c.text: (await stages.transcriber.transcribe(c.pcm)).text for c in clips["barge"]}
     finally:
         await stages.aclose()
-    return _summary(results, clean, canceller.ms_per_block, canceller.words_filter)
+    return _summary(results, clean, canceller.ms_per_block, words_filter)
 
 
 def _erle(into: float, out: float) -> float | None:
