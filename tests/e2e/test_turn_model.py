@@ -29,6 +29,11 @@ PAIRS = (
     ("Could you call me back in ten minutes?", "Could you call me back in"),
     ("My name is John and I live in Boston.", "My name is John and"),
 )
+# ...except where the CPU does the int8 maths another way: on an AVX2 box without VNNI (AMD
+# EPYC) "My name is John and" scores 0.59, the same audio every run (0.98 for the whole
+# sentence). The model alone then calls it finished; the phone still waits, because the words
+# end in "and" (payphone/call/endings.py). Only the order is a property of the model everywhere.
+BELOW_HALF_EVERYWHERE = {"My name is John and": False}
 # not every finished sentence sounds finished in Piper's voice: "I was wondering if you could
 # help me." scores about 0.03, like its cut-off "I was wondering if you could" (about 0.01)
 
@@ -57,8 +62,9 @@ def test_a_finished_sentence_scores_high_and_a_cut_one_lower(
     complete = model.predict(utterance(app_settings, finished))
     incomplete = model.predict(utterance(app_settings, cut))
     assert complete > 0.5, f"{finished!r}: {complete:.3f}"
-    assert incomplete < 0.5, f"{cut!r}: {incomplete:.3f}"
-    assert complete - incomplete > 0.3
+    if BELOW_HALF_EVERYWHERE.get(cut, True):
+        assert incomplete < 0.5, f"{cut!r}: {incomplete:.3f}"
+    assert complete - incomplete > 0.3, f"{finished!r} {complete:.3f}, {cut!r} {incomplete:.3f}"
 
 
 def test_only_the_last_eight_seconds_count(model: SmartTurn, app_settings: Settings) -> None:
