@@ -56,15 +56,22 @@ def pcm(x: Signal) -> Pcm:
     return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
 
 
-def cancel(canceller: EchoCanceller, mic: Pcm, played: Pcm | None, words: bool = False) -> Signal:
-    """Mic and reference through the canceller frame by frame, as the call will feed it: what
-    the VAD hears, or with `words` what Whisper hears."""
+def cancel_both(canceller: EchoCanceller, mic: Pcm, played: Pcm | None) -> tuple[Signal, Signal]:
+    """Mic and reference through the canceller frame by frame, as the call will feed it: (what
+    the VAD hears, what Whisper hears)."""
     n = len(mic) - len(mic) % FRAME
     frames = [
         canceller.process(mic[i : i + FRAME], None if played is None else played[i : i + FRAME])
         for i in range(0, n, FRAME)
     ]
-    return np.concatenate([f.words if words else f.vad for f in frames]).astype(np.float64)
+    vad = np.concatenate([f.vad for f in frames]).astype(np.float64)
+    return vad, np.concatenate([f.words for f in frames]).astype(np.float64)
+
+
+def cancel(canceller: EchoCanceller, mic: Pcm, played: Pcm | None, words: bool = False) -> Signal:
+    """What the VAD hears, or with `words` what Whisper hears (see `cancel_both`)."""
+    vad, heard = cancel_both(canceller, mic, played)
+    return heard if words else vad
 
 
 def erle_db(mic: Signal, out: Signal) -> float:
@@ -374,22 +381,12 @@ def test_a_new_call_starts_aec3_afresh_and_keeps_the_words_filter(
     canceller: EchoCanceller, reply: Pcm
 ) -> None:
     mic = pcm(echo_path(reply.astype(np.float64)) + noise_floor(len(reply)))
-
-    def both() -> tuple[Signal, Signal]:
-        """(what the VAD hears, what Whisper hears) of the reply's echo."""
-        frames = [
-            canceller.process(mic[i : i + FRAME], reply[i : i + FRAME])
-            for i in range(0, len(mic) - len(mic) % FRAME, FRAME)
-        ]
-        vad = np.concatenate([f.vad for f in frames]).astype(np.float64)
-        return vad, np.concatenate([f.words for f in frames]).astype(np.float64)
-
     canceller.reset()
-    fresh_vad, fresh_words = both()
-    again_vad, _ = both()
+    fresh_vad, fresh_words = cancel_both(canceller, mic, reply)
+    again_vad, _ = cancel_both(canceller, mic, reply)
     blocks = canceller.blocks
     canceller.new_call()
-    call_vad, call_words = both()
+    call_vad, call_words = cancel_both(canceller, mic, reply)
 
     assert not np.array_equal(again_vad, fresh_vad)
     assert np.array_equal(call_vad, fresh_vad)  # AEC3 as fresh as at the start
