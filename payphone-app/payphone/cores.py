@@ -9,7 +9,10 @@ core only while none of them does (`others_working`). One process is one machine
 process-wide, like the cores. The model changes its thread count between evaluations only: a
 stage that starts during a prompt shares the CPU with it until the prompt is done (~70 ms).
 Between two speech stages the same holds: an end-of-turn check that meets a Whisper decode
-waits for it (`wait_idle`) instead of halving both.
+waits for it (`wait_idle`) instead of halving both. And while Piper renders a reply's first
+words (`FIRST_AUDIO`) the persona model waits between tokens (`yield_to_first_audio`): the
+caller is waiting for that sound, while the rest of the reply has the first words' playing
+time to get ready (Piper's 4-word chunk here: 181 ms alone, 251 ms beside the model on 1 thread).
 
 numpy's OpenBLAS keeps a worker per core spinning for a while after each call (the turn model's
 features, Whisper's mel filterbank): on two cores that worker took the other core for the whole
@@ -26,6 +29,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+
+# the stage that marks Piper rendering a reply's first words, which nothing should slow down
+FIRST_AUDIO = "first_audio"
+# the persona model waits at most this long for them (a chunk of a sentence takes 0.1-0.4 s)
+FIRST_AUDIO_WAIT_S = 1.0
 
 _lock = threading.Lock()
 _done = threading.Condition(_lock)  # some stage finished a piece of work
@@ -59,6 +67,12 @@ def wait_idle(stage: str, timeout_s: float) -> float:
     with _done:
         _done.wait_for(lambda: _working[stage] == 0, timeout_s)
     return time.monotonic() - started
+
+
+def yield_to_first_audio() -> float:
+    """In the persona model's worker, between tokens: wait while a reply's first words are
+    being rendered (at most `FIRST_AUDIO_WAIT_S`); the seconds waited."""
+    return wait_idle(FIRST_AUDIO, FIRST_AUDIO_WAIT_S)
 
 
 def others_working() -> bool:

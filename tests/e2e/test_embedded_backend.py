@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from payphone.config import Settings
+from payphone.cores import FIRST_AUDIO, working
 from payphone.llm.base import ChatOptions, LlmError, Message
 from payphone.llm.breaker import BreakerState
 from payphone.llm.embedded import EmbeddedBackend
@@ -138,6 +139,28 @@ async def test_every_core_only_while_no_speech_stage_works(
     assert used[:3] == [1, 1, 1]
     assert len(used) > 3 and set(used[3:]) == {2}
     assert llama_cpp.llama_n_threads_batch(model._llm._ctx.ctx) == 2  # prompts too
+
+
+async def test_no_token_while_a_replys_first_words_render(model: EmbeddedBackend) -> None:
+    """Piper renders the first words (the mark held on the loop, as a turn holds it): the model
+    finishes at most the token it is on, then waits, and goes on once they are rendered."""
+    options = ChatOptions(num_predict=60, temperature=0.0)
+    got: list[str] = []
+
+    async def consume() -> None:
+        async for piece in model.stream(ask("You are a storyteller.", "Tell a story."), options):
+            got.append(piece)
+
+    task = asyncio.create_task(consume())
+    while len(got) < 2:
+        await asyncio.sleep(0.005)
+    with working(FIRST_AUDIO):
+        at_start = len(got)
+        await asyncio.sleep(0.6)  # ~25 tokens' time on one thread here
+        during = len(got) - at_start
+    await task
+    assert during <= 1, f"{during} pieces arrived while the first words rendered"
+    assert len(got) > at_start + during + 5  # and the reply went on afterwards
 
 
 async def test_one_generation_at_a_time(model: EmbeddedBackend) -> None:

@@ -16,6 +16,7 @@ from payphone.call.events import CallState, Heard, SpeechDropped, SpeechStarted
 from payphone.call.options import CallOptions
 from payphone.call.session import joined
 from payphone.config import CallSettings
+from payphone.cores import FIRST_AUDIO, busy
 from payphone.llm.base import ChatOptions, LlmError, Message
 from payphone.llm.breaker import CIRCUIT_OPEN, BreakerState, CircuitBreaker
 from payphone.llm.deadlines import Deadlines
@@ -29,7 +30,7 @@ from payphone.sim.stand_ins import (
     ToneSynthesizer,
     speech_burst,
 )
-from payphone.speech.base import Transcript
+from payphone.speech.base import Transcript, VoiceSpec
 from tests.unit.test_call_loop import FAST, make_rig, running, speak, switch_off
 
 
@@ -100,6 +101,37 @@ async def test_a_reply_with_nothing_speakable_is_a_failed_turn_with_the_apology(
     assert call.persona.apology in synth.spoken
     assert not any(filler in synth.spoken for filler in call.persona.fillers)
     assert call.conversation.turns == []  # no *smiles*
+    await switch_off(rig, task)
+
+
+class FirstAudioWatcher(ToneSynthesizer):
+    """Notes, for each chunk as its synthesis starts, whether the reply's first words are marked
+    as rendering (the mark the persona model waits on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marked: list[tuple[str, bool]] = []
+
+    async def synthesize(self, text: str, voice: VoiceSpec) -> AsyncIterator[Pcm]:
+        self.marked.append((text, busy(FIRST_AUDIO)))
+        async for pcm in super().synthesize(text, voice):
+            yield pcm
+
+
+async def test_only_a_replys_first_words_hold_the_model_back() -> None:
+    transcriber = ScriptedTranscriber(deque(["hello"]))
+    synth = FirstAudioWatcher()
+    stages = PhoneStages(transcriber, ScriptedBackend(), synth, EnergyEndpointer)
+    rig = build_rig(stages, CallOptions(PATIENT), sink_speed=4.0)
+    task = await on_the_line(rig)
+    greeting = len(synth.marked)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING, timeout=5)
+    await rig.wait_state(CallState.LISTENING, timeout=10)
+    reply = synth.marked[greeting:]
+    assert len(reply) >= 2, reply  # the scripted reply is three sentences
+    assert reply[0][1] and not any(marked for _, marked in reply[1:])
+    assert not busy(FIRST_AUDIO)  # released once the first words were rendered
     await switch_off(rig, task)
 
 

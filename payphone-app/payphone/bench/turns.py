@@ -34,6 +34,7 @@ from payphone.call.events import CallState
 from payphone.call.lines import render_line
 from payphone.call.listen import TurnModel
 from payphone.call.options import CallOptions
+from payphone.call.turn import TurnRecord
 from payphone.config import Settings
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
@@ -55,6 +56,7 @@ PAUSES_S = (0.4, 0.7, 1.0)
 FRAME_S = 0.03
 VOICED = 300  # |sample| above this is the caller's voice (Piper's silence is exact zeros)
 REPLY_WAIT_S = 20.0
+STAGES = ("turn_started", "transcript_ready", "first_token", "first_chunk", "first_audio")
 CALL_EVERY = 8  # a fresh call every few turns: the history stays short, as in a real call
 
 
@@ -72,6 +74,8 @@ class TurnFigure:
     cut_off: bool
     split: bool
     filler: bool
+    # when each stage of the answered turn got there, from the caller's last voiced sample
+    stages_ms: dict[str, float] = field(default_factory=dict)
 
 
 async def _lines(stages: Stages) -> list[Line]:
@@ -149,7 +153,21 @@ async def _turn(rig: Rig, line: Line) -> TurnFigure:
         cut_off=first < last_voiced,
         split=len(started) > 1,
         filler=record.filler,
+        stages_ms=_stages(record, call.log.started + started[-1]["t_ms"] / 1000, last_voiced)
+        if started
+        else {},
     )
+
+
+def _stages(record: TurnRecord, turn_started: float, last_voiced: float) -> dict[str, float]:
+    """Where the answered turn's time went, each stage from the caller's last voiced sample:
+    the turn starts (the end-of-turn decision), then the transcript, first token, first chunk,
+    and the reply's first sound (before the earpiece)."""
+    since = (record.speech_end - last_voiced) * 1000
+    marks = {name: since + value for name, value in record.latency_ms.items()}
+    return {"turn_started": (turn_started - last_voiced) * 1000} | {
+        name: marks[name] for name in STAGES[1:] if name in marks
+    }
 
 
 @dataclass
@@ -200,6 +218,7 @@ def _summary(name: str, figures: list[TurnFigure]) -> dict[str, Any]:
         "paused_cut_off": sum(f.cut_off for f in paused),
         "paused_split": sum(f.split for f in paused),
         "fillers": sum(f.filler for f in figures),
+        "stages_p50_ms": _stage_medians(figures),
     }
     print(
         f"{name:13s} voice-to-voice p50 {result['p50_ms']} ms, p90 {result['p90_ms']} ms over "
@@ -207,7 +226,19 @@ def _summary(name: str, figures: list[TurnFigure]) -> dict[str, Any]:
         f"{len(paused)}, split {result['paused_split']}/{len(paused)}; fillers {result['fillers']}",
         flush=True,
     )
+    stages = ", ".join(f"{name} {value}" for name, value in result["stages_p50_ms"].items())
+    print(f"{'':13s} stages p50 from the last voiced sample (ms): {stages}", flush=True)
     return result
+
+
+def _stage_medians(figures: list[TurnFigure]) -> dict[str, float]:
+    """The median of each stage over the answered turns that reached it."""
+    medians = {}
+    for name in STAGES:
+        values = [f.stages_ms[name] for f in figures if name in f.stages_ms]
+        if values:
+            medians[name] = round(statistics.median(values), 1)
+    return medians
 
 
 def _checks(check_ms: list[float]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from payphone.call.events import Heard
 from payphone.call.lines import LineBook
 from payphone.call.player import play_and_wait
 from payphone.config import HelpSettings
+from payphone.cores import FIRST_AUDIO, working
 from payphone.hardware.base import AudioSink
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError
 from payphone.llm.history import Conversation
@@ -284,14 +285,22 @@ class Turn:
     async def _synthesize(
         self, chunks: asyncio.Queue[str | None], out: asyncio.Queue[tuple[str | None, Pcm] | None]
     ) -> None:
-        voice = self.persona.voice_spec
-        while (chunk := await chunks.get()) is not None:
-            label: str | None = chunk
-            async with closing(self.deps.synthesizer.synthesize(chunk, voice)) as stream:
-                async for pcm in stream:
-                    await out.put((label, pcm))
-                    label = None
+        first = await chunks.get()
+        if first is not None:
+            with working(FIRST_AUDIO):  # the model waits while the first words render
+                await self._render(first, out)
+            while (chunk := await chunks.get()) is not None:
+                await self._render(chunk, out)
         await out.put(None)
+
+    async def _render(self, chunk: str, out: asyncio.Queue[tuple[str | None, Pcm] | None]) -> None:
+        """One chunk through Piper; its text goes with its first piece of sound."""
+        label: str | None = chunk
+        stream = self.deps.synthesizer.synthesize(chunk, self.persona.voice_spec)
+        async with closing(stream):
+            async for pcm in stream:
+                await out.put((label, pcm))
+                label = None
 
     async def _speak(self, pcm: asyncio.Queue[tuple[str | None, Pcm] | None]) -> None:
         try:

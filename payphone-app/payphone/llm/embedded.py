@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from payphone.bridge import ThreadStream
-from payphone.cores import others_working, usable_cores
+from payphone.cores import others_working, usable_cores, yield_to_first_audio
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.llm.prompt_style import Declared, declared_style
 from payphone.log import get_logger, ms
@@ -222,13 +222,15 @@ class EmbeddedBackend(ChatBackend):
                     for chunk in chunks:
                         if stop.is_set():
                             break
-                        self._fit_threads(llama_cpp, llm)  # for the next token
                         choice = chunk["choices"][0]
                         text = choice["delta"].get("content")
                         finish = choice.get("finish_reason") or finish
                         if text:
                             first = first or time.perf_counter()
                             yield text
+                        # before the next token: the caller waits for the first words' sound
+                        yield_to_first_audio()
+                        self._fit_threads(llama_cpp, llm)
                     if finish == "length" and not stop.is_set():
                         yield HIT_LIMIT  # the reply path drops the unfinished sentence
                 finally:  # also when the stream is closed mid-reply (a hang-up)
