@@ -97,3 +97,35 @@ async def test_the_warm_up_evaluates_the_examples_too(model: EmbeddedBackend) ->
     convo.add_user(caller)
     [_ async for _ in model.stream(convo.messages(), ChatOptions(num_predict=2, temperature=0))]
     assert model.last_stats.prompt_tokens <= model.count_tokens(caller) + 8  # only the caller
+
+
+async def test_history_read_ahead_leaves_the_next_turn_only_the_callers_words(
+    model: EmbeddedBackend,
+) -> None:
+    """A reply cut off by the caller is stored as they heard it, which is not what the model
+    wrote; read ahead after the turn (as the call does), the next turn evaluates only the
+    caller's new words."""
+    mae = load_personas().by_key("2")
+    assert mae is not None
+    convo = Conversation(mae.prompt, 1024, model.count_tokens, examples=mae.example_pairs)
+    await model.warm_up(convo.system_prompt, convo.examples)
+    convo.add_user("Do you like gardening?")
+    first_turn = convo.messages()
+    pieces = [p async for p in model.stream(first_turn, CUT)]
+    convo.add_interrupted("".join(pieces)[:20])  # cut off mid-reply
+    caller = "What grows best in the shade?"
+
+    async def next_turn_prompt_tokens() -> int:
+        messages = [*convo.messages(), {"role": "user", "content": caller}]
+        [_ async for _ in model.stream(messages, ChatOptions(num_predict=1, temperature=0))]
+        assert model.last_stats is not None
+        return model.last_stats.prompt_tokens
+
+    history = convo.messages()
+    await model.warm_up(history[0]["content"], history[1:])
+    read_ahead = await next_turn_prompt_tokens()
+    assert read_ahead <= model.count_tokens(caller) + 8  # only the caller's words
+    # without it (the cache holds the reply as the model wrote it): the cut reply and its
+    # mark are read again with the next turn
+    [_ async for _ in model.stream(first_turn, CUT)]
+    assert await next_turn_prompt_tokens() > read_ahead + 5

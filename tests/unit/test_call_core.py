@@ -20,7 +20,7 @@ from payphone.cores import FIRST_AUDIO, busy
 from payphone.llm.base import ChatOptions, LlmError, Message
 from payphone.llm.breaker import CIRCUIT_OPEN, BreakerState, CircuitBreaker
 from payphone.llm.deadlines import Deadlines
-from payphone.llm.history import choose_system_prompt
+from payphone.llm.history import INTERRUPTED_MARKER, choose_system_prompt
 from payphone.pcm import Pcm
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.stand_ins import (
@@ -132,6 +132,28 @@ async def test_only_a_replys_first_words_hold_the_model_back() -> None:
     assert len(reply) >= 2, reply  # the scripted reply is three sentences
     assert reply[0][1] and not any(marked for _, marked in reply[1:])
     assert not busy(FIRST_AUDIO)  # released once the first words were rendered
+    await switch_off(rig, task)
+
+
+async def test_after_a_cut_reply_the_model_reads_the_history_as_the_caller_heard_it() -> None:
+    rig, _, backend, _ = make_rig(["Hello there", "And another thing"], settings=PATIENT)
+    task = await on_the_line(rig)
+    await speak(rig)
+    await rig.wait_state(CallState.SPEAKING, timeout=5)
+    rig.keypad.press("#")
+    await rig.wait_state(CallState.LISTENING, timeout=5)
+    await asyncio.sleep(0.1)
+    call = rig.calls[0]
+    primed = backend.warmed_examples[-1]  # everything after the system prompt
+    assert primed[-2:] == call.conversation.turns
+    assert primed[-1]["role"] == "assistant" and INTERRUPTED_MARKER in primed[-1]["content"]
+    warm_ups = len(backend.warmed)
+    await speak(rig)  # the next turn's request begins with exactly what was read ahead
+    await rig.wait_state(CallState.SPEAKING, timeout=5)
+    request = backend.requests[-1]
+    assert request[1 : len(primed) + 1] == primed
+    assert request[len(primed) + 1] == {"role": "user", "content": "And another thing"}
+    assert len(backend.warmed) == warm_ups  # nothing new to read while the turn ran
     await switch_off(rig, task)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import threading
 import time
@@ -243,6 +244,7 @@ class EmbeddedBackend(ChatBackend):
                         ttft_ms=None if first is None else ms(first - started),
                         total_ms=ms(time.perf_counter() - started),
                     )
+                    log.debug("llm_generated", **dataclasses.asdict(self.last_stats))
             finally:
                 self._stop = None
 
