@@ -121,8 +121,7 @@ async def test_history_read_ahead_leaves_the_next_turn_only_the_callers_words(
         assert model.last_stats is not None
         return model.last_stats.prompt_tokens
 
-    history = convo.messages()
-    await model.warm_up(history[0]["content"], history[1:])
+    await model.read_ahead(convo.messages())
     read_ahead = await next_turn_prompt_tokens()
     assert read_ahead <= model.count_tokens(caller) + 8  # only the caller's words
     # without it (the cache holds the reply as the model wrote it): the cut reply and its

@@ -136,7 +136,9 @@ async def test_only_a_replys_first_words_hold_the_model_back() -> None:
 
 
 async def test_after_a_cut_reply_the_model_reads_the_history_as_the_caller_heard_it() -> None:
-    rig, _, backend, _ = make_rig(["Hello there", "And another thing"], settings=PATIENT)
+    long_reply = " ".join(["Well now, let me see about that for you, caller."] * 8)
+    backend = ScriptedBackend(reply=long_reply, token_delay_s=0.005)  # plays for seconds
+    rig, *_ = make_rig(["Hello there", "And another thing"], backend=backend, settings=PATIENT)
     task = await on_the_line(rig)
     await speak(rig)
     await rig.wait_state(CallState.SPEAKING, timeout=5)
@@ -144,16 +146,16 @@ async def test_after_a_cut_reply_the_model_reads_the_history_as_the_caller_heard
     await rig.wait_state(CallState.LISTENING, timeout=5)
     await asyncio.sleep(0.1)
     call = rig.calls[0]
-    primed = backend.warmed_examples[-1]  # everything after the system prompt
-    assert primed[-2:] == call.conversation.turns
-    assert primed[-1]["role"] == "assistant" and INTERRUPTED_MARKER in primed[-1]["content"]
-    warm_ups = len(backend.warmed)
+    [history] = backend.read
+    assert history == call.conversation.messages()
+    assert history[-2] == {"role": "user", "content": "Hello there"}
+    assert history[-1]["role"] == "assistant" and INTERRUPTED_MARKER in history[-1]["content"]
     await speak(rig)  # the next turn's request begins with exactly what was read ahead
     await rig.wait_state(CallState.SPEAKING, timeout=5)
     request = backend.requests[-1]
-    assert request[1 : len(primed) + 1] == primed
-    assert request[len(primed) + 1] == {"role": "user", "content": "And another thing"}
-    assert len(backend.warmed) == warm_ups  # nothing new to read while the turn ran
+    assert request[: len(history)] == history
+    assert request[len(history)] == {"role": "user", "content": "And another thing"}
+    assert len(backend.read) == 1  # nothing new to read while the turn ran
     await switch_off(rig, task)
 
 

@@ -146,15 +146,18 @@ async def _turn(rig: Rig, line: Line) -> TurnFigure:
     record = answered[-1]  # a turn the caller went on from was cancelled before it spoke
     reply_at = record.speech_end + (record.latency_ms.get("first_audio") or 0.0) / 1000
     first = next((b.at for b in rig.sink.heard if b.at >= reply_at - 0.001), reply_at)
-    started = [e for e in call.log.events[events_before:] if e["event"] == "turn_started"]
+    events = call.log.events[events_before:]
+    started = [e for e in events if e["event"] == "turn_started"]
+    # the answered turn began at the last start, or where a held turn resumed after a cough
+    began = [e for e in events if e["event"] in ("turn_started", "turn_resumed")]
     return TurnFigure(
         voice_to_voice_ms=round((first - last_voiced) * 1000, 1),
         paused=line.paused,
         cut_off=first < last_voiced,
         split=len(started) > 1,
         filler=record.filler,
-        stages_ms=_stages(record, call.log.started + started[-1]["t_ms"] / 1000, last_voiced)
-        if started
+        stages_ms=_stages(record, call.log.started + began[-1]["t_ms"] / 1000, last_voiced)
+        if began
         else {},
     )
 

@@ -47,7 +47,7 @@ from payphone.call.options import CallOptions, first_persona
 from payphone.call.player import play_and_wait, play_frames
 from payphone.call.turn import Turn, TurnDeps, TurnRecord, sit_tones
 from payphone.llm.base import LlmError, Message
-from payphone.llm.history import Conversation
+from payphone.llm.history import Conversation, read_ahead
 from payphone.llm.prompt_style import choose
 from payphone.log import get_logger
 from payphone.pcm import Pcm
@@ -169,7 +169,8 @@ class Call:
         self._activity_name = ""
         self._background: set[asyncio.Task[None]] = set()
         self._warming: asyncio.Task[None] | None = None
-        self._primed: list[Message] = []  # what the model was last given to read ahead
+        self._reading: asyncio.Task[None] | None = None
+        self._read: list[Message] = []  # the history the model was last given to read ahead
         self._tokens = itertools.count(1)
         self._activity_token = 0
         self._timers: dict[Timer, tuple[int, asyncio.TimerHandle]] = {}
@@ -522,7 +523,7 @@ class Call:
         self.deps.sink.mute(False)  # a reply that ended while the caller spoke over it
         self._set_state(CallState.LISTENING)
         self._activity_name = ""
-        self._warm_up_history()
+        self._read_ahead()
         wait = (
             self.settings.idle_prompt_s if self._idle_stage == 0 else self.settings.idle_goodbye_s
         )
@@ -577,30 +578,37 @@ class Call:
 
     def _warm_up(self, conversation: Conversation) -> None:
         """Prime the model with a persona's fixed prefix (system prompt and examples); a newer
-        warm-up cancels an older one."""
-        self._prime(conversation.prefix())
-
-    def _warm_up_history(self) -> None:
-        """After a turn (answered, cut off, or held): the model reads the history as it now
-        stands, while the caller thinks or speaks, so the next turn evaluates only the caller's
-        new words. A reply cut off or trimmed differs from what the model wrote, and that
-        difference cost every next turn ~10 prompt tokens (~70 ms on two cores)."""
-        messages = self.conversation.messages()
-        if messages[-1]["role"] == "assistant" and messages != self._primed:
-            self._prime(messages)
-
-    def _prime(self, messages: list[Message]) -> None:
+        switch cancels an older warm-up."""
         if self._warming is not None:
             self._warming.cancel()
-        self._primed = messages
-        self._warming = asyncio.ensure_future(self._warm(messages))
+        self._warming = asyncio.ensure_future(self._warm(conversation))
         self._track(self._warming)
 
-    async def _warm(self, messages: list[Message]) -> None:
+    async def _warm(self, conversation: Conversation) -> None:
         try:
-            await self.deps.backend.warm_up(messages[0]["content"], messages[1:])
+            await self.deps.backend.warm_up(conversation.system_prompt, conversation.examples)
         except LlmError as exc:  # the breaker has it; the first turn gets the fallback if needed
             log.info("warm_up_failed", cause=exc.cause)
+
+    def _read_ahead(self) -> None:
+        """After a turn (answered, cut off, or held): the model reads the history as it now
+        stands, while the caller thinks or speaks, so the next turn evaluates only the caller's
+        new words. A reply cut off or trimmed is stored as heard, not as the model wrote it:
+        without this every next turn read its end again (~10 tokens, ~70 ms on two cores)."""
+        messages = read_ahead(self.conversation)
+        if messages is None or messages[-1]["role"] != "assistant" or messages == self._read:
+            return
+        self._read = messages
+        if self._reading is not None:
+            self._reading.cancel()
+        self._reading = asyncio.ensure_future(self._read_history(messages))
+        self._track(self._reading)
+
+    async def _read_history(self, messages: list[Message]) -> None:
+        try:
+            await self.deps.backend.read_ahead(messages)
+        except LlmError as exc:  # the next turn finds out, and says so
+            log.debug("read_ahead_failed", cause=exc.cause)
 
     async def _key_feedback(self, key: str) -> None:
         await play_and_wait(self.deps.sink, tones.dtmf(key, self.deps.sink.sample_rate, FEEDBACK_S))

@@ -56,5 +56,10 @@ class ChatBackend(ABC):
         """Load the model and prime the prompt cache with the fixed prefix of a persona's
         requests: the system prompt, then its example exchanges (user/assistant messages)."""
 
+    async def read_ahead(self, messages: list[Message]) -> None:  # noqa: B027 - optional hook
+        """After a turn, while the caller speaks: evaluate the history as it now stands into
+        the prompt cache, so the next request reads only the caller's new words. Only the
+        in-process model does; a model host (Ollama) gets no requests a turn does not need."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release the model or connection."""

@@ -205,6 +205,12 @@ class CircuitBreaker(ChatBackend):
             self._record_failure(exc)
             raise
 
+    async def read_ahead(self, messages: list[Message]) -> None:
+        """Only while closed. Neither counted (the next turn finds out) nor remembered for a
+        re-prime: the history holds the caller's words, which outlive no call."""
+        if self._state is BreakerState.CLOSED:
+            await self.backend.read_ahead(messages)
+
     def remember(self, system_prompt: str, examples: Sequence[Message] = ()) -> None:
         """The prefix to prime when the backend comes back, without priming it now (a failover
         primes only the host the next turn goes to)."""

@@ -65,5 +65,8 @@ class Deadlines(ChatBackend):
     async def warm_up(self, system_prompt: str, examples: Sequence[Message] = ()) -> None:
         await self.backend.warm_up(system_prompt, examples)
 
+    async def read_ahead(self, messages: list[Message]) -> None:
+        await self.backend.read_ahead(messages)
+
     async def aclose(self) -> None:
         await self.backend.aclose()

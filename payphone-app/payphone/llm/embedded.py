@@ -188,6 +188,14 @@ class EmbeddedBackend(ChatBackend):
             # its late output is dropped and nobody waits for it here
             reply.stop.set()
 
+    async def read_ahead(self, messages: list[Message]) -> None:
+        """The history so far into the KV cache (a reply cut off or trimmed is stored as the
+        caller heard it, not as the model wrote it)."""
+        async for _ in self.stream(messages, ChatOptions(num_predict=1)):
+            pass
+        stats = self.last_stats
+        log.debug("llm_read_ahead", prompt_tokens=stats.prompt_tokens if stats else None)
+
     async def warm_up(self, system_prompt: str, examples: Sequence[Message] = ()) -> None:
         """Evaluate the system prompt and examples so they stay in the KV cache."""
         await self.load()
@@ -231,6 +239,8 @@ class EmbeddedBackend(ChatBackend):
                             yield text
                         # before the next token: the caller waits for the first words' sound
                         yield_to_first_audio()
+                        if stop.is_set():
+                            break
                         self._fit_threads(llama_cpp, llm)
                     if finish == "length" and not stop.is_set():
                         yield HIT_LIMIT  # the reply path drops the unfinished sentence

@@ -25,6 +25,10 @@ INTERRUPTED_MARKER = "[the caller interrupted]"
 MESSAGE_OVERHEAD_TOKENS = 4
 
 
+# room kept for the caller's next line when the history is read ahead (a long sentence)
+READ_AHEAD_RESERVE_TOKENS = 64
+
+
 def estimate_tokens(text: str) -> int:
     """About four characters per token for English: good enough for a budget, no tokenizer."""
     return math.ceil(len(text) / 4)
@@ -98,6 +102,13 @@ class Conversation:
     def tokens(self, message: Message) -> int:
         return self._count(message["content"]) + MESSAGE_OVERHEAD_TOKENS
 
+    def used_tokens(self, messages: list[Message]) -> int:
+        return sum(self.tokens(m) for m in messages)
+
+    @property
+    def budget(self) -> int:
+        return self._budget
+
     def messages(self) -> list[Message]:
         """System prompt + examples + the newest turns that fit the budget, oldest dropped first.
 
@@ -118,6 +129,20 @@ class Conversation:
         while len(kept) > 1 and kept[0]["role"] == "assistant":
             kept.pop(0)
         return [*prefix, *kept]
+
+
+def read_ahead(conversation: Conversation) -> list[Message] | None:
+    """What the next request will start with, when a caller line of up to
+    `READ_AHEAD_RESERVE_TOKENS` leaves it as it is; None with no turns yet (the warm-up read the
+    prefix), or when the next request will drop old turns (reading them now would be wasted)."""
+    if not conversation.turns:
+        return None
+    messages = conversation.messages()
+    if len(messages) - len(conversation.prefix()) < len(conversation.turns):
+        return None  # already trimmed
+    if conversation.used_tokens(messages) + READ_AHEAD_RESERVE_TOKENS > conversation.budget:
+        return None
+    return messages
 
 
 def _example_messages(examples: Sequence[tuple[str, str]]) -> list[Message]:

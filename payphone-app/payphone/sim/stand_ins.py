@@ -114,11 +114,16 @@ class ScriptedBackend(ChatBackend):
     active: int = 0
     warmed: list[str] = field(default_factory=list)
     warmed_examples: list[list[Message]] = field(default_factory=list)
+    read: list[list[Message]] = field(default_factory=list)  # histories read ahead
 
     async def warm_up(self, system_prompt: str, examples: Sequence[Message] = ()) -> None:
         await asyncio.sleep(self.token_delay_s)
         self.warmed.append(system_prompt)
         self.warmed_examples.append(list(examples))
+
+    async def read_ahead(self, messages: list[Message]) -> None:
+        await asyncio.sleep(self.token_delay_s)
+        self.read.append(list(messages))
 
     async def stream(self, messages: list[Message], options: ChatOptions) -> AsyncIterator[str]:
         self.requests.append(list(messages))
