@@ -60,6 +60,18 @@ def ask(system: str, user: str) -> list[Message]:
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
+def streaming(
+    model: EmbeddedBackend, messages: list[Message], options: ChatOptions, into: list[str]
+) -> asyncio.Task[None]:
+    """The reply consumed piece by piece into `into` by a task of its own, as a turn does."""
+
+    async def consume() -> None:
+        async for piece in model.stream(messages, options):
+            into.append(piece)
+
+    return asyncio.create_task(consume())
+
+
 async def test_reply_streams_piece_by_piece(model: EmbeddedBackend) -> None:
     pieces = [
         p async for p in model.stream(ask("You are a friendly operator.", "Say hello."), GREEDY)
@@ -93,12 +105,7 @@ async def test_each_reply_frees_its_native_sampler(model: EmbeddedBackend) -> No
 async def test_cancel_between_tokens_stops_the_worker(model: EmbeddedBackend) -> None:
     long = ChatOptions(num_predict=400, temperature=0.0)
     got: list[str] = []
-
-    async def consume() -> None:
-        async for piece in model.stream(ask("You are a storyteller.", "Tell a long story."), long):
-            got.append(piece)
-
-    task = asyncio.create_task(consume())
+    task = streaming(model, ask("You are a storyteller.", "Tell a long story."), long, got)
     while len(got) < 3:
         await asyncio.sleep(0.005)
     task.cancel()  # hang-up
@@ -146,12 +153,7 @@ async def test_no_token_while_a_replys_first_words_render(model: EmbeddedBackend
     finishes at most the token it is on, then waits, and goes on once they are rendered."""
     options = ChatOptions(num_predict=60, temperature=0.0)
     got: list[str] = []
-
-    async def consume() -> None:
-        async for piece in model.stream(ask("You are a storyteller.", "Tell a story."), options):
-            got.append(piece)
-
-    task = asyncio.create_task(consume())
+    task = streaming(model, ask("You are a storyteller.", "Tell a story."), options, got)
     async with asyncio.timeout(30):
         while len(got) < 2:
             await asyncio.sleep(0.005)

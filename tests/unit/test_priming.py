@@ -8,12 +8,7 @@ from pathlib import Path
 import pytest
 
 from payphone.call.session import Call
-from payphone.llm.history import (
-    READ_AHEAD_RESERVE_TOKENS,
-    Conversation,
-    choose_system_prompt,
-    read_ahead,
-)
+from payphone.llm.history import READ_AHEAD_RESERVE_TOKENS, Conversation, choose_system_prompt
 from payphone.personas.loader import (
     MAX_EXAMPLE_WORDS,
     SHIPPED_DIR,
@@ -105,12 +100,14 @@ def test_a_call_sends_examples_only_with_the_full_prompt(style: str, with_exampl
 def test_the_history_is_read_ahead_only_while_the_next_request_keeps_it_whole() -> None:
     """Near the budget the next request (with the caller's new line) drops old turns: reading
     the history ahead then would be wasted, and would hold up that turn."""
-    convo = Conversation("You are the Operator.", 200, examples=[("Hi", "Operator.")])
-    assert read_ahead(convo) is None  # no turns yet: the warm-up read the prefix
+    budget = 200
+    convo = Conversation("You are the Operator.", budget, examples=[("Hi", "Operator.")])
+    assert convo.read_ahead() is None  # no turns yet: the warm-up read the prefix
     convo.add_user("Can you connect me to the bakery?")
+    assert convo.read_ahead() is None  # no reply yet to read
     convo.add_assistant("Connecting you now, hon.")
-    assert read_ahead(convo) == convo.messages()
-    while convo.used_tokens(convo.messages()) + READ_AHEAD_RESERVE_TOKENS <= convo.budget:
+    assert convo.read_ahead() == convo.messages()
+    while sum(convo.tokens(m) for m in convo.messages()) + READ_AHEAD_RESERVE_TOKENS <= budget:
         convo.add_user("And the train station, please, the one on Main Street.")
         convo.add_assistant("Right away, hon. Hold the line while I ring them for you.")
-    assert read_ahead(convo) is None
+    assert convo.read_ahead() is None

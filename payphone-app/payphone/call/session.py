@@ -47,7 +47,7 @@ from payphone.call.options import CallOptions, first_persona
 from payphone.call.player import play_and_wait, play_frames
 from payphone.call.turn import Turn, TurnDeps, TurnRecord, sit_tones
 from payphone.llm.base import LlmError, Message
-from payphone.llm.history import Conversation, read_ahead
+from payphone.llm.history import Conversation
 from payphone.llm.prompt_style import choose
 from payphone.log import get_logger
 from payphone.pcm import Pcm
@@ -595,8 +595,8 @@ class Call:
         stands, while the caller thinks or speaks, so the next turn evaluates only the caller's
         new words. A reply cut off or trimmed is stored as heard, not as the model wrote it:
         without this every next turn read its end again (~10 tokens, ~70 ms on two cores)."""
-        messages = read_ahead(self.conversation)
-        if messages is None or messages[-1]["role"] != "assistant" or messages == self._read:
+        messages = self.conversation.read_ahead()
+        if messages is None or messages == self._read:
             return
         self._read = messages
         if self._reading is not None:

@@ -102,12 +102,19 @@ class Conversation:
     def tokens(self, message: Message) -> int:
         return self._count(message["content"]) + MESSAGE_OVERHEAD_TOKENS
 
-    def used_tokens(self, messages: list[Message]) -> int:
-        return sum(self.tokens(m) for m in messages)
-
-    @property
-    def budget(self) -> int:
-        return self._budget
+    def read_ahead(self) -> list[Message] | None:
+        """What the next request will start with, once the history ends with a reply and a
+        caller line of up to `READ_AHEAD_RESERVE_TOKENS` leaves it as it is; None with no reply
+        yet (the warm-up read the prefix), or when the next request will drop old turns
+        (reading them now would be wasted)."""
+        if not self._turns or self._turns[-1]["role"] != "assistant":
+            return None
+        messages = self.messages()
+        if len(messages) - len(self.prefix()) < len(self._turns):
+            return None  # already trimmed
+        if sum(self.tokens(m) for m in messages) + READ_AHEAD_RESERVE_TOKENS > self._budget:
+            return None
+        return messages
 
     def messages(self) -> list[Message]:
         """System prompt + examples + the newest turns that fit the budget, oldest dropped first.
@@ -129,20 +136,6 @@ class Conversation:
         while len(kept) > 1 and kept[0]["role"] == "assistant":
             kept.pop(0)
         return [*prefix, *kept]
-
-
-def read_ahead(conversation: Conversation) -> list[Message] | None:
-    """What the next request will start with, when a caller line of up to
-    `READ_AHEAD_RESERVE_TOKENS` leaves it as it is; None with no turns yet (the warm-up read the
-    prefix), or when the next request will drop old turns (reading them now would be wasted)."""
-    if not conversation.turns:
-        return None
-    messages = conversation.messages()
-    if len(messages) - len(conversation.prefix()) < len(conversation.turns):
-        return None  # already trimmed
-    if conversation.used_tokens(messages) + READ_AHEAD_RESERVE_TOKENS > conversation.budget:
-        return None
-    return messages
 
 
 def _example_messages(examples: Sequence[tuple[str, str]]) -> list[Message]:
