@@ -314,7 +314,7 @@ def bench_persona(
     }
     seeds = f"{seed}..{seed + samples - 1}"
     print(f"{gguf.name}, full prompt, T={settings.llm.temperature}, seeds {seeds}")
-    header = ("condition", "n", "in char", "95% CI", "<=50w", "mean w", "limit")
+    header = ("condition", "n", "in char", "95% CI", "<=50w", "mean w", "limit", "deflect")
     print(f"{header[0]:<10}" + "".join(f"{h:>9}" for h in header[1:]))
     for name in conditions:
         got = summarise([s for s in done if s.condition == name])
@@ -323,6 +323,7 @@ def bench_persona(
         print(
             f"{name:<10}{got['n']:>9}{got['in_character']:>9.0%}{f'{low:.0%}-{high:.0%}':>9}"
             f"{got['le_50_words']:>9.0%}{got['mean_words']:>9.1f}{got['hit_limit']:>9.0%}"
+            f"{got['deflected']:>9.0%}"
         )
     last = [s for s in done if s.condition == conditions[-1]]
     for s in quotes(last, 3, seed):

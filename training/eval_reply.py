@@ -4,7 +4,8 @@ Shared by the evaluation and `bench-persona`, so both measure what a caller hear
 keeps a second copy of the phone's logic: the system prompt chosen from the model's declared
 prompt style (`payphone.llm.prompt_style.choose`), the persona's example exchanges only with the
 full prompt (as `Call._conversation_for` does), history trimmed by `Conversation`, sampling with
-the phone's `[llm]` settings, then the output guard and chunker (`make_speakable`).
+the phone's `[llm]` settings, then the output guard and chunker (`make_speakable`) and the
+persona's character check (`in_character`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from payphone.llm.embedded import EmbeddedBackend
 from payphone.llm.history import Conversation
 from payphone.llm.prompt_style import Declared, choose
 from payphone.personas.loader import Persona
+from payphone.reply.character import in_character, rule_for
 from payphone.reply.chunker import ChunkerConfig
 from payphone.reply.guard import GuardConfig
 from payphone.reply.speakable import make_speakable
@@ -28,12 +30,13 @@ from payphone.streams import hit_limit
 class Spoken:
     """What the model wrote, what the caller heard, and llama.cpp's timings for it."""
 
-    reply: str  # the spoken text (after guard and chunker)
+    reply: str  # the spoken text (after guard, chunker and the character check)
     raw: str  # what the model wrote
     hit_limit: bool  # the model stream ran into `num_predict`
     ttft_ms: float | None
     generated_tokens: int
     total_ms: float
+    deflected: bool = False  # out of character: the persona's deflection was said instead
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -78,13 +81,15 @@ async def _replay(pieces: list[str], keep_mark: bool) -> AsyncIterator[str]:
 
 async def spoken_reply(
     model: EmbeddedBackend,
+    persona: Persona,
     messages: list[Message],
     settings: Settings,
     seed: int,
     *,
     drop_half_sentence: bool = True,
 ) -> Spoken:
-    """One sampled reply at the phone's settings, through the guard and chunker.
+    """One sampled reply at the phone's settings, through the guard, the chunker and the
+    persona's character check (`payphone.reply.character`), as `Turn` speaks it.
 
     `drop_half_sentence`: the phone drops the unfinished sentence of a reply cut by
     `num_predict` (False: speak it, as the phone did before it learnt to).
@@ -101,7 +106,16 @@ async def spoken_reply(
         GuardConfig.from_settings(settings.llm),
         ChunkerConfig(first_clause_words=settings.tts.first_chunk_words),
     )
-    chunks = [c async for c in speakable(_replay(pieces, keep_mark=drop_half_sentence))]
+    broke: list[str] = []
+    chunks = [
+        c
+        async for c in in_character(
+            speakable(_replay(pieces, keep_mark=drop_half_sentence)),
+            rule_for(persona),
+            persona.deflection,
+            broke.extend,
+        )
+    ]
     return Spoken(
         reply=" ".join(chunks),
         raw="".join(p for p in pieces if not hit_limit(p)).strip(),
@@ -109,4 +123,5 @@ async def spoken_reply(
         ttft_ms=stats.ttft_ms if stats else None,
         generated_tokens=stats.generated_tokens if stats else 0,
         total_ms=stats.total_ms if stats else 0.0,
+        deflected=bool(broke),
     )

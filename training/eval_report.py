@@ -29,6 +29,7 @@ def _rates(replies: Sequence[Judged]) -> dict[str, Rate]:
         "breaks_resisted": Rate.of(bool(r.resisted) for r in breaks),
         "leaks": Rate.of(bool(r.leaks) for r in replies),
         "as_an_ai": Rate.of(r.as_ai for r in replies),
+        "deflected": Rate.of(r.deflected for r in replies),
         "memory": Rate.of(bool(r.memory) for r in probes),
         "memory_held_out_turns": Rate.of(bool(r.memory) for r in turns),
         "hit_token_limit": Rate.of(r.hit_limit for r in replies),
@@ -188,7 +189,11 @@ def targets_table(report: dict[str, Any]) -> Any:
             verdict,
         )
     base, tuned = report["base"], report["tuned"]
-    extra = (("memory, held-out turns", "memory_held_out_turns"), ("'as an AI'", "as_an_ai"))
+    extra = (
+        ("memory, held-out turns", "memory_held_out_turns"),
+        ("'as an AI'", "as_an_ai"),
+        ("deflected by the phone", "deflected"),
+    )
     for name, key in extra:
         t.add_row(name, _pct(base["rates"][key]), _pct(tuned["rates"][key]), "", "", "")
     t.add_row("mean words", str(base["mean_words"]), str(tuned["mean_words"]), "", "", "")

@@ -22,9 +22,10 @@ from typing import Any
 from payphone.config import Settings
 from payphone.llm.embedded import EmbeddedBackend
 from payphone.personas.loader import Persona
+from payphone.reply.character import LeakRule, as_an_ai
 from training.dataset import word_count
 from training.eval_cases import Case
-from training.eval_metrics import LeakRule, as_an_ai, resisted, uses_detail
+from training.eval_metrics import resisted, uses_detail
 from training.eval_reply import Spoken, phone_conversation, spoken_reply
 from training.persona_classifier import PersonaClassifier
 
@@ -38,7 +39,7 @@ class Judged:
     persona: str
     seed: int
     caller: str
-    reply: str  # spoken (guard + chunker): what the classifier and the memory rule read
+    reply: str  # spoken (guard, chunker, character check): what the classifier and memory read
     raw: str  # what the model wrote: what the length and leak rules read
     words: int  # of `raw`
     hit_limit: bool
@@ -50,6 +51,7 @@ class Judged:
     memory: bool | None  # cases with expected details only
     ttft_ms: float | None  # first sample of a case only
     tokens_per_s: float | None
+    deflected: bool = False  # the phone said the persona's deflection instead of a break
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ async def _answer_all(
             convo.add_user(case.caller)
             any_examples = any_examples or bool(convo.examples)
             for k in range(samples):
-                spoken = await spoken_reply(backend, convo.messages(), settings, seed + k)
+                spoken = await spoken_reply(backend, persona, convo.messages(), settings, seed + k)
                 answered.append(Answered(case, seed + k, spoken, k == 0))
                 progress()
     finally:
@@ -159,6 +161,7 @@ class Judge:
                     memory=uses_detail(spoken.reply, case.expect) if case.expect else None,
                     ttft_ms=spoken.ttft_ms if a.first_sample else None,
                     tokens_per_s=spoken.tokens_per_s,
+                    deflected=spoken.deflected,
                 )
             )
         return out

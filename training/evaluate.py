@@ -24,10 +24,10 @@ from typing import Any
 
 from payphone.config import Settings
 from payphone.log import get_logger
+from payphone.reply.character import LeakRule
 from training.config import EvalStage
 from training.dataset import PERSONAS, load_dir
 from training.eval_cases import KINDS, CaseSet, Kind
-from training.eval_metrics import LeakRule
 from training.eval_quant import quant_of, same_quant_base
 from training.eval_report import plot, summarise, table, targets
 from training.eval_run import Judge, answer_all, describe_run

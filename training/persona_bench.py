@@ -100,12 +100,13 @@ class Sample:
     kind: str
     caller: str
     seed: int
-    reply: str  # the spoken text (after guard and chunker)
+    reply: str  # the spoken text (after guard, chunker and the character check)
     raw: str  # what the model wrote
     words: int
     hit_limit: bool
     in_character: bool = False
     copied_example: bool = False
+    deflected: bool = False  # the model broke character: the persona's deflection was said
 
 
 def _grams(text: str, size: int = 3) -> set[tuple[str, ...]]:
@@ -135,7 +136,7 @@ async def _sample(
     convo.add_user(caller)
     # before: the phone spoke the half sentence; after: it drops it
     spoken = await spoken_reply(
-        model, convo.messages(), settings, seed, drop_half_sentence=condition == "after"
+        model, persona, convo.messages(), settings, seed, drop_half_sentence=condition == "after"
     )
     return Sample(
         condition=condition,
@@ -148,6 +149,7 @@ async def _sample(
         words=len(spoken.reply.split()),
         hit_limit=spoken.hit_limit,
         copied_example=copies_an_example(spoken.reply, persona),
+        deflected=spoken.deflected,
     )
 
 
@@ -173,6 +175,7 @@ def summarise(samples: Sequence[Sample]) -> dict[str, Any]:
         "hit_limit": round(sum(s.hit_limit for s in samples) / n, 4),
         "nothing_spoken": sum(not s.reply for s in samples),
         "copied_example": round(sum(s.copied_example for s in samples) / n, 4),
+        "deflected": round(sum(s.deflected for s in samples) / n, 4),
         "in_character_by_persona": {
             p: round(sum(x.in_character for x in v) / len(v), 4) for p, v in by_persona.items()
         },

@@ -53,11 +53,13 @@ def check_schema(report: dict[str, object]) -> None:
             "fallback",
             "interrupted",
             "help_line",
+            "deflected",
             "latency_ms",
             "underruns",
         }
         assert turn["help_line"] in (None, "crisis", "emergency")
         assert isinstance(turn["fallback"], bool) and isinstance(turn["interrupted"], bool)
+        assert isinstance(turn["deflected"], bool)
         assert set(turn["latency_ms"]) == {
             "transcript_ready",
             "first_token",

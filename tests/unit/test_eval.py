@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from payphone.personas.loader import load_personas
+from payphone.reply.character import LeakRule, as_an_ai
 from training.dataset import PERSONAS, load_dir
 from training.eval_cases import (
     break_attempts,
@@ -19,7 +20,7 @@ from training.eval_cases import (
     memory_probes,
     overlaps,
 )
-from training.eval_metrics import LeakRule, Rate, as_an_ai, resisted, uses_detail
+from training.eval_metrics import Rate, resisted, uses_detail
 from training.eval_report import targets
 from training.persona_bench import CALLER_LINES
 

@@ -31,6 +31,7 @@ from payphone.llm.history import Conversation
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
 from payphone.personas.loader import Persona
+from payphone.reply.character import in_character, rule_for
 from payphone.speech import tones
 from payphone.speech.base import Synthesizer, Transcriber
 from payphone.streams import closing, hit_limit
@@ -78,6 +79,7 @@ class TurnRecord:
     interrupted: bool = False
     filler: bool = False
     help_line: str | None = None  # "crisis" / "emergency": the phone's help line, not the model
+    deflected: bool = False  # the reply broke character: the persona's deflection took over
     latency_ms: dict[str, float] = field(default_factory=dict)
 
     def mark(self, name: str) -> None:
@@ -91,6 +93,7 @@ class TurnRecord:
             "fallback": self.fallback,
             "interrupted": self.interrupted,
             "help_line": self.help_line,
+            "deflected": self.deflected,
             "latency_ms": {name: self.latency_ms.get(name) for name in MARKS},
         }
 
@@ -233,8 +236,9 @@ class Turn:
             return
         if not self._spoken:
             raise NothingSpoken
-        if any(hit_limit(piece) for piece in self._reply):
-            # cut by the token limit: remember what was said, not the half sentence dropped
+        if self.record.deflected or any(hit_limit(piece) for piece in self._reply):
+            # cut by the token limit, or out of character: remember what was said, not the half
+            # sentence dropped, nor what the model wrote instead of the deflection
             self.record.reply = " ".join(self._spoken)
         else:
             self.record.reply = "".join(self._reply).strip()
@@ -275,12 +279,20 @@ class Turn:
         messages = self.conversation.messages()
         raw = self.deps.backend.stream(messages, self.deps.options)
         tokens = self._tokens(raw)
-        chunks = self.deps.speakable(tokens)
+        persona = self.persona
+        chunks = in_character(
+            self.deps.speakable(tokens), rule_for(persona), persona.deflection, self._deflect
+        )
         async with closing(raw), closing(tokens), closing(chunks):
             async for chunk in chunks:
                 self.record.mark("first_chunk")
                 await out.put(chunk)
         await out.put(None)
+
+    def _deflect(self, reasons: list[str]) -> None:
+        """The model broke character: its chunk is not spoken, the persona's deflection is."""
+        self.record.deflected = True
+        log.warning("reply_out_of_character", persona=self.persona.id, reasons=reasons)
 
     async def _synthesize(
         self, chunks: asyncio.Queue[str | None], out: asyncio.Queue[tuple[str | None, Pcm] | None]

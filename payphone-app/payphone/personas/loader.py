@@ -14,9 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from payphone.models import looks_like_path
+from payphone.reply.character import LeakRule
 from payphone.speech.base import VoiceSpec
 
 SHIPPED_DIR = Path(__file__).resolve().parent
@@ -158,6 +166,23 @@ class Persona(BaseModel):
     voice: PersonaVoice = Field(default_factory=PersonaVoice)
     help: HelpLines = Field(default_factory=HelpLines)
     examples: Annotated[list[Example], Field(max_length=MAX_EXAMPLES)] = Field(default_factory=list)
+    # said instead of a reply that breaks character (`payphone.reply.character`), which ends there
+    deflection: Annotated[str, Field(min_length=1)] = (
+        "Let's keep to your call, shall we? What can I do for you?"
+    )
+
+    @field_validator("deflection")
+    @classmethod
+    def _deflection_in_character(cls, line: str, info: ValidationInfo) -> str:
+        """The line that stands in for a reply out of character must not break it itself."""
+        data = info.data
+        if "prompt" in data and "prompt_tag" in data:
+            replies = [e.reply for e in data.get("examples", [])]
+            rule = LeakRule.of(data["prompt"], data["prompt_tag"], replies)
+            reasons = rule.out_of_character(line)
+            if reasons:
+                raise ValueError(f"breaks character itself ({', '.join(reasons)})")
+        return line
 
     @property
     def example_pairs(self) -> list[tuple[str, str]]:
