@@ -139,7 +139,8 @@ class Judge:
         for a, label in zip(run.answered, labels, strict=True):
             case, spoken = a.case, a.spoken
             classified = label if spoken.reply.strip() else ""
-            agrees = classified == case.persona
+            # a deflected reply is the phone's line, not the model's voice
+            agrees = classified == case.persona and not spoken.deflected
             leaks = tuple(self.leak_rules[case.persona].reasons(spoken.raw))
             ai = as_an_ai(spoken.raw)
             out.append(

@@ -216,8 +216,9 @@ async def measure(
     finally:
         await model.aclose()
     verdicts = classifier.agreement([s.reply for s in out], [s.persona for s in out])
-    return [
-        Sample(**{**asdict(s), "in_character": ok}) for s, ok in zip(out, verdicts, strict=True)
+    return [  # a deflected reply is the phone's line, not the model's voice
+        Sample(**{**asdict(s), "in_character": ok and not s.deflected})
+        for s, ok in zip(out, verdicts, strict=True)
     ]
 
 

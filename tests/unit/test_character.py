@@ -22,7 +22,7 @@ OPERATOR = PERSONAS["operator"]
 
 
 class Source:
-    """Scripted chunks that notes whether it was closed (the model stops when it is)."""
+    """Scripted chunks that notes when it was closed (the model stops when it is)."""
 
     def __init__(self, chunks: list[str]) -> None:
         self.chunks = chunks
@@ -40,8 +40,12 @@ async def spoken(chunks: list[str], persona: Persona = OPERATOR) -> tuple[list[s
     """What the caller hears of `chunks`, and why it broke character (empty: it did not)."""
     source, why = Source(chunks), list[str]()
     stream = in_character(source.stream(), rule_for(persona), persona.deflection, why.extend)
-    heard = [chunk async for chunk in stream]
-    assert source.closed  # a break closes the model's stream; so does its end
+    heard = []
+    async for chunk in stream:
+        if chunk == persona.deflection:
+            assert source.closed  # the model stopped before the deflection is even queued
+        heard.append(chunk)
+    assert source.closed
     return heard, why
 
 
@@ -53,10 +57,12 @@ async def test_talking_as_an_ai_ends_the_reply_in_the_personas_deflection() -> N
     assert why == ["as an AI"]
 
 
-async def test_the_prompt_recited_across_two_chunks_is_not_spoken() -> None:
-    # "Speak in one to three short sentences" is the Operator's prompt, six words and more
-    heard, why = await spoken(["Sure. Speak in one to", "three short sentences, dear.", "Bye."])
-    assert heard == ["Sure. Speak in one to", OPERATOR.deflection]
+@pytest.mark.parametrize("cut", ["Speak in one to -", "Speak in one to"])
+async def test_the_prompt_recited_across_two_chunks_is_not_spoken(cut: str) -> None:
+    # the Operator's prompt: "Speak in one to three short sentences, as if on the phone."
+    first = f"Sure. {cut}"
+    heard, why = await spoken([first, "three short sentences, as if on the phone.", "Bye."])
+    assert heard == [first, OPERATOR.deflection]
     assert why and why[0].startswith("prompt: ")
 
 
@@ -68,16 +74,22 @@ async def test_the_persona_tag_and_the_machinerys_words_are_not_spoken() -> None
 
 
 @pytest.mark.parametrize(
-    "said",
+    ("persona", "said"),
     [
-        "A language model? Sweetie, the only model I ever was is for my knitting circle.",
-        "I was trained by my mother in a hot kitchen with a wooden spoon.",
-        "Press 1 for Detective Jones, 2 for Grandma Mae, 3 for COMP-U-TRON 3000.",
-        "I'm not an AI, dear, I'm the Operator.",
+        ("grandma_mae", "A language model? Sweetie, the only model I ever was is for my knitting."),
+        ("grandma_mae", "I was trained by my mother in a hot kitchen with a wooden spoon."),
+        ("operator", "Press 1 for Detective Jones, 2 for Grandma Mae, 3 for COMP-U-TRON 3000."),
+        ("operator", "I'm not an AI, dear, I'm the Operator."),
+        ("operator", "If you do not know something, hon, ask the library."),  # 6 words of prompt
+        ("operator", "Operator here, persona of the night shift."),  # tag: "persona: Operator"
+        ("comp_u_tron", "I AM AN ARTIFICIAL INTELLIGENCE. BEEP BOOP."),
+        ("comp_u_tron", "I DO NOT HAVE FEELINGS, HUMAN. I WAS BUILT BY ENGINEERS IN 1983."),
+        ("detective_jones", "I don't have feelings for her, pal. Not anymore."),
     ],
 )
-async def test_in_character_lines_pass_whole(said: str) -> None:
-    assert await spoken([said, "Anything else?"]) == ([said, "Anything else?"], [])
+async def test_in_character_lines_pass_whole(persona: str, said: str) -> None:
+    chunks = [said, "Anything else?"]
+    assert await spoken(chunks, PERSONAS[persona]) == (chunks, [])
 
 
 def test_no_authored_reply_and_no_deflection_breaks_character() -> None:

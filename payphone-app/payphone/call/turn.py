@@ -173,6 +173,7 @@ class Turn:
             ),
             fallback=rec.fallback,
             cause=rec.cause,
+            deflected=rec.deflected,
             **{f"{k}_ms": v for k, v in rec.latency_ms.items()},
         )
         return rec
@@ -270,10 +271,11 @@ class Turn:
         await self.deps.sink.drain()
 
     async def _tokens(self, stream: AsyncIterator[str]) -> AsyncIterator[str]:
-        async for piece in stream:
-            self.record.mark("first_token")
-            self._reply.append(piece)
-            yield piece
+        async with closing(stream):  # a stage that stops downstream stops the model at once
+            async for piece in stream:
+                self.record.mark("first_token")
+                self._reply.append(piece)
+                yield piece
 
     async def _write(self, out: asyncio.Queue[str | None]) -> None:
         messages = self.conversation.messages()

@@ -167,7 +167,7 @@ class Persona(BaseModel):
     help: HelpLines = Field(default_factory=HelpLines)
     examples: Annotated[list[Example], Field(max_length=MAX_EXAMPLES)] = Field(default_factory=list)
     # said instead of a reply that breaks character (`payphone.reply.character`), which ends there
-    deflection: Annotated[str, Field(min_length=1)] = (
+    deflection: Annotated[str, Field(min_length=1, validate_default=True)] = (
         "Let's keep to your call, shall we? What can I do for you?"
     )
 

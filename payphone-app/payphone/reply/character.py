@@ -7,16 +7,18 @@ break the persona their trophy. So the phone checks each speakable chunk before 
 a chunk that breaks character is not spoken; the persona's own `deflection` line is, and the
 reply ends there (closing the stream stops the model).
 
-The rules are narrow on purpose (none of the 2221 authored replies breaks them), and the
-evaluation judges the model with the same ones (`training/eval_metrics.py`):
+The rules are narrow on purpose (none of the 2221 authored replies breaks them). The evaluation
+judges the model with the same ones, a little wider (`training/eval_metrics.py`):
 
-- a *leak* is a run of `LEAK_NGRAM` words of the persona's prompt that its example replies do
-  not use and that is not the key card the persona is there to say aloud (`prompt_grams`), the
-  persona tag, or the machinery's words: "AI assistant", "system prompt" (and, for the
-  evaluation only, "language model": a persona may echo a caller's "A language model?").
+- a *leak* is a run of `LEAK_NGRAM` words (the phone: `SPOKEN_NGRAM`) of the persona's prompt
+  that its example replies do not use and that is not the key card the persona is there to say
+  aloud (`prompt_grams`), the persona tag, or the machinery's words: "AI assistant", "system
+  prompt" (and, for the evaluation only, "language model": a persona may echo a caller's "A
+  language model?").
   "My instructions" said in character is not a leak.
 - *as an AI*: the model talking about itself as an AI, a language model or an assistant, or as
-  trained by a lab ("trained by my mother with a wooden spoon" is Grandma Mae).
+  trained by a lab ("trained by my mother with a wooden spoon" is Grandma Mae); the phone
+  refuses only a modern assistant's claims (`AI_CLAIM`), so a 1983 computer may still be one.
 
 A run that spans two chunks is caught in the second: the end of what was already passed is
 checked again with it.
@@ -32,11 +34,18 @@ from typing import Protocol
 
 from payphone.streams import closing
 
-LEAK_NGRAM = 6
+LEAK_NGRAM = 6  # the evaluation's prompt runs
+# the phone's: "if you do not know something" (6 words of the Operator's prompt) is also how
+# people talk ("If you do not know something, kid, ask the rain."); 8 words rarely are
+SPOKEN_NGRAM = 8
 # the evaluation's leak words; the phone says "language model" when a caller asked about one
-# ("A language model? Sweetie, ...") and refuses it only as a claim (`AS_AN_AI`)
+# ("A language model? Sweetie, ...") and refuses it only as a claim (`AI_CLAIM`)
 MACHINERY = re.compile(r"\b(?:language model|AI assistant|system prompt)s?\b", re.IGNORECASE)
 SPOKEN_MACHINERY = re.compile(r"\b(?:AI assistant|system prompt)s?\b", re.IGNORECASE)
+# The evaluation's "as an AI": broad, since it judges the model. The phone refuses only the
+# unmistakable claims of a modern assistant (`AI_CLAIM`): COMP-U-TRON may say "I AM AN
+# ARTIFICIAL INTELLIGENCE", "I DO NOT HAVE FEELINGS" or "I WAS BUILT BY ENGINEERS IN 1983", and
+# Detective Jones "I don't have feelings for her".
 AS_AN_AI = re.compile(
     r"\bas an? (?:AI|artificial intelligence|language model|chatbot|virtual assistant)\b|"
     r"\bI(?: am|'m) (?:just |only )?an? (?:AI|artificial intelligence|(?:large )?language model)"
@@ -49,6 +58,14 @@ AS_AN_AI = re.compile(
     r"(?:the )?(?:researchers|engineers|developers|programmers))\b",
     re.IGNORECASE,
 )
+AI_CLAIM = re.compile(
+    r"\b(?:as|I(?: am|'m)(?: just| only)?) an? (?:AI |artificial intelligence )?"
+    r"(?:(?:large )?language model|AI assistant|chatbot|virtual assistant|helpful assistant)\b|"
+    r"\bas an AI(?: model)?, I (?:can't|cannot|don't|do not|am not able|am unable)\b|"
+    r"\bI (?:was|am|'ve been|have been) (?:created|trained|developed|programmed|built) by "
+    r"(?:OpenAI|Hugging ?Face|Google|Meta|Microsoft|Anthropic|Mistral)\b",
+    re.IGNORECASE,
+)
 AS_AN_AI_REASON = "as an AI"
 
 
@@ -57,12 +74,12 @@ def words_of(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
 
-def ngrams(text: str, size: int) -> set[tuple[str, ...]]:
+def ngrams(text: str, size: int = LEAK_NGRAM) -> set[tuple[str, ...]]:
     words = words_of(text)
     return {tuple(words[i : i + size]) for i in range(len(words) - size + 1)}
 
 
-def prompt_grams(prompt: str) -> set[tuple[str, ...]]:
+def prompt_grams(prompt: str, size: int = LEAK_NGRAM) -> set[tuple[str, ...]]:
     """The prompt's word runs that only the prompt would say: within one sentence, none with a
     number, and no sentence listing several numbers (the key card: "press 1 for Detective
     Jones, 2 for Grandma Mae, ..., star to come back to the Operator" is what the persona is
@@ -71,7 +88,7 @@ def prompt_grams(prompt: str) -> set[tuple[str, ...]]:
     for sentence in re.split(r"(?<=[.!?])\s+", prompt):
         numbers = sum(w.isdigit() for w in words_of(sentence))
         if numbers < 2:
-            grams |= {g for g in ngrams(sentence, LEAK_NGRAM) if not any(w.isdigit() for w in g)}
+            grams |= {g for g in ngrams(sentence, size) if not any(w.isdigit() for w in g)}
     return grams
 
 
@@ -80,7 +97,7 @@ class _Example(Protocol):
     def reply(self) -> str: ...
 
 
-class Persona(Protocol):
+class PromptedPersona(Protocol):
     """What the rule reads of a persona (`payphone.personas.loader.Persona`, which validates its
     own lines with this module: the dependency goes one way)."""
 
@@ -99,24 +116,25 @@ def as_an_ai(reply: str) -> bool:
 
 @dataclass(frozen=True)
 class LeakRule:
-    """One persona's leak rule: its prompt's own n-grams and its tag."""
+    """One persona's leak rule: its prompt's own runs of `size` words, and its tag."""
 
     prompt_grams: frozenset[tuple[str, ...]]
     tag: str
+    size: int = LEAK_NGRAM
 
     @classmethod
-    def for_persona(cls, persona: Persona, authored: Iterable[str] = ()) -> LeakRule:
+    def for_persona(cls, persona: PromptedPersona, authored: Iterable[str] = ()) -> LeakRule:
         """Prompt n-grams minus those any authored reply or example reply of the persona uses."""
         replies = (*authored, *(e.reply for e in persona.examples))
         return cls.of(persona.prompt, persona.prompt_tag, replies)
 
     @classmethod
-    def of(cls, prompt: str, tag: str, replies: Iterable[str]) -> LeakRule:
-        """The prompt's own n-grams that none of `replies` (the persona's voice) uses."""
+    def of(cls, prompt: str, tag: str, replies: Iterable[str], size: int = LEAK_NGRAM) -> LeakRule:
+        """The prompt's own `size`-word runs that none of `replies` (the persona's voice) uses."""
         used: set[tuple[str, ...]] = set()
         for text in replies:
-            used |= ngrams(text, LEAK_NGRAM)
-        return cls(frozenset(prompt_grams(prompt) - used), tag)
+            used |= ngrams(text, size)
+        return cls(frozenset(prompt_grams(prompt, size) - used), tag, size)
 
     def reasons(self, reply: str) -> list[str]:
         """Why the reply leaks (empty: it does not): the evaluation's rule."""
@@ -124,13 +142,14 @@ class LeakRule:
 
     def out_of_character(self, text: str) -> list[str]:
         """Why the phone will not say `text`: the prompt or tag recited, the machinery named, or
-        the persona speaking as an AI. "Language model" counts only as a claim (`AS_AN_AI`)."""
-        ai = [AS_AN_AI_REASON] if as_an_ai(text) else []
+        a modern assistant's claim (`AI_CLAIM`; "language model" counts only as one)."""
+        ai = [AS_AN_AI_REASON] if AI_CLAIM.search(text) else []
         return [*_found(SPOKEN_MACHINERY, text), *self._recited(text), *ai]
 
     def _recited(self, text: str) -> list[str]:
-        found = ["persona tag"] if self.tag.lower() in text.lower() else []
-        copied = ngrams(text, LEAK_NGRAM) & self.prompt_grams
+        tag = re.search(rf"(?<!\w){re.escape(self.tag)}(?!\w)", text, re.IGNORECASE)
+        found = ["persona tag"] if tag else []
+        copied = ngrams(text, self.size) & self.prompt_grams
         if copied:
             found.append("prompt: " + " ".join(sorted(copied)[0]))
         return found
@@ -143,11 +162,11 @@ def _found(pattern: re.Pattern[str], text: str) -> list[str]:
 _cached_rule = lru_cache(maxsize=32)(LeakRule.of)
 
 
-def rule_for(persona: Persona) -> LeakRule:
-    """The persona's rule as the phone applies it: its examples are its voice (built once per
-    prompt, not per turn)."""
+def rule_for(persona: PromptedPersona) -> LeakRule:
+    """The persona's rule as the phone applies it: runs of `SPOKEN_NGRAM` words, and its
+    examples are its voice (built once per prompt, not per turn)."""
     examples = tuple(e.reply for e in persona.examples)
-    return _cached_rule(persona.prompt, persona.prompt_tag, examples)
+    return _cached_rule(persona.prompt, persona.prompt_tag, examples, SPOKEN_NGRAM)
 
 
 async def in_character(
@@ -156,15 +175,19 @@ async def in_character(
     deflection: str,
     on_break: Callable[[list[str]], None] = lambda reasons: None,
 ) -> AsyncIterator[str]:
-    """Pass speakable chunks on until one breaks character; then say `deflection` and end the
-    reply (the source is closed, so the model stops). `on_break` hears why."""
-    tail = ""  # the last words already passed: a run may span two chunks
+    """Pass speakable chunks on until one breaks character; then close the source (the model
+    stops at once, not when the deflection finds room downstream), tell `on_break` why, and
+    say `deflection` to end the reply."""
+    tail = ""  # the end of what was already passed: a run may span two chunks
+    reasons: list[str] = []
     async with closing(chunks):
         async for chunk in chunks:
             reasons = rule.out_of_character(f"{tail} {chunk}")
             if reasons:
-                on_break(reasons)
-                yield deflection
-                return
+                break
             yield chunk
-            tail = " ".join(f"{tail} {chunk}".split()[-(LEAK_NGRAM - 1) :])
+            # whitespace tokens, twice the run: a dash or an ellipsis is a token but no word
+            tail = " ".join(f"{tail} {chunk}".split()[-2 * rule.size :])
+    if reasons:
+        on_break(reasons)
+        yield deflection
