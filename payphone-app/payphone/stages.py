@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from payphone.call.assembly import PhoneStages
 from payphone.call.listen import TurnModel, VadListener
-from payphone.call.turn import Speakable
 from payphone.config import Settings, TurnSettings, VadSettings
 from payphone.llm.base import ChatOptions
 from payphone.llm.breaker import BreakerStatus
@@ -24,7 +23,7 @@ from payphone.models import resolve_gguf, resolve_voice, resolve_whisper
 from payphone.personas.loader import Persona
 from payphone.reply.chunker import ChunkerConfig
 from payphone.reply.guard import GuardConfig
-from payphone.reply.speakable import make_speakable
+from payphone.reply.speakable import Speakable, make_speakable
 from payphone.speech.echo_canceller import EchoCanceller, load_echo_canceller
 from payphone.speech.stt import WhisperTranscriber
 from payphone.speech.tts import PiperSynthesizer

@@ -22,6 +22,8 @@ from payphone.llm.breaker import CIRCUIT_OPEN, BreakerState, CircuitBreaker
 from payphone.llm.deadlines import Deadlines
 from payphone.llm.history import INTERRUPTED_MARKER, choose_system_prompt
 from payphone.pcm import Pcm
+from payphone.reply.guard import BLOCKED_LINE, GuardConfig
+from payphone.reply.speakable import make_speakable
 from payphone.sim.rig import Rig, build_rig
 from payphone.sim.stand_ins import (
     EnergyEndpointer,
@@ -156,6 +158,28 @@ async def test_after_a_cut_reply_the_model_reads_the_history_as_the_caller_heard
     assert request[: len(history)] == history
     assert request[len(history)] == {"role": "user", "content": "And another thing"}
     assert len(backend.read) == 1  # nothing new to read while the turn ran
+    await switch_off(rig, task)
+
+
+async def test_a_reply_the_guard_ends_goes_into_the_history_as_the_caller_heard_it() -> None:
+    backend = ScriptedBackend(reply="Well hello there, caller. Oh shit, I forgot it.")
+    speakable = make_speakable(GuardConfig(blocklist=("shit*",)))
+    stages = PhoneStages(
+        ScriptedTranscriber(deque(["Hello"])),
+        backend,
+        ToneSynthesizer(),
+        EnergyEndpointer,
+        speakable=speakable,
+    )
+    rig = build_rig(stages, CallOptions(PATIENT), sink_speed=4.0)
+    task = await on_the_line(rig)
+    await speak(rig)
+    await rig.wait_state(CallState.THINKING)
+    await rig.wait_state(CallState.LISTENING, timeout=5)
+    call = rig.calls[0]
+    [turn] = call.log.turns
+    assert "shit" not in turn.reply and turn.reply.endswith(BLOCKED_LINE)
+    assert call.conversation.turns[-1] == {"role": "assistant", "content": turn.reply}
     await switch_off(rig, task)
 
 

@@ -12,19 +12,20 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from payphone.call.events import Heard
 from payphone.call.lines import LineBook
-from payphone.call.turn import Speakable, Turn, TurnDeps, TurnRecord
+from payphone.call.turn import Turn, TurnDeps, TurnRecord
 from payphone.config import Settings
 from payphone.hardware.memory_audio import MemorySink
 from payphone.llm.history import Conversation
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
+from payphone.reply.speakable import Speakable
 from payphone.sim.simulate import speak_as_caller
 from payphone.speech.base import Synthesizer, VoiceSpec
 from payphone.stages import Stages, load_stages, system_prompt
@@ -72,8 +73,10 @@ class TimedSynthesizer(Synthesizer):
 def whole_reply(speakable: Speakable) -> Speakable:
     """The naive pipeline's text stage: one chunk, once the model has finished."""
 
-    async def one_chunk(pieces: AsyncIterator[str]) -> AsyncIterator[str]:
-        chunks = [chunk async for chunk in speakable(pieces)]
+    async def one_chunk(
+        pieces: AsyncIterator[str], on_guard: Callable[[str], None] | None = None
+    ) -> AsyncIterator[str]:
+        chunks = [chunk async for chunk in speakable(pieces, on_guard)]
         if chunks:
             yield " ".join(chunks)
 

@@ -18,12 +18,12 @@ from payphone.call.listen import Endpointer
 from payphone.call.options import CallOptions
 from payphone.call.phone import Phone
 from payphone.call.session import Call
-from payphone.call.turn import Speakable, TurnDeps
+from payphone.call.turn import TurnDeps
 from payphone.hardware.base import AudioSink, AudioSource, HookSwitch, Keypad
 from payphone.llm.base import ChatBackend, ChatOptions
 from payphone.log import get_logger
 from payphone.personas.loader import PersonaBook
-from payphone.reply.speakable import make_speakable
+from payphone.reply.speakable import Speakable, make_speakable
 from payphone.speech.base import Synthesizer, Transcriber
 from payphone.speech.echo_canceller import EchoCanceller
 

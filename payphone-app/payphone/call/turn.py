@@ -32,13 +32,13 @@ from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
 from payphone.personas.loader import Persona
 from payphone.reply.character import in_character, rule_for
+from payphone.reply.speakable import Speakable
 from payphone.speech import tones
 from payphone.speech.base import Synthesizer, Transcriber
 from payphone.streams import closing, hit_limit
 
 log = get_logger("turn")
 
-Speakable = Callable[[AsyncIterator[str]], AsyncIterator[str]]
 
 MARKS = ("transcript_ready", "first_token", "first_chunk", "first_audio", "reply_done")
 NOTHING_SPOKEN = "nothing_speakable"
@@ -133,6 +133,7 @@ class Turn:
         self.heard = heard
         self.record = TurnRecord(persona=persona.id, speech_end=heard.speech_end)
         self._reply: list[str] = []
+        self._guarded = False  # the output guard ended the reply early (blocklist, length)
         self._spoken: list[str] = []
         self._audible = asyncio.Event()
         self._settled = asyncio.Event()  # the answer is audible, or there will be none
@@ -237,9 +238,10 @@ class Turn:
             return
         if not self._spoken:
             raise NothingSpoken
-        if self.record.deflected or any(hit_limit(piece) for piece in self._reply):
-            # cut by the token limit, or out of character: remember what was said, not the half
-            # sentence dropped, nor what the model wrote instead of the deflection
+        if self._guarded or self.record.deflected or any(map(hit_limit, self._reply)):
+            # cut by the token limit, the guard, or out of character: remember what was said,
+            # not the half sentence dropped, nor what the model wrote past the cap, a blocked
+            # phrase or a break
             self.record.reply = " ".join(self._spoken)
         else:
             self.record.reply = "".join(self._reply).strip()
@@ -283,13 +285,19 @@ class Turn:
         tokens = self._tokens(raw)
         persona = self.persona
         chunks = in_character(
-            self.deps.speakable(tokens), rule_for(persona), persona.deflection, self._deflect
+            self.deps.speakable(tokens, self._guard_ended),
+            rule_for(persona),
+            persona.deflection,
+            self._deflect,
         )
         async with closing(raw), closing(tokens), closing(chunks):
             async for chunk in chunks:
                 self.record.mark("first_chunk")
                 await out.put(chunk)
         await out.put(None)
+
+    def _guard_ended(self, reason: str) -> None:
+        self._guarded = True
 
     def _deflect(self, reasons: list[str]) -> None:
         """The model broke character: its chunk is not spoken, the persona's deflection is."""

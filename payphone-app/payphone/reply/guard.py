@@ -18,7 +18,7 @@ delayed. Three jobs:
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from payphone.config import LlmSettings
@@ -242,11 +242,15 @@ def _count(text: str) -> int:
 
 
 async def guard_stream(
-    pieces: AsyncIterator[str], config: GuardConfig | None = None
+    pieces: AsyncIterator[str],
+    config: GuardConfig | None = None,
+    on_end: Callable[[str], None] | None = None,
 ) -> AsyncIterator[str]:
     """The reply stream with the guard applied; closes the source when the guard ends the reply
     (or the consumer stops), so the model stops generating. The model's `HIT_LIMIT` mark is
-    passed on after the text (the chunker drops the unfinished sentence)."""
+    passed on after the text (the chunker drops the unfinished sentence). `on_end` hears why
+    the guard ended a reply early ("blocklist", "length"): what the caller hears then is not
+    what the model wrote."""
     guard = OutputGuard(config)
     limited = False
     async with closing(pieces):
@@ -258,6 +262,8 @@ async def guard_stream(
                 yield out
             if guard.done:
                 break
+        if guard.reason is not None and on_end is not None:
+            on_end(guard.reason)
         for out in guard.flush():
             yield out
         if limited and guard.reason is None:

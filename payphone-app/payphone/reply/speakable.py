@@ -7,17 +7,29 @@ the model stops generating as soon as nothing more will be spoken.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 from payphone.reply.chunker import ChunkerConfig, chunk_stream
 from payphone.reply.guard import GuardConfig, guard_stream
 
 
+class Speakable(Protocol):
+    """Model pieces in, speakable chunks out; `on_guard` hears why the output guard ended a
+    reply early (`guard_stream`)."""
+
+    def __call__(
+        self, pieces: AsyncIterator[str], on_guard: Callable[[str], None] | None = None
+    ) -> AsyncIterator[str]: ...
+
+
 def make_speakable(
     guard: GuardConfig | None = None, chunker: ChunkerConfig | None = None
-) -> Callable[[AsyncIterator[str]], AsyncIterator[str]]:
+) -> Speakable:
     """A stage for the turn pipeline: token pieces in, speakable chunks out."""
 
-    def speakable(pieces: AsyncIterator[str]) -> AsyncIterator[str]:
-        return chunk_stream(guard_stream(pieces, guard), chunker)
+    def speakable(
+        pieces: AsyncIterator[str], on_guard: Callable[[str], None] | None = None
+    ) -> AsyncIterator[str]:
+        return chunk_stream(guard_stream(pieces, guard, on_guard), chunker)
 
     return speakable
