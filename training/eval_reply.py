@@ -19,7 +19,7 @@ from payphone.llm.embedded import EmbeddedBackend
 from payphone.llm.history import Conversation
 from payphone.llm.prompt_style import Declared, choose
 from payphone.personas.loader import Persona
-from payphone.reply.character import in_character, rule_for
+from payphone.reply.character import in_character
 from payphone.reply.chunker import ChunkerConfig
 from payphone.reply.guard import GuardConfig
 from payphone.reply.speakable import make_speakable
@@ -107,15 +107,8 @@ async def spoken_reply(
         ChunkerConfig(first_clause_words=settings.tts.first_chunk_words),
     )
     broke: list[str] = []
-    chunks = [
-        c
-        async for c in in_character(
-            speakable(_replay(pieces, keep_mark=drop_half_sentence)),
-            rule_for(persona),
-            persona.deflection,
-            broke.extend,
-        )
-    ]
+    replayed = speakable(_replay(pieces, keep_mark=drop_half_sentence))
+    chunks = [c async for c in in_character(replayed, persona, broke.extend)]
     return Spoken(
         reply=" ".join(chunks),
         raw="".join(p for p in pieces if not hit_limit(p)).strip(),

@@ -39,7 +39,7 @@ class Source:
 async def spoken(chunks: list[str], persona: Persona = OPERATOR) -> tuple[list[str], list[str]]:
     """What the caller hears of `chunks`, and why it broke character (empty: it did not)."""
     source, why = Source(chunks), list[str]()
-    stream = in_character(source.stream(), rule_for(persona), persona.deflection, why.extend)
+    stream = in_character(source.stream(), persona, why.extend)
     heard = []
     async for chunk in stream:
         if chunk == persona.deflection:

@@ -31,14 +31,13 @@ from payphone.llm.history import Conversation
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
 from payphone.personas.loader import Persona
-from payphone.reply.character import in_character, rule_for
+from payphone.reply.character import in_character
 from payphone.reply.speakable import Speakable
 from payphone.speech import tones
 from payphone.speech.base import Synthesizer, Transcriber
 from payphone.streams import closing, hit_limit
 
 log = get_logger("turn")
-
 
 MARKS = ("transcript_ready", "first_token", "first_chunk", "first_audio", "reply_done")
 NOTHING_SPOKEN = "nothing_speakable"
@@ -283,12 +282,8 @@ class Turn:
         messages = self.conversation.messages()
         raw = self.deps.backend.stream(messages, self.deps.options)
         tokens = self._tokens(raw)
-        persona = self.persona
         chunks = in_character(
-            self.deps.speakable(tokens, self._guard_ended),
-            rule_for(persona),
-            persona.deflection,
-            self._deflect,
+            self.deps.speakable(tokens, self._guard_ended), self.persona, self._deflect
         )
         async with closing(raw), closing(tokens), closing(chunks):
             async for chunk in chunks:

@@ -107,6 +107,8 @@ class PromptedPersona(Protocol):
     def prompt_tag(self) -> str: ...
     @property
     def examples(self) -> Sequence[_Example]: ...
+    @property
+    def deflection(self) -> str: ...
 
 
 def as_an_ai(reply: str) -> bool:
@@ -171,13 +173,13 @@ def rule_for(persona: PromptedPersona) -> LeakRule:
 
 async def in_character(
     chunks: AsyncIterator[str],
-    rule: LeakRule,
-    deflection: str,
+    persona: PromptedPersona,
     on_break: Callable[[list[str]], None] = lambda reasons: None,
 ) -> AsyncIterator[str]:
-    """Pass speakable chunks on until one breaks character; then close the source (the model
-    stops at once, not when the deflection finds room downstream), tell `on_break` why, and
-    say `deflection` to end the reply."""
+    """Pass speakable chunks on until one breaks the persona's character (`rule_for`); then
+    close the source (the model stops at once, not when the deflection finds room downstream),
+    tell `on_break` why, and say the persona's `deflection` to end the reply."""
+    rule = rule_for(persona)
     tail = ""  # the end of what was already passed: a run may span two chunks
     reasons: list[str] = []
     async with closing(chunks):
@@ -190,4 +192,4 @@ async def in_character(
             tail = " ".join(f"{tail} {chunk}".split()[-2 * rule.size :])
     if reasons:
         on_break(reasons)
-        yield deflection
+        yield persona.deflection
