@@ -94,6 +94,31 @@ def test_a_finished_sentence_ends_at_the_first_look(app_settings: Settings, spee
     assert gained >= TURN.pause_ms - TURN.first_check_ms - 30  # within a frame
 
 
+async def test_a_verdict_between_frames_wakes_the_call_and_ends_the_turn_at_once(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    """No need to wait for the next mic frame: the verdict's thread wakes the loop, and `poll`
+    cuts the utterance then; before the verdict, `poll` changes nothing."""
+    model = ScriptedTurnModel(0.9)
+    model.release.clear()  # the verdict comes when the test says
+    listener = VadListener(app_settings.vad, TURN, model)
+    woken = asyncio.Event()
+    listener.watch(woken.set)
+    clip = np.concatenate([silence(0.5), speech, silence(0.3)])
+    assert feed(listener, clip, settle=False) == []
+    for _ in range(200):
+        if model.asked:
+            break
+        await asyncio.sleep(0.01)
+    assert len(model.asked) == 1 and listener.poll() == [] and not woken.is_set()
+    model.release.set()
+    await asyncio.wait_for(woken.wait(), 2.0)
+    [heard] = listener.poll()  # no frame came in between
+    assert isinstance(heard, Heard) and not heard.tentative
+    assert len(heard.pcm) >= len(speech) * 0.9
+    assert listener.poll() == []  # the turn has ended: nothing more to cut
+
+
 def test_an_unsure_first_look_asks_again_at_the_pause(app_settings: Settings, speech: Pcm) -> None:
     """At 90 ms of silence the model was unsure; with 180 ms it hears a finished sentence."""
     model = ScriptedTurnModel(0.9, first=0.3)

@@ -163,6 +163,7 @@ class Call:
         self.conversation = self._conversation_for(self.persona)
         self.state = CallState.DIAL_TONE
         self._endpointer = endpointer
+        endpointer.watch(self._poll)
         self._on_state = on_state
         self._inbox: asyncio.Queue[CallEvent] = asyncio.Queue()
         self._activity: asyncio.Task[None] | None = None
@@ -195,6 +196,11 @@ class Call:
         `words`: the same frame as Whisper should hear it (another echo filter; None: `frame`)."""
         gated = self.deps.sink.playing and self.state not in OPEN_MIC
         for event in self._endpointer.feed(frame, gated, words):
+            self.post(event)
+
+    def _poll(self) -> None:
+        """The endpointer got an answer between frames (the turn model's verdict)."""
+        for event in self._endpointer.poll():
             self.post(event)
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +58,12 @@ class EnergyEndpointer:
 
     def answered(self) -> None:
         """Nothing is held across turns here."""
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Nothing is decided between frames here."""
+
+    def poll(self) -> list[MicEvent]:
+        return []
 
     def feed(self, pcm: Pcm, playing: bool, words: Pcm | None = None) -> list[MicEvent]:
         level = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
