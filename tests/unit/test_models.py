@@ -43,6 +43,32 @@ def test_demo_packages_resolve_to_real_model_files() -> None:
     assert gguf.read_bytes()[:4] == b"GGUF"
 
 
+def test_the_demo_gguf_runs_as_a_q8_0_copy_made_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gguf as gguf_file
+
+    monkeypatch.setenv("PAYPHONE_MODELS__DIR", str(tmp_path / "models"))
+    settings = load_settings()
+    copy = resolve_gguf(settings)
+    assert copy.parent == tmp_path / "models" / "gguf" and copy.name.endswith(".Q8_0.gguf")
+    file_type = gguf_file.GGUFReader(copy).fields["general.file_type"]
+    assert int(file_type.parts[-1][0]) == gguf_file.LlamaFileType.MOSTLY_Q8_0
+    made = copy.stat().st_mtime_ns
+    assert resolve_gguf(settings) == copy and copy.stat().st_mtime_ns == made  # not again
+    assert [p.name for p in copy.parent.iterdir()] == [copy.name]  # no temporary left
+
+
+def test_without_a_writable_models_dir_the_packaged_gguf_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "models"
+    blocked.write_text("a file where the directory should be")
+    monkeypatch.setenv("PAYPHONE_MODELS__DIR", str(blocked))
+    packaged = resolve_gguf(load_settings())
+    assert packaged.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and packaged.is_file()
+
+
 def test_explicit_path_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = resolve_voice(load_settings())
     copy = tmp_path / "mine" / "voice.onnx"

@@ -8,7 +8,8 @@ each 30 ms frame when its last sample has been spoken, as a sound card delivers 
 The clock starts at the caller's last voiced sample in the input audio and stops at the first
 earpiece sample of the reply (a filler is counted apart). Once the reply is heard, `#` cuts it
 off and the next line follows. Both pipelines run in the same session on the same lines: the
-end-of-turn model (`turn.*`) and the fixed silence rule (`vad.hangover_ms`).
+end-of-turn model (`turn.*`) and the fixed silence rule (`vad.hangover_ms`). The persona model
+samples with one fixed seed, so both pipelines hear the same replies and runs compare.
 
 A paused line is *cut off* when the reply starts before the caller's last word; *split* when a
 turn started at the pause and the rest of the line had to join it (nothing is lost, but the
@@ -58,6 +59,9 @@ VOICED = 300  # |sample| above this is the caller's voice (Piper's silence is ex
 REPLY_WAIT_S = 20.0
 STAGES = ("turn_started", "transcript_ready", "first_token", "first_chunk", "first_audio")
 CALL_EVERY = 8  # a fresh call every few turns: the history stays short, as in a real call
+# the persona model samples with this seed in both pipelines, so a line gets the same reply in
+# each and their difference is the end of turn, not how long the first sentence came out
+SEED = 7
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,8 @@ async def _pipeline(
 ) -> list[TurnFigure]:
     quick = settings.call.model_copy(update={"dial_tone_s": 0.3, "idle_prompt_s": 60})
     options = dataclasses.replace(CallOptions.from_settings(settings), call=quick)
-    rig = build_rig(stages.for_phone(settings.vad, settings.turn), options, echo=echo)
+    seeded = dataclasses.replace(stages, options=dataclasses.replace(stages.options, seed=SEED))
+    rig = build_rig(seeded.for_phone(settings.vad, settings.turn), options, echo=echo)
     task = await rig.start()
     figures = []
     try:
