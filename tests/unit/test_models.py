@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from payphone import models
+from payphone import demo_gguf, models
 from payphone.config import load_settings
 from payphone.download import DownloadError
 from payphone.models import (
@@ -48,13 +48,16 @@ def test_the_demo_gguf_runs_as_a_q8_0_copy_made_once(
 ) -> None:
     import gguf as gguf_file
 
-    monkeypatch.setenv("PAYPHONE_MODELS__DIR", str(tmp_path / "models"))
+    monkeypatch.setattr(models, "q8_copy", demo_gguf.q8_copy)  # not the tests' shared copy
+    monkeypatch.setenv("PAYPHONE_MODELS__DIR", str(tmp_path / "own"))
     settings = load_settings()
     copy = resolve_gguf(settings)
-    assert copy.parent == tmp_path / "models" / "gguf" and copy.name.endswith(".Q8_0.gguf")
+    assert copy.parent == tmp_path / "own" / "gguf" and copy.name.endswith(".Q8_0.gguf")
     file_type = gguf_file.GGUFReader(copy).fields["general.file_type"]
     assert int(file_type.parts[-1][0]) == gguf_file.LlamaFileType.MOSTLY_Q8_0
     made = copy.stat().st_mtime_ns
+    packaged = demo_package_path(*models.DEMO_GGUF["SmolLM2-135M-Instruct"])
+    assert packaged is not None and made == packaged.stat().st_mtime_ns  # the package's version
     assert resolve_gguf(settings) == copy and copy.stat().st_mtime_ns == made  # not again
     assert [p.name for p in copy.parent.iterdir()] == [copy.name]  # no temporary left
 
@@ -62,7 +65,8 @@ def test_the_demo_gguf_runs_as_a_q8_0_copy_made_once(
 def test_without_a_writable_models_dir_the_packaged_gguf_is_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    blocked = tmp_path / "models"
+    monkeypatch.setattr(models, "q8_copy", demo_gguf.q8_copy)  # not the tests' shared copy
+    blocked = tmp_path / "blocked"
     blocked.write_text("a file where the directory should be")
     monkeypatch.setenv("PAYPHONE_MODELS__DIR", str(blocked))
     packaged = resolve_gguf(load_settings())

@@ -85,8 +85,9 @@ class Endpointer(Protocol):
         """`wake` is called on the loop when a worker's answer may end the turn between frames:
         then `poll` says what it changed."""
 
-    def poll(self) -> list[MicEvent]:
-        """Between frames, after `wake`: the events that answer makes due now (often none)."""
+    def poll(self, playing: bool) -> list[MicEvent]:
+        """Between frames, after `wake`: the events that answer makes due now (often none);
+        `playing` as for `feed`."""
         ...
 
 
@@ -174,20 +175,18 @@ class VadListener:
     def watch(self, wake: Callable[[], None]) -> None:
         self._wake = wake
 
-    def poll(self) -> list[MicEvent]:
+    def poll(self, playing: bool) -> list[MicEvent]:
         """A verdict came between frames: the turn may end now rather than at the next frame."""
-        if not self._vad.in_speech:
-            return []
-        heard = self._end_of_turn()
-        if heard:  # as `feed` does after a cut
-            self._prefix = _EMPTY
-            self._was_speaking = self._vad.in_speech
-        return list(heard)
+        self._gate(playing)  # our voice may have started since the last frame
+        return self._settle(self._end_of_turn(), self._vad.pause_ms)
 
-    def feed(self, pcm: Pcm, playing: bool, words: Pcm | None = None) -> list[MicEvent]:
+    def _gate(self, playing: bool) -> None:
         self._vad.gate(playing)
         if playing:
             self._held = None  # the persona answered (or spoke): the next words start afresh
+
+    def feed(self, pcm: Pcm, playing: bool, words: Pcm | None = None) -> list[MicEvent]:
+        self._gate(playing)
         events: list[MicEvent] = []
         paused_ms = self._vad.pause_ms  # before this frame: how long ago a blip ended
         ended = self._vad.feed(pcm, words)
@@ -204,15 +203,19 @@ class VadListener:
         heard = [Heard(u.pcm, u.end_monotonic) for u in ended]
         if heard:  # the carried blip goes in front of the first (one per frame, in practice)
             heard[0] = dataclasses.replace(heard[0], pcm=self._spoken(heard[0].pcm))
-        heard += self._end_of_turn()
+        return events + self._settle(heard + self._end_of_turn(), paused_ms)
+
+    def _settle(self, heard: list[Heard], paused_ms: int) -> list[MicEvent]:
+        """After a frame (or a verdict between frames): an utterance that ended without being
+        heard was a blip (or gated by our voice); the carried blip is used up."""
+        events: list[MicEvent] = []
         if self._was_speaking and not self._vad.in_speech and not heard:
-            events.append(SpeechDropped(time.monotonic()))  # a blip, or gated by our voice
+            events.append(SpeechDropped(time.monotonic()))
             self._keep_blip(paused_ms)
         if heard or not self._vad.in_speech:
             self._prefix = _EMPTY
         self._was_speaking = self._vad.in_speech
-        events.extend(heard)
-        return events
+        return events + list(heard)
 
     def answered(self) -> None:
         """The mic gate alone misses a reply cut within a frame or two (`#`), and then the next

@@ -194,13 +194,20 @@ class Call:
     def hear(self, frame: Pcm, words: Pcm | None = None) -> None:
         """One mic frame: the endpointer cuts utterances, gated while our own voice plays.
         `words`: the same frame as Whisper should hear it (another echo filter; None: `frame`)."""
-        gated = self.deps.sink.playing and self.state not in OPEN_MIC
-        for event in self._endpointer.feed(frame, gated, words):
+        for event in self._endpointer.feed(frame, self._gated, words):
             self.post(event)
 
+    @property
+    def _gated(self) -> bool:
+        """Our own voice is in the earpiece and the mic is not open to the caller."""
+        return self.deps.sink.playing and self.state not in OPEN_MIC
+
     def _poll(self) -> None:
-        """The endpointer got an answer between frames (the turn model's verdict)."""
-        for event in self._endpointer.poll():
+        """The endpointer got an answer between frames (the turn model's verdict); after the
+        hang-up nobody listens, and nothing may start (Whisper on a pause) for a gone call."""
+        if self.state is CallState.ENDED:
+            return
+        for event in self._endpointer.poll(self._gated):
             self.post(event)
 
     @property

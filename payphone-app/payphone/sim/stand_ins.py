@@ -62,7 +62,7 @@ class EnergyEndpointer:
     def watch(self, wake: Callable[[], None]) -> None:
         """Nothing is decided between frames here."""
 
-    def poll(self) -> list[MicEvent]:
+    def poll(self, playing: bool) -> list[MicEvent]:
         return []
 
     def feed(self, pcm: Pcm, playing: bool, words: Pcm | None = None) -> list[MicEvent]:
