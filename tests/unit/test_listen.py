@@ -427,3 +427,55 @@ def test_the_turn_carries_the_words_audio(app_settings: Settings, speech: Pcm) -
     [turn] = heard
     middle = turn.pcm[len(turn.pcm) // 2 // FRAME * FRAME :][:FRAME]
     assert contains(words, middle) and not contains(clip, middle)
+
+
+async def test_a_verdict_after_the_hang_up_starts_nothing(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    """The caller pauses, the check is still running, they hang up: when the verdict comes
+    back it wakes a call that has ended, and no Whisper run starts for it."""
+    from collections import deque
+
+    from payphone.call.assembly import PhoneStages
+    from payphone.call.events import CallState
+    from payphone.call.options import CallOptions
+    from payphone.config import CallSettings
+    from payphone.sim.rig import build_rig
+    from payphone.sim.stand_ins import ScriptedBackend, ScriptedTranscriber, ToneSynthesizer
+
+    model = ScriptedTurnModel(0.9)
+    model.release.clear()
+    whisper = CountingTranscriber()
+    stages = PhoneStages(
+        ScriptedTranscriber(deque()),
+        ScriptedBackend(),
+        ToneSynthesizer(),
+        lambda: VadListener(app_settings.vad, TURN, model, whisper),
+    )
+    quick = CallSettings(dial_tone_s=0.3, idle_prompt_s=30, max_call_s=60)
+    rig = build_rig(stages, CallOptions(quick), sink_speed=4.0)
+    task = await rig.start()
+    try:
+        rig.lift()
+        await rig.wait_state(CallState.LISTENING, timeout=10)  # after the greeting
+        rig.mic.push(np.concatenate([speech, silence(0.3)]))
+        for _ in range(300):  # the pause reached the first look: the check is held
+            if model.asked:
+                break
+            await asyncio.sleep(0.01)
+        assert model.asked
+        rig.replace()
+        for _ in range(300):
+            if rig.phone.call is None:
+                break
+            await asyncio.sleep(0.01)
+        model.release.set()
+        TURN_THREAD.submit(lambda: None).result()  # the verdict is back
+        await asyncio.sleep(0.2)  # its wake-up has run on the loop
+        assert whisper.given == []
+    finally:
+        model.release.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await rig.sink.aclose()
+        rig.hook.close()
