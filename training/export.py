@@ -13,7 +13,6 @@ that form of the persona prompt (`llm.prompt_style = "auto"`), in-process or thr
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from payphone.demo_gguf import llama_quantize
 from payphone.llm.prompt_style import PROMPT_STYLE_KEY, PromptStyle
 from payphone.log import get_logger
 from training.base_model import hf_folder, replace_dir, resolve, save_folder
@@ -160,23 +160,15 @@ def convert(model_dir: Path, dest: Path, outtype: str, name: str, llama_dir: Pat
 
 def quantize(src: Path, dest: Path, qtype: str, threads: int = 0) -> list[str]:
     """Quantize with llama.cpp; returns one line per tensor that fell back to another type."""
-    import llama_cpp
-    from llama_cpp._logger import set_verbose
-
-    set_verbose(False)  # one line per tensor otherwise; fallbacks are explained below instead
     if qtype not in FTYPES:
         raise ExportError(f"export.quant = {qtype!r}: not one of {', '.join(FTYPES)}")
     tmp = dest.with_name(f".{dest.name}.tmp")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPES[qtype]
-    params.nthread = threads
     try:
-        code = llama_cpp.llama_model_quantize(
-            str(src).encode(), str(tmp).encode(), ctypes.byref(params)
-        )
-        if code != 0 or not tmp.is_file():
-            raise ExportError(f"llama_model_quantize({src.name} -> {qtype}) failed with {code}")
-        fallbacks = explain_fallbacks(tmp, qtype)
+        try:
+            llama_quantize(src, tmp, FTYPES[qtype], qtype, threads=threads)
+        except RuntimeError as exc:
+            raise ExportError(str(exc)) from exc
+        fallbacks = explain_fallbacks(tmp, qtype)  # fallbacks are explained here, not per tensor
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -53,30 +53,42 @@ def _up_to_date(packaged: Path, dest: Path) -> bool:
 
 
 def _requantize(src: Path, dest: Path) -> None:
-    """llama.cpp's own quantizer, into a temporary file renamed into place when complete."""
+    """Into a temporary file, renamed into place when complete (with the source's mtime)."""
     import llama_cpp
-    from llama_cpp._logger import set_verbose
 
-    set_verbose(False)  # a line per tensor on stderr otherwise
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(dest)
     handle, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(handle)
     tmp = Path(name)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
-    params.allow_requantize = True  # the source is already quantized (Q4_1)
     try:
-        code = llama_cpp.llama_model_quantize(
-            str(src).encode(), str(tmp).encode(), ctypes.byref(params)
-        )
-        if code != 0 or tmp.stat().st_size == 0:
-            raise RuntimeError(f"llama_model_quantize({src.name} -> {QUANT}) returned {code}")
+        # the source is already quantized (Q4_1)
+        llama_quantize(src, tmp, llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, QUANT, requantize=True)
         source = src.stat()
         os.utime(tmp, ns=(source.st_atime_ns, source.st_mtime_ns))
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def llama_quantize(
+    src: Path, out: Path, ftype: int, label: str, *, threads: int = 0, requantize: bool = False
+) -> None:
+    """llama.cpp's own quantizer, `src` into `out` as `ftype` (`label`: its name); raises
+    RuntimeError when it fails. The training export quantizes with it too."""
+    import llama_cpp
+    from llama_cpp._logger import set_verbose
+
+    set_verbose(False)  # a line per tensor on stderr otherwise
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads
+    params.allow_requantize = requantize
+    code = llama_cpp.llama_model_quantize(
+        str(src).encode(), str(out).encode(), ctypes.byref(params)
+    )
+    if code != 0 or not out.is_file() or out.stat().st_size == 0:
+        raise RuntimeError(f"llama_model_quantize({src.name} -> {label}) failed with {code}")
 
 
 def _remove_stale(dest: Path) -> None:
