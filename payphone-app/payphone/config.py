@@ -148,15 +148,17 @@ class TurnSettings(Group):
     first_check_ms: Annotated[int, Field(ge=30, le=1000)] = 90
     # Whisper starts on what was said at this much silence (the transcript is ready sooner
     # when the pause ends the turn, thrown away when the caller goes on), once a check asked by
-    # then has answered (the two share the CPU badly)
-    transcribe_ms: Annotated[int, Field(ge=30, le=1000)] = 90
+    # then has answered (the two share the CPU badly). Below first_check_ms it runs in the
+    # silence before the first look, and that check waits for it: 30 brought the reply ~50 ms
+    # sooner than 90 (`bench turns`, the same lines paired)
+    transcribe_ms: Annotated[int, Field(ge=30, le=1000)] = 30
     max_silence_ms: Annotated[int, Field(ge=300, le=5000)] = 1200
     speculate_ms: Annotated[int, Field(ge=100, le=5000)] = 500
     # the model unsure, but the words a complete statement ("... I can barely hear you."):
     # answered after this much silence instead of max_silence_ms
     complete_ms: Annotated[int, Field(ge=100, le=5000)] = 800
-    # a check runs while the other stages wait for it: on two threads it took 18-20 ms here,
-    # on one 31 (its threads sleep between checks)
+    # a check runs while the other stages wait for it: on two threads it took 30-35 ms here
+    # after a call's idle (its threads spin while it runs, and only then), on one 46
     threads: Annotated[int, Field(ge=1, le=8)] = 2
 
 

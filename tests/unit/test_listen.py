@@ -17,6 +17,7 @@ import pytest
 from payphone.call.events import Heard, SpeechDropped
 from payphone.call.listen import TURN_THREAD, VadListener
 from payphone.config import Settings, TurnSettings, load_settings
+from payphone.cores import working
 from payphone.pcm import Pcm
 from payphone.speech.base import Transcriber, Transcript
 from tests.speech_fixtures import SAMPLE_RATE, piper, silence
@@ -257,12 +258,13 @@ async def test_whisper_starts_before_the_verdict_is_asked(
 
 
 async def test_whisper_waits_for_the_first_check(app_settings: Settings, speech: Pcm) -> None:
-    """The first look and Whisper both come at 90 ms of silence; on two cores each slowed the
+    """The first look and Whisper both due at 90 ms of silence: on two cores each slowed the
     other two- to threefold, so Whisper starts once the check has answered."""
     whisper = CountingTranscriber()
     model = ScriptedTurnModel(0.9)
     model.release.clear()  # the check is still running
-    listener = VadListener(app_settings.vad, TURN, model, whisper)
+    together = TURN.model_copy(update={"transcribe_ms": TURN.first_check_ms})
+    listener = VadListener(app_settings.vad, together, model, whisper)
     feed(listener, np.concatenate([silence(0.5), speech, silence(0.15)]), settle=False)
     for _ in range(200):  # the check is under way in the model's thread
         if model.asked:
@@ -275,6 +277,52 @@ async def test_whisper_waits_for_the_first_check(app_settings: Settings, speech:
     assert heard.transcript is not None
     await heard.transcript
     assert len(whisper.given) == 1
+
+
+class HeldTranscriber(CountingTranscriber):
+    """Whisper's contract, decoding (`working("stt")`, as the real one) until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    async def transcribe(self, pcm: Pcm) -> Transcript:
+        self.given.append(len(pcm))
+        return await asyncio.to_thread(self._decode, len(pcm))
+
+    def _decode(self, samples: int) -> Transcript:
+        with working("stt"):
+            self.release.wait(5)
+        return Transcript(text="What time does the library open?", duration_s=samples / 16000)
+
+
+async def test_by_default_whisper_starts_first_and_the_check_waits_for_it(
+    app_settings: Settings, speech: Pcm
+) -> None:
+    """Whisper needs no silence to judge, the model does: Whisper starts at 30 ms of it, and
+    the first look (90 ms) waits for that decode instead of running beside it."""
+    assert TURN.transcribe_ms < TURN.first_check_ms
+    whisper = HeldTranscriber()
+    model = ScriptedTurnModel(0.9)
+    listener = VadListener(app_settings.vad, TURN, model, whisper)
+    try:
+        feed(listener, np.concatenate([silence(0.5), speech]), settle=False)
+        while not whisper.given:  # frame by frame into the pause: Whisper first
+            feed(listener, silence(0.03), settle=False)
+            await asyncio.sleep(0)
+        assert listener._check is not None and listener._check.verdict is None
+        while (check := listener._check) is not None and check.verdict is None:  # the look
+            feed(listener, silence(0.03), settle=False)
+        await asyncio.sleep(0.1)
+        assert model.asked == []  # asked, and waiting for the decode
+    finally:
+        whisper.release.set()
+    TURN_THREAD.submit(lambda: None).result()
+    assert len(model.asked) == 1 and model.asked[0] > whisper.given[0]  # with its pause
+    [(_, heard)] = feed(listener, silence(0.03))
+    assert heard.transcript is not None
+    assert (await heard.transcript).text.startswith("What time")
+    assert len(whisper.given) == 1  # nothing transcribed twice
 
 
 async def test_the_eager_transcript_is_dropped_when_the_caller_goes_on(
@@ -433,7 +481,8 @@ async def test_a_verdict_after_the_hang_up_starts_nothing(
     app_settings: Settings, speech: Pcm
 ) -> None:
     """The caller pauses, the check is still running, they hang up: when the verdict comes
-    back it wakes a call that has ended, and no Whisper run starts for it."""
+    back it wakes a call that has ended, and no Whisper run starts for it (Whisper set to start
+    after the first look, as it would without `turn.transcribe_ms` below it)."""
     from collections import deque
 
     from payphone.call.assembly import PhoneStages
@@ -446,11 +495,12 @@ async def test_a_verdict_after_the_hang_up_starts_nothing(
     model = ScriptedTurnModel(0.9)
     model.release.clear()
     whisper = CountingTranscriber()
+    after_the_look = TURN.model_copy(update={"transcribe_ms": TURN.first_check_ms})
     stages = PhoneStages(
         ScriptedTranscriber(deque()),
         ScriptedBackend(),
         ToneSynthesizer(),
-        lambda: VadListener(app_settings.vad, TURN, model, whisper),
+        lambda: VadListener(app_settings.vad, after_the_look, model, whisper),
     )
     quick = CallSettings(dial_tone_s=0.3, idle_prompt_s=30, max_call_s=60)
     rig = build_rig(stages, CallOptions(quick), sink_speed=4.0)

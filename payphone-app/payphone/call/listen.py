@@ -7,7 +7,9 @@ the utterance so far sounds finished; if it does, and the caller has not spoken 
 the turn ends at once. It looks first at `turn.first_check_ms` of silence (a finished sentence
 ends there) and, unsure, again at `turn.pause_ms` (a sentence sounds more finished the longer
 the silence after it; a fragment at 90 ms sounds less finished than at 180). Whisper starts at
-`turn.transcribe_ms`, so the transcript the turn needs is ready sooner. Otherwise the turn ends
+`turn.transcribe_ms` (30 ms), in the silence before the first look, which waits for it: the
+turn needs both, one after the other on two cores, and Whisper need not wait for the silence
+the model needs to judge. Otherwise the turn ends
 after `turn.max_silence_ms` of silence, whatever the model said: after `turn.speculate_ms` of
 silence the turn starts anyway, silently (transcript, model, first sentence), and speaks only at
 that limit unless the caller goes on. Without a model the silence rule (`vad.hangover_ms`) decides.
@@ -300,7 +302,8 @@ class VadListener:
         """Whisper on what was said, from `turn.transcribe_ms` of silence, so the transcript is
         ready sooner when this pause ends the turn; but not while a check asked by then is still
         running: on two cores the two slowed each other two- to threefold, and the check decides
-        first. (With `transcribe_ms` below `first_check_ms` Whisper starts before any check.)"""
+        first. With `transcribe_ms` below `first_check_ms` (the default) Whisper starts in the
+        silence before any check, and the check waits for it (`_verdict`)."""
         if self._transcriber is None or check.transcript is not None:
             return
         if pause < self._turn.transcribe_ms or (check.verdict and not check.verdict.done()):
