@@ -195,6 +195,28 @@ async def test_transcribe_runs_off_the_loop_and_survives_cancellation(
 
 
 @pytest.mark.models
+async def test_a_cancelled_transcript_waiting_for_the_model_is_never_decoded(
+    stt: WhisperTranscriber, spoken: list[tuple[str, Pcm]]
+) -> None:
+    """An eager transcript the caller talked past: queued behind another decode, it is skipped,
+    so the next utterance's decode does not wait behind it too."""
+    _, pcm = spoken[1]
+    with structlog.testing.capture_logs() as logs:
+        with stt._lock:  # another decode holds the model
+            task = asyncio.create_task(stt.transcribe(pcm))
+            await asyncio.sleep(0.05)  # in its thread, waiting for the model
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        for _ in range(200):
+            if any(e["event"] in ("stt_dropped", "stt_done") for e in logs):
+                break
+            await asyncio.sleep(0.01)
+    events = [e for e in logs if e["event"] in ("stt_dropped", "stt_done")]
+    assert [(e["event"], e.get("at")) for e in events] == [("stt_dropped", "before the model")]
+
+
+@pytest.mark.models
 def test_long_utterances_fall_back_to_the_full_window(
     stt: WhisperTranscriber, spoken: list[tuple[str, Pcm]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

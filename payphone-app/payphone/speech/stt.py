@@ -156,6 +156,10 @@ class Decoded:
     window: Window
 
 
+class _Dropped(Exception):
+    """The transcript's caller cancelled it: the decode stops where it can."""
+
+
 def pcm_to_float(pcm: Pcm) -> npt.NDArray[np.float32]:
     """int16 PCM to the float32 [-1, 1) waveform Whisper expects."""
     return (np.asarray(pcm, dtype=np.int16).astype(np.float32) / 32768.0).reshape(-1)
@@ -246,11 +250,23 @@ class WhisperTranscriber(Transcriber):
     # -- transcription -----------------------------------------------------------------------
 
     async def transcribe(self, pcm: Pcm) -> Transcript:
-        """Transcribe one utterance (16 kHz mono int16) in a worker thread."""
-        return await asyncio.to_thread(self.transcribe_sync, pcm)
+        """Transcribe one utterance (16 kHz mono int16) in a worker thread.
 
-    def transcribe_sync(self, pcm: Pcm, window: Window | None = None) -> Transcript:
-        """The blocking transcription: pick the window, decode, apply the noise rules."""
+        Cancelled (an eager transcript whose caller went on), the decode cannot be interrupted,
+        but one still waiting for the model is skipped and one under way stops after its
+        encoder: the next utterance's decode waits less behind it."""
+        dropped = threading.Event()
+        try:
+            return await asyncio.to_thread(self.transcribe_sync, pcm, None, dropped)
+        except asyncio.CancelledError:
+            dropped.set()
+            raise
+
+    def transcribe_sync(
+        self, pcm: Pcm, window: Window | None = None, dropped: threading.Event | None = None
+    ) -> Transcript:
+        """The blocking transcription: pick the window, decode, apply the noise rules.
+        `dropped` set: nobody wants the text any more (an empty one comes back)."""
         duration = len(pcm) / SAMPLE_RATE
         if duration == 0:
             return Transcript("", 1.0, 0.0)
@@ -258,7 +274,11 @@ class WhisperTranscriber(Transcriber):
         if chosen == "utterance" and duration > self.full_after_s:
             chosen = "full"
         started = time.perf_counter()
-        decoded = self.decode(pcm, chosen)
+        try:
+            decoded = self.decode(pcm, chosen, dropped)
+        except _Dropped as stop:
+            log.debug("stt_dropped", at=str(stop), audio_ms=ms(duration))
+            return Transcript("", 1.0, duration)
         text = decoded.text.strip()
         reason = self._rejection(decoded)
         if reason is not None:
@@ -288,19 +308,25 @@ class WhisperTranscriber(Transcriber):
             return "hallucination" if decoded.text.strip() else "empty"
         return None
 
-    def decode(self, pcm: Pcm, window: Window) -> Decoded:
-        """Run Whisper once, without the noise rules (also used by the benchmark)."""
+    def decode(self, pcm: Pcm, window: Window, dropped: threading.Event | None = None) -> Decoded:
+        """Run Whisper once, without the noise rules (also used by the benchmark); raises
+        `_Dropped` once `dropped` is set, before the model or after the encoder."""
         audio = pcm_to_float(pcm)
+        stop = dropped or threading.Event()
         with self._lock, working("stt"):
+            if stop.is_set():
+                raise _Dropped("before the model")
             if window == "full":
                 return self._decode_full(audio)
-            return self._decode_utterance(audio)
+            return self._decode_utterance(audio, stop)
 
     def _max_new_tokens(self, seconds: float) -> int:
         # fast speech is ~4-5 tokens/s; the cap stops a looping decode early
         return int(min(220, 10 + 6 * min(seconds, 30.0)))
 
-    def _decode_utterance(self, audio: npt.NDArray[np.float32]) -> Decoded:
+    def _decode_utterance(
+        self, audio: npt.NDArray[np.float32], dropped: threading.Event
+    ) -> Decoded:
         import ctranslate2
 
         model = self._model
@@ -318,6 +344,8 @@ class WhisperTranscriber(Transcriber):
             np.ascontiguousarray(features[np.newaxis], dtype=np.float32)
         )
         encoded = model.model.encode(storage)
+        if dropped.is_set():
+            raise _Dropped("after the encoder")
         result = model.model.generate(
             encoded,
             [self._prompt],
