@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -194,26 +197,62 @@ async def test_transcribe_runs_off_the_loop_and_survives_cancellation(
     assert result.duration_s == pytest.approx(len(pcm) / SAMPLE_RATE)
 
 
+class CountingModel:
+    """CTranslate2's Whisper, counting its encoder and decoder runs; `after_encode` runs after
+    each encoder pass."""
+
+    def __init__(self, model: Any, after_encode: Callable[[], None] = lambda: None) -> None:
+        self._model = model
+        self._after_encode = after_encode
+        self.encoded = 0
+        self.generated = 0
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        self.encoded += 1
+        encoded = self._model.encode(*args, **kwargs)
+        self._after_encode()
+        return encoded
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        self.generated += 1
+        return self._model.generate(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+@pytest.mark.models
+def test_a_dropped_transcript_stops_before_the_model_or_after_the_encoder(
+    stt: WhisperTranscriber, spoken: list[tuple[str, Pcm]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An eager transcript the caller talked past: not begun, it is never decoded; begun, it
+    skips the decoder. Either way an empty transcript comes back, for nobody."""
+    _, pcm = spoken[1]
+    dropped = threading.Event()
+    counting = CountingModel(stt._model.model, after_encode=dropped.set)
+    monkeypatch.setattr(stt._model, "model", counting)
+    assert stt.transcribe_sync(pcm, None, dropped).text == ""  # dropped during its encoder
+    assert (counting.encoded, counting.generated) == (1, 0)
+    assert stt.transcribe_sync(pcm, None, dropped).text == ""  # dropped before it began
+    assert (counting.encoded, counting.generated) == (1, 0)
+
+
 @pytest.mark.models
 async def test_a_cancelled_transcript_waiting_for_the_model_is_never_decoded(
-    stt: WhisperTranscriber, spoken: list[tuple[str, Pcm]]
+    stt: WhisperTranscriber, spoken: list[tuple[str, Pcm]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An eager transcript the caller talked past: queued behind another decode, it is skipped,
-    so the next utterance's decode does not wait behind it too."""
+    """Cancelling `transcribe` reaches the thread queued behind another decode."""
     _, pcm = spoken[1]
-    with structlog.testing.capture_logs() as logs:
-        with stt._lock:  # another decode holds the model
-            task = asyncio.create_task(stt.transcribe(pcm))
-            await asyncio.sleep(0.05)  # in its thread, waiting for the model
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        for _ in range(200):
-            if any(e["event"] in ("stt_dropped", "stt_done") for e in logs):
-                break
-            await asyncio.sleep(0.01)
-    events = [e for e in logs if e["event"] in ("stt_dropped", "stt_done")]
-    assert [(e["event"], e.get("at")) for e in events] == [("stt_dropped", "before the model")]
+    counting = CountingModel(stt._model.model)
+    monkeypatch.setattr(stt._model, "model", counting)
+    with stt._lock:  # another decode holds the model
+        task = asyncio.create_task(stt.transcribe(pcm))
+        await asyncio.sleep(0.05)  # in its thread, waiting for the model
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await asyncio.sleep(0.3)  # its thread has the model now, and lets it go
+    assert counting.encoded == 0
 
 
 @pytest.mark.models

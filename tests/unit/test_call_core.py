@@ -362,6 +362,28 @@ async def test_a_cough_after_a_pause_still_gets_the_answer() -> None:
     await switch_off(rig, task)
 
 
+async def test_a_cough_after_a_pause_answers_from_the_eager_transcript_still_under_way() -> None:
+    """The turn awaits Whisper's eager run when the caller seems to go on: holding the turn must
+    not cancel that run, or the turn resumed after the cough awaits a cancelled transcript and
+    the call stays thinking with the caller's words lost."""
+    transcriber = ScriptedTranscriber(deque(["what time is it"]), delay_s=0.4)
+    rig = scripted_rig(transcriber)
+    task = await on_the_line(rig)
+    call = rig.calls[0]
+    pcm = speech_burst(0.6)
+    eager = asyncio.ensure_future(transcriber.transcribe(pcm))  # Whisper since the pause
+    call.post(Heard(pcm, time.monotonic(), transcript=eager))
+    await rig.wait_state(CallState.THINKING)
+    call.post(SpeechStarted(time.monotonic()))  # the caller seems to go on: held
+    await rig.wait_state(CallState.LISTENING)
+    call.post(SpeechDropped(time.monotonic()))  # only a cough
+    await rig.wait_state(CallState.SPEAKING, timeout=5)
+    await rig.wait_state(CallState.LISTENING, timeout=10)
+    assert not eager.cancelled() and transcriber.calls == 1  # one Whisper run, used
+    assert [t.heard for t in call.log.turns if t.reply] == ["what time is it"]
+    await switch_off(rig, task)
+
+
 @pytest.mark.parametrize(
     ("said", "tentative", "waits"),
     [

@@ -14,10 +14,11 @@ import time
 import numpy as np
 import pytest
 
+from payphone.call import listen
 from payphone.call.events import Heard, SpeechDropped
 from payphone.call.listen import TURN_THREAD, VadListener
 from payphone.config import Settings, TurnSettings, load_settings
-from payphone.cores import working
+from payphone.cores import busy, working
 from payphone.pcm import Pcm
 from payphone.speech.base import Transcriber, Transcript
 from tests.speech_fixtures import SAMPLE_RATE, piper, silence
@@ -239,15 +240,15 @@ async def test_whisper_starts_at_the_pause_and_the_turn_gets_its_transcript(
 async def test_whisper_starts_before_the_verdict_is_asked(
     app_settings: Settings, speech: Pcm
 ) -> None:
-    """The first 90 ms of silence start Whisper (`turn.transcribe_ms`); the model is asked at
-    `turn.pause_ms` on the same utterance, and the cut hands on the transcript begun earlier."""
+    """Silence starts Whisper (`turn.transcribe_ms`) before the model is asked (here once, at
+    `turn.pause_ms`) on the same utterance, and the cut hands on the transcript begun earlier."""
     whisper = CountingTranscriber()
     model = ScriptedTurnModel(0.9)
     one_look = TURN.model_copy(update={"first_check_ms": TURN.pause_ms})
     listener = VadListener(app_settings.vad, one_look, model, whisper)
     assert TURN.transcribe_ms < TURN.pause_ms
     clip = np.concatenate([silence(0.5), speech])
-    feed(listener, np.concatenate([clip, silence(0.15)]))  # 150 ms: past 90, before 180
+    feed(listener, np.concatenate([clip, silence(0.15)]))  # 150 ms: Whisper due, the look not
     await asyncio.sleep(0)
     assert len(whisper.given) == 1 and model.asked == []
     [(_, heard)] = feed(listener, silence(0.3))
@@ -297,11 +298,12 @@ class HeldTranscriber(CountingTranscriber):
 
 
 async def test_by_default_whisper_starts_first_and_the_check_waits_for_it(
-    app_settings: Settings, speech: Pcm
+    app_settings: Settings, speech: Pcm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Whisper needs no silence to judge, the model does: Whisper starts at 30 ms of it, and
     the first look (90 ms) waits for that decode instead of running beside it."""
     assert TURN.transcribe_ms < TURN.first_check_ms
+    monkeypatch.setattr(listen, "STT_WAIT_S", 5.0)  # however slow the machine, it waits
     whisper = HeldTranscriber()
     model = ScriptedTurnModel(0.9)
     listener = VadListener(app_settings.vad, TURN, model, whisper)
@@ -311,6 +313,10 @@ async def test_by_default_whisper_starts_first_and_the_check_waits_for_it(
             feed(listener, silence(0.03), settle=False)
             await asyncio.sleep(0)
         assert listener._check is not None and listener._check.verdict is None
+        for _ in range(500):  # the decode is under way in its thread
+            if busy("stt"):
+                break
+            await asyncio.sleep(0.01)
         while (check := listener._check) is not None and check.verdict is None:  # the look
             feed(listener, silence(0.03), settle=False)
         await asyncio.sleep(0.1)

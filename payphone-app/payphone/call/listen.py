@@ -390,9 +390,10 @@ def _waking(
 def _verdict(model: TurnModel, audio: Pcm) -> Verdict:
     """In the turn-model thread: the verdict on the utterance as it was at the pause.
 
-    A check asked while Whisper decodes (the second look, at `turn.pause_ms`, comes while the
-    eager transcript of the first is still running) waits for it: side by side on two cores
-    each took twice as long, and the turn needs both anyway."""
+    A check asked while Whisper decodes (the first look, with Whisper begun at
+    `turn.transcribe_ms` before it; or a second look behind an eager transcript still running)
+    waits for it, up to `STT_WAIT_S`: side by side on two cores each took twice as long, and
+    the turn needs both anyway."""
     waited = wait_idle("stt", STT_WAIT_S)
     started = time.perf_counter()
     with working("turn_model"):

@@ -143,7 +143,11 @@ class Turn:
         rec = self.record
         try:
             eager = self.heard.transcript  # Whisper started at the pause that ended the turn
-            transcript = await (eager or self.deps.transcriber.transcribe(self.heard.pcm))
+            # shielded: a turn held (the caller seems to go on) is cancelled, and the turn
+            # resumed after a cough awaits the same run
+            transcript = await (
+                asyncio.shield(eager) if eager else self.deps.transcriber.transcribe(self.heard.pcm)
+            )
             rec.mark("transcript_ready")
             if not transcript.is_speech:
                 log.info("no_speech", **{"stt_ms": rec.latency_ms["transcript_ready"]})
