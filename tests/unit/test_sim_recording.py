@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soxr
 
 from payphone.call.assembly import PhoneStages
 from payphone.call.events import CallState
 from payphone.call.options import CallOptions
+from payphone.call.phone import Phone
 from payphone.config import CallSettings
 from payphone.hardware.base import HookState
 from payphone.pcm import Pcm
@@ -89,6 +91,36 @@ async def test_a_scripted_calls_recording_has_no_dropouts_and_true_reply_gaps(
     gaps = reply_gaps(path)
     assert len(gaps) == 1
     assert abs(gaps[0] - (reply_at - said_end)) <= 0.021  # 10 ms windows at both ends
+
+
+async def test_a_phone_slow_to_make_the_call_still_gets_the_script_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a loaded machine the hook read off-hook before the phone had made the call, the
+    next `wait_reply` found no call and returned, and the whole script ran before the greeting
+    (CI: a call with no turns). The runner waits for the call itself."""
+    write_mono(tmp_path / "hello.wav", speech_burst(0.6))
+    real_start = Phone.start_call
+
+    def late_start(phone: Phone) -> None:  # the phone gets to it 0.3 s after the hook moved
+        asyncio.get_running_loop().call_later(0.3, real_start, phone)
+
+    monkeypatch.setattr(Phone, "start_call", late_start)
+    steps = [
+        Step("offhook", 1),
+        Step("wait_reply", 2, seconds=10),
+        Step("say", 3, path=tmp_path / "hello.wav"),
+        Step("wait_reply", 4, seconds=10),
+        Step("onhook", 5),
+    ]
+    stages = PhoneStages(
+        ScriptedTranscriber(deque(["hello"])),
+        ScriptedBackend(reply="Well hello there."),
+        ToneSynthesizer(),
+        EnergyEndpointer,
+    )
+    result = await run_script(steps, stages, CallOptions(QUICK), personas=load_personas())
+    assert [turn.heard for turn in result.calls[0].turns] == ["hello"]
 
 
 async def test_underruns_are_counted_in_the_turn_they_happened_in(tmp_path: Path) -> None:

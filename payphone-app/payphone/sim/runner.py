@@ -38,6 +38,7 @@ log = get_logger("sim")
 MIC_RATE = 16000
 FRAME_S = 0.03
 KEY_GAP_S = 0.15
+CALL_WAIT_S = 5.0  # the phone makes the call this soon after off-hook, however loaded
 HELD_QUIET_S = 1.5  # after a held turn, quiet this long (past the silence limit) is the end
 QUIET_STATES = (CallState.LISTENING, CallState.HOWLER, CallState.ENDED, CallState.DIAL_TONE)
 
@@ -97,6 +98,7 @@ class ScriptRunner:
             case "offhook":
                 rig.lift()
                 await rig.wait_hook(HookState.OFF_HOOK)
+                await self.wait_call()
             case "onhook":
                 rig.replace()
                 await rig.wait_hook(HookState.ON_HOOK)
@@ -116,6 +118,17 @@ class ScriptRunner:
                 await self.feed(np.zeros(round(MIC_RATE * 0.1), dtype=np.int16))
             case "wait_reply":
                 await self.wait_reply(step.seconds)
+
+    async def wait_call(self) -> None:
+        """The hook reads off-hook a moment before the phone has made the call (on a loaded
+        machine, long enough for the next step's `wait_reply` to find no call and return, and
+        the whole script to run ahead of the greeting): wait for the call itself."""
+        try:
+            async with asyncio.timeout(CALL_WAIT_S):
+                while self.rig.phone.call is None:
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            log.warning("sim_no_call", seconds=CALL_WAIT_S)
 
     async def wait_reply(self, timeout_s: float) -> None:
         """Until the persona answered and went quiet (or nothing was heard to answer)."""
