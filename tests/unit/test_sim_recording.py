@@ -24,7 +24,7 @@ from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.gaps import recording_dropouts, reply_gaps
 from payphone.sim.recording import build_report, write_call_wav
 from payphone.sim.rig import Rig, build_rig
-from payphone.sim.runner import run_script
+from payphone.sim.runner import SimResult, run_script
 from payphone.sim.script import Step
 from payphone.sim.stand_ins import (
     EnergyEndpointer,
@@ -59,24 +59,34 @@ def write_mono(path: Path, pcm: Pcm) -> None:
         out.writeframes(pcm.tobytes())
 
 
-async def test_a_scripted_calls_recording_has_no_dropouts_and_true_reply_gaps(
-    tmp_path: Path,
-) -> None:
+async def hello_call(tmp_path: Path, after_offhook: Step, reply: str) -> SimResult:
+    """A call that says "hello" once (after `after_offhook`) to scripted stages replying
+    `reply`, and hangs up once the reply is over."""
     write_mono(tmp_path / "hello.wav", speech_burst(0.6))
     steps = [
         Step("offhook", 1),
-        Step("wait", 2, seconds=0.4),
+        after_offhook,
         Step("say", 3, path=tmp_path / "hello.wav"),
         Step("wait_reply", 4, seconds=10),
         Step("onhook", 5),
     ]
     stages = PhoneStages(
         ScriptedTranscriber(deque(["hello"])),
-        ScriptedBackend(reply="Well hello there. What can I do for you tonight, my friend?"),
+        ScriptedBackend(reply=reply),
         ToneSynthesizer(),
         EnergyEndpointer,
     )
-    result = await run_script(steps, stages, CallOptions(QUICK), personas=load_personas())
+    return await run_script(steps, stages, CallOptions(QUICK), personas=load_personas())
+
+
+async def test_a_scripted_calls_recording_has_no_dropouts_and_true_reply_gaps(
+    tmp_path: Path,
+) -> None:
+    result = await hello_call(
+        tmp_path,
+        Step("wait", 2, seconds=0.4),
+        "Well hello there. What can I do for you tonight, my friend?",
+    )
     path = tmp_path / "call.wav"
     write_call_wav(path, result.rig.sink, result.tape)
     assert len(result.calls[0].turns) == 1
@@ -99,27 +109,13 @@ async def test_a_phone_slow_to_make_the_call_still_gets_the_script_in_order(
     """On a loaded machine the hook read off-hook before the phone had made the call, the
     next `wait_reply` found no call and returned, and the whole script ran before the greeting
     (CI: a call with no turns). The runner waits for the call itself."""
-    write_mono(tmp_path / "hello.wav", speech_burst(0.6))
     real_start = Phone.start_call
 
     def late_start(phone: Phone) -> None:  # the phone gets to it 0.3 s after the hook moved
         asyncio.get_running_loop().call_later(0.3, real_start, phone)
 
     monkeypatch.setattr(Phone, "start_call", late_start)
-    steps = [
-        Step("offhook", 1),
-        Step("wait_reply", 2, seconds=10),
-        Step("say", 3, path=tmp_path / "hello.wav"),
-        Step("wait_reply", 4, seconds=10),
-        Step("onhook", 5),
-    ]
-    stages = PhoneStages(
-        ScriptedTranscriber(deque(["hello"])),
-        ScriptedBackend(reply="Well hello there."),
-        ToneSynthesizer(),
-        EnergyEndpointer,
-    )
-    result = await run_script(steps, stages, CallOptions(QUICK), personas=load_personas())
+    result = await hello_call(tmp_path, Step("wait_reply", 2, seconds=10), "Well hello there.")
     assert [turn.heard for turn in result.calls[0].turns] == ["hello"]
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from payphone.pcm import Pcm
-from payphone.speech.base import Transcript
+from payphone.speech.base import Transcriber, Transcript
 
 HEARD_RATE = 16000  # the endpointer's (and Whisper's) sample rate
 
@@ -69,6 +70,14 @@ class Heard:
     @property
     def seconds(self) -> float:
         return round(len(self.pcm) / HEARD_RATE, 2)
+
+    def transcribed(self, transcriber: Transcriber) -> Awaitable[Transcript]:
+        """What Whisper made of these words: the eager run, shielded (a turn held when the
+        caller seems to go on is cancelled, and the one resumed after a cough awaits the same
+        run), else a fresh run."""
+        if self.transcript is not None:
+            return asyncio.shield(self.transcript)
+        return transcriber.transcribe(self.pcm)
 
 
 @dataclass(frozen=True)

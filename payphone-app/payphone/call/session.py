@@ -417,10 +417,8 @@ class Call:
 
     async def _judge_short_speech(self, heard: Heard) -> None:
         try:
-            eager = heard.transcript  # shielded: the turn these words may join awaits it too
-            transcript = await (
-                asyncio.shield(eager) if eager else self.deps.transcriber.transcribe(heard.pcm)
-            )
+            # the turn these words may join awaits the same eager run
+            transcript = await heard.transcribed(self.deps.transcriber)
         except Exception as exc:  # unheard: taken for a backchannel, the persona goes on
             log.warning("short_speech_unheard", error=repr(exc))
             transcript = Transcript("", 1.0, 0.0)

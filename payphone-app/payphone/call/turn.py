@@ -142,12 +142,8 @@ class Turn:
     async def run(self) -> TurnRecord | None:
         rec = self.record
         try:
-            eager = self.heard.transcript  # Whisper started at the pause that ended the turn
-            # shielded: a turn held (the caller seems to go on) is cancelled, and the turn
-            # resumed after a cough awaits the same run
-            transcript = await (
-                asyncio.shield(eager) if eager else self.deps.transcriber.transcribe(self.heard.pcm)
-            )
+            # Whisper started at the pause that ended the turn, or starts now
+            transcript = await self.heard.transcribed(self.deps.transcriber)
             rec.mark("transcript_ready")
             if not transcript.is_speech:
                 log.info("no_speech", **{"stt_ms": rec.latency_ms["transcript_ready"]})
