@@ -66,6 +66,14 @@ def test_long_first_sentence_is_cut_at_a_clause_after_n_words() -> None:
     assert chunks_of(["Well, hello there. Bye."]) == ["Well, hello there.", "Bye."]
 
 
+def test_a_sentence_ending_in_hon_goes_out_before_the_next_is_written() -> None:
+    chunker = TextChunker()
+    assert chunker.feed("I'm not sure, hon.") == []
+    assert chunker.feed(" I'll") == ["I'm not sure, hon."]
+    assert chunker.flush() == ["I'll"]
+    assert find_sentence_end("Right away, hon. Hold the line.") == len("Right away, hon.")
+
+
 def test_later_sentences_are_not_cut_at_short_clauses() -> None:
     text = "Hi. Sure, I can help with that, my friend, if you like, of course. Bye."
     assert chunks_of([text]) == [
