@@ -11,11 +11,14 @@ off and the next line follows. Both pipelines run in the same session on the sam
 end-of-turn model (`turn.*`) and the fixed silence rule (`vad.hangover_ms`). The persona model
 samples with one fixed seed, so both pipelines hear the same replies and runs compare.
 
-A paused line is *cut off* when the reply starts before the caller's last word; *split* when a
-turn started at the pause and the rest of the line had to join it (nothing is lost, but the
-first start was wasted work). Each end-of-turn check is timed where it runs (in the pipeline,
-with everything else the call does meanwhile): its p50 / p95 is printed with the turn model's
-figures.
+A line is *cut off* when the reply starts before the caller's last word: the persona talked over
+them ("Hello," judged a finished turn before "who am I speaking with?"). That is counted for
+every line, and apart for the paused ones, and such a reply is no latency: voice-to-voice and
+the stages are over the replies that started after the caller's last word. A paused line is
+*split* when a turn started at the pause and the rest of the line had to join it (nothing is
+lost, but the first start was wasted work). Each end-of-turn check is timed where it runs (in
+the pipeline, with everything else the call does meanwhile): its p50 / p95 is printed with the
+turn model's figures.
 """
 
 from __future__ import annotations
@@ -215,22 +218,26 @@ async def _pipeline(
 
 
 def _summary(name: str, figures: list[TurnFigure]) -> dict[str, Any]:
-    heard = sorted(f.voice_to_voice_ms for f in figures if f.voice_to_voice_ms is not None)
+    answered = [f for f in figures if f.voice_to_voice_ms is not None]
+    after = [f for f in answered if not f.cut_off]  # a reply over the caller is no latency
+    heard = sorted(f.voice_to_voice_ms for f in after if f.voice_to_voice_ms is not None)
     paused = [f for f in figures if f.paused]
     result: dict[str, Any] = {
         "turns": len(figures),
-        "answered": len(heard),
+        "answered": len(answered),
+        "cut_off": sum(f.cut_off for f in figures),
         "p50_ms": round(statistics.median(heard), 1) if heard else None,
         "p90_ms": percentile(heard, 90) if heard else None,
         "paused_turns": len(paused),
         "paused_cut_off": sum(f.cut_off for f in paused),
         "paused_split": sum(f.split for f in paused),
         "fillers": sum(f.filler for f in figures),
-        "stages_p50_ms": _stage_medians(figures),
+        "stages_p50_ms": _stage_medians(after),
     }
     print(
         f"{name:13s} voice-to-voice p50 {result['p50_ms']} ms, p90 {result['p90_ms']} ms over "
-        f"{len(heard)}/{len(figures)} turns; paused turns cut off {result['paused_cut_off']}/"
+        f"{len(heard)}/{len(figures)} turns; cut off {result['cut_off']}/{len(figures)}, "
+        f"paused turns cut off {result['paused_cut_off']}/"
         f"{len(paused)}, split {result['paused_split']}/{len(paused)}; fillers {result['fillers']}",
         flush=True,
     )
