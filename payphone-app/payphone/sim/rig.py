@@ -69,6 +69,12 @@ class Rig:
             while self.hook.state is not state:
                 await asyncio.sleep(0.002)
 
+    async def wait_call(self, timeout: float = 5.0) -> None:
+        """Until the phone has made the call: the hook reads off-hook a moment before it has."""
+        async with asyncio.timeout(timeout):
+            while self.phone.call is None:
+                await asyncio.sleep(0.01)
+
 
 def _both(first: Callable[[T], None], then: Callable[[T], None] | None) -> Callable[[T], None]:
     if then is None:

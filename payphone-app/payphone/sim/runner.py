@@ -124,9 +124,7 @@ class ScriptRunner:
         machine, long enough for the next step's `wait_reply` to find no call and return, and
         the whole script to run ahead of the greeting): wait for the call itself."""
         try:
-            async with asyncio.timeout(CALL_WAIT_S):
-                while self.rig.phone.call is None:
-                    await asyncio.sleep(0.01)
+            await self.rig.wait_call(CALL_WAIT_S)
         except TimeoutError:
             log.warning("sim_no_call", seconds=CALL_WAIT_S)
 
