@@ -149,7 +149,8 @@ class TurnSettings(Group):
     # Whisper starts on what was said at this much silence (the transcript is ready sooner
     # when the pause ends the turn, thrown away when the caller goes on), once a check asked by
     # then has answered (the two share the CPU badly). Below first_check_ms it runs in the
-    # silence before the first look, and that check waits for it: 30 brought the reply ~50 ms
+    # silence before the first look, which is asked once it is done (on the silence there is by
+    # then, often pause_ms already: one look instead of two): 30 brought the reply ~50 ms
     # sooner than 90 (`bench turns`, the same lines paired)
     transcribe_ms: Annotated[int, Field(ge=30, le=1000)] = 30
     max_silence_ms: Annotated[int, Field(ge=300, le=5000)] = 1200

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -297,38 +298,73 @@ class HeldTranscriber(CountingTranscriber):
         return Transcript(text="What time does the library open?", duration_s=samples / 16000)
 
 
-async def test_by_default_whisper_starts_first_and_the_check_waits_for_it(
+async def into_the_pause_until(listener: VadListener, done: Callable[[], bool]) -> int:
+    """Silent frames, one at a time, until `done`; returns the frames fed."""
+    frames = 0
+    while not done():
+        feed(listener, silence(0.03), settle=False)
+        frames += 1
+        await asyncio.sleep(0)
+    return frames
+
+
+async def test_by_default_whisper_starts_first_and_the_look_waits_for_it_on_the_loop(
     app_settings: Settings, speech: Pcm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Whisper needs no silence to judge, the model does: Whisper starts at 30 ms of it, and
-    the first look (90 ms) waits for that decode instead of running beside it."""
+    the first look (due at 90 ms) is asked once that decode is done, on the words with all the
+    silence there is by then. Asked at 90 ms and run after the decode, it judged a 90 ms pause
+    that was over, and unsure, a second look (another 30-40 ms) followed at once."""
     assert TURN.transcribe_ms < TURN.first_check_ms
     monkeypatch.setattr(listen, "STT_WAIT_S", 5.0)  # however slow the machine, it waits
     whisper = HeldTranscriber()
     model = ScriptedTurnModel(0.9)
     listener = VadListener(app_settings.vad, TURN, model, whisper)
+    heard: list[Heard] = []
+    listener.watch(lambda: heard.extend(e for e in listener.poll(False) if isinstance(e, Heard)))
     try:
         feed(listener, np.concatenate([silence(0.5), speech]), settle=False)
-        while not whisper.given:  # frame by frame into the pause: Whisper first
+        await into_the_pause_until(listener, lambda: bool(whisper.given))  # Whisper first
+        held = await into_the_pause_until(listener, lambda: busy("stt"))  # it is decoding
+        for _ in range(8 - held):  # past pause_ms
             feed(listener, silence(0.03), settle=False)
-            await asyncio.sleep(0)
+        held = max(held, 8)
         assert listener._check is not None and listener._check.verdict is None
-        for _ in range(500):  # the decode is under way in its thread
-            if busy("stt"):
-                break
-            await asyncio.sleep(0.01)
-        while (check := listener._check) is not None and check.verdict is None:  # the look
-            feed(listener, silence(0.03), settle=False)
-        await asyncio.sleep(0.1)
-        assert model.asked == []  # asked, and waiting for the decode
+        assert model.asked == []  # due, and waiting on the loop for the decode
     finally:
         whisper.release.set()
-    TURN_THREAD.submit(lambda: None).result()
-    assert len(model.asked) == 1 and model.asked[0] > whisper.given[0]  # with its pause
-    [(_, heard)] = feed(listener, silence(0.03))
-    assert heard.transcript is not None
-    assert (await heard.transcript).text.startswith("What time")
+    for _ in range(500):  # the decode's end wakes the listener; the look's end wakes it again
+        if heard:
+            break
+        await asyncio.sleep(0.01)
+    [turn] = heard  # ended between frames, no frame fed since the decode
+    assert len(model.asked) == 1  # one look
+    assert model.asked[0] - whisper.given[0] >= FRAME * (held - 2)  # with the silence since
+    assert turn.transcript is not None
+    assert (await turn.transcript).text.startswith("What time")
     assert len(whisper.given) == 1  # nothing transcribed twice
+
+
+async def test_a_look_waits_for_whisper_no_longer_than_stt_wait(
+    app_settings: Settings, speech: Pcm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decode that takes too long (a long utterance on a busy machine) does not hold the
+    turn: after `STT_WAIT_S` past its time the look is asked anyway."""
+    monkeypatch.setattr(listen, "STT_WAIT_S", 0.1)
+    whisper = HeldTranscriber()
+    model = ScriptedTurnModel(0.9)
+    listener = VadListener(app_settings.vad, TURN, model, whisper)
+    try:
+        feed(listener, np.concatenate([silence(0.5), speech]), settle=False)
+        await into_the_pause_until(listener, lambda: bool(whisper.given))
+        await into_the_pause_until(
+            listener, lambda: listener._check is None or listener._check.verdict is not None
+        )
+        assert listener._vad.pause_ms >= TURN.first_check_ms + 100
+        assert listener._vad.pause_ms <= TURN.first_check_ms + 100 + 30
+        assert not whisper.release.is_set()  # still decoding
+    finally:
+        whisper.release.set()
 
 
 async def test_the_eager_transcript_is_dropped_when_the_caller_goes_on(

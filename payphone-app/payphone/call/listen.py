@@ -9,7 +9,8 @@ ends there) and, unsure, again at `turn.pause_ms` (a sentence sounds more finish
 the silence after it; a fragment at 90 ms sounds less finished than at 180). Whisper starts at
 `turn.transcribe_ms` (30 ms), in the silence before the first look, which waits for it: the
 turn needs both, one after the other on two cores, and Whisper need not wait for the silence
-the model needs to judge. Otherwise the turn ends
+the model needs to judge. The look is asked once the decode is done, on all the silence there
+is by then (often `turn.pause_ms`: then it is the second look too). Otherwise the turn ends
 after `turn.max_silence_ms` of silence, whatever the model said: after `turn.speculate_ms` of
 silence the turn starts anyway, silently (transcript, model, first sentence), and speaks only at
 that limit unless the caller goes on. Without a model the silence rule (`vad.hangover_ms`) decides.
@@ -52,7 +53,7 @@ from payphone.call.events import (
     SpeechSustained,
 )
 from payphone.config import TurnSettings, VadSettings
-from payphone.cores import wait_idle, working
+from payphone.cores import busy, wait_idle, working
 from payphone.log import get_logger, ms
 from payphone.pcm import Pcm
 from payphone.speech.base import Transcriber, Transcript
@@ -259,7 +260,11 @@ class VadListener:
             if pause < min(self._turn.transcribe_ms, self._first_look_ms):
                 return []
             self._check = check = _Check(mark, self._context(self._vad.speech_samples))
-        if check.verdict is None and pause >= self._first_look_ms:
+        if (
+            check.verdict is None
+            and pause >= self._first_look_ms
+            and not self._decoding(check, pause)
+        ):
             check.verdict = self._ask(check, pause, self._model)
         self._transcribe_when_free(check, pause)
         if check.verdict is None:
@@ -298,6 +303,15 @@ class VadListener:
         """The first verdict's pause: `turn.first_check_ms`, never after `turn.pause_ms`."""
         return min(self._turn.first_check_ms, self._turn.pause_ms)
 
+    def _decoding(self, check: _Check, pause: int) -> bool:
+        """Whisper is still on this pause's words: the first look waits on the loop, not in its
+        thread, so that when it runs it hears all the silence there is by then (often
+        `turn.pause_ms` already: one look, where a look at stale audio, unsure, took a second),
+        for up to `STT_WAIT_S` after it was due."""
+        if check.transcript is None or check.transcript.done() or not busy("stt"):
+            return False
+        return pause < self._first_look_ms + STT_WAIT_S * 1000
+
     def _transcribe_when_free(self, check: _Check, pause: int) -> None:
         """Whisper on what was said, from `turn.transcribe_ms` of silence, so the transcript is
         ready sooner when this pause ends the turn; but not while a check asked by then is still
@@ -310,6 +324,9 @@ class VadListener:
             return
         check.transcript = asyncio.ensure_future(self._transcriber.transcribe(self._so_far(check)))
         check.transcript.add_done_callback(_quiet)
+        if self._wake is not None:  # the look waiting for it may be asked between frames
+            wake = self._wake
+            check.transcript.add_done_callback(lambda _: wake())
 
     def _ask(self, check: _Check, pause: int, model: TurnModel) -> Future[Verdict]:
         """At `turn.first_check_ms` and (unsure) `turn.pause_ms`: the turn model's verdict on
@@ -390,10 +407,9 @@ def _waking(
 def _verdict(model: TurnModel, audio: Pcm) -> Verdict:
     """In the turn-model thread: the verdict on the utterance as it was at the pause.
 
-    A check asked while Whisper decodes (the first look, with Whisper begun at
-    `turn.transcribe_ms` before it; or a second look behind an eager transcript still running)
-    waits for it, up to `STT_WAIT_S`: side by side on two cores each took twice as long, and
-    the turn needs both anyway."""
+    A check asked while Whisper decodes (a first look that waited `STT_WAIT_S` for the eager
+    transcript on the loop, or a look behind another decode) waits for it, up to `STT_WAIT_S`:
+    side by side on two cores each took twice as long, and the turn needs both anyway."""
     waited = wait_idle("stt", STT_WAIT_S)
     started = time.perf_counter()
     with working("turn_model"):
