@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from payphone.call.listen import _verdict
+from payphone.call.listen import STT_WAIT_S, _verdict
 from payphone.cores import busy, others_working, single_threaded_blas, wait_idle, working
 
 
@@ -75,7 +75,7 @@ def test_an_end_of_turn_check_runs_after_the_whisper_decode_it_met() -> None:
 
     model = Model()
     worker = _whisper_for(0.2)
-    verdict = _verdict(model, np.zeros(1600, np.int16))
+    verdict = _verdict(model, np.zeros(1600, np.int16), STT_WAIT_S)
     worker.join(5)
     assert model.whisper_at_predict is False
     assert verdict.waited_ms > 100 and verdict.probability == 0.9

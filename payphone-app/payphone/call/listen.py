@@ -265,7 +265,7 @@ class VadListener:
             and pause >= self._first_look_ms
             and not self._decoding(check, pause)
         ):
-            check.verdict = self._ask(check, pause, self._model)
+            check.verdict = self._ask(check, pause, self._model, self._stt_wait_left(pause))
         self._transcribe_when_free(check, pause)
         if check.verdict is None:
             return []
@@ -292,7 +292,8 @@ class VadListener:
             return self._cut(pause, tentative=False)
         if check.pause_ms < self._turn.pause_ms:  # unsure at the first look: again, later
             if pause >= self._turn.pause_ms:
-                check.verdict, check.logged = self._ask(check, pause, self._model), False
+                check.verdict = self._ask(check, pause, self._model, STT_WAIT_S)
+                check.logged = False
             return []
         if pause >= self._turn.speculate_ms:
             return self._cut(pause, tentative=True)  # start the work; speak at the limit
@@ -310,7 +311,12 @@ class VadListener:
         for up to `STT_WAIT_S` after it was due."""
         if check.transcript is None or check.transcript.done() or not busy("stt"):
             return False
-        return pause < self._first_look_ms + STT_WAIT_S * 1000
+        return self._stt_wait_left(pause) > 0
+
+    def _stt_wait_left(self, pause: int) -> float:
+        """What is left of the first look's `STT_WAIT_S` for Whisper, counted from when it was
+        due, on the loop and then in its thread together (seconds)."""
+        return max(0.0, STT_WAIT_S - (pause - self._first_look_ms) / 1000)
 
     def _transcribe_when_free(self, check: _Check, pause: int) -> None:
         """Whisper on what was said, from `turn.transcribe_ms` of silence, so the transcript is
@@ -328,11 +334,13 @@ class VadListener:
             wake = self._wake
             check.transcript.add_done_callback(lambda _: wake())
 
-    def _ask(self, check: _Check, pause: int, model: TurnModel) -> Future[Verdict]:
+    def _ask(
+        self, check: _Check, pause: int, model: TurnModel, stt_wait_s: float
+    ) -> Future[Verdict]:
         """At `turn.first_check_ms` and (unsure) `turn.pause_ms`: the turn model's verdict on
         the utterance with its pause."""
         check.pause_ms = pause
-        verdict = TURN_THREAD.submit(_verdict, model, self._so_far(check))
+        verdict = TURN_THREAD.submit(_verdict, model, self._so_far(check), stt_wait_s)
         if self._wake is not None:
             verdict.add_done_callback(_waking(asyncio.get_running_loop(), self._wake))
         return verdict
@@ -404,13 +412,13 @@ def _waking(
     return done
 
 
-def _verdict(model: TurnModel, audio: Pcm) -> Verdict:
+def _verdict(model: TurnModel, audio: Pcm, stt_wait_s: float) -> Verdict:
     """In the turn-model thread: the verdict on the utterance as it was at the pause.
 
-    A check asked while Whisper decodes (a first look that waited `STT_WAIT_S` for the eager
-    transcript on the loop, or a look behind another decode) waits for it, up to `STT_WAIT_S`:
-    side by side on two cores each took twice as long, and the turn needs both anyway."""
-    waited = wait_idle("stt", STT_WAIT_S)
+    A check asked while Whisper decodes waits for it, up to `stt_wait_s` (`STT_WAIT_S`; a
+    first look gets what its wait on the loop left of that): side by side on two cores each
+    took twice as long, and the turn needs both anyway."""
+    waited = wait_idle("stt", stt_wait_s)
     started = time.perf_counter()
     with working("turn_model"):
         probability = model.predict(audio)
