@@ -288,3 +288,15 @@ def test_cancelling_the_consumer_stops_synthesis(tts: PiperSynthesizer) -> None:
     asyncio.run(hang_up())
     assert not tts.busy
     assert len(got) < 12
+
+
+def test_a_steady_voice_says_a_line_the_same_way_every_time(tts: PiperSynthesizer) -> None:
+    """Help lines are steady: every caller hears the one rendering the tests heard."""
+
+    async def twice(voice: VoiceSpec) -> tuple[Pcm, Pcm]:
+        return (await render_line(tts, SENTENCE, voice), await render_line(tts, SENTENCE, voice))
+
+    steady = asyncio.run(twice(VoiceSpec(effect="robot", steady=True)))
+    assert np.array_equal(*steady)
+    varied = asyncio.run(twice(VoiceSpec(effect="robot")))  # Piper's own noise, as in replies
+    assert not (len(varied[0]) == len(varied[1]) and np.array_equal(*varied))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import get_args
 
@@ -13,8 +14,17 @@ import pytest
 import structlog
 
 from payphone.call.assembly import PhoneStages
-from payphone.call.crisis import HelpKind, help_for, help_line, normalise, recognise, spoken_number
+from payphone.call.crisis import (
+    HelpKind,
+    help_for,
+    help_line,
+    normalise,
+    prerender_help,
+    recognise,
+    spoken_number,
+)
 from payphone.call.events import CallState
+from payphone.call.lines import LineBook
 from payphone.call.options import CallOptions
 from payphone.config import HelpSettings, load_settings
 from payphone.llm.history import INTERRUPTED_MARKER
@@ -302,6 +312,17 @@ def help_rig(
     return build_rig(stages, CallOptions(PATIENT, help=UK), sink_speed=4.0), backend, synth
 
 
+async def test_help_lines_are_rendered_steady_at_start_up_and_played_from_the_cache() -> None:
+    synth = ToneSynthesizer(delay_s=0.0)
+    lines, book = LineBook(synth), list(load_personas())
+    assert await prerender_help(lines, book, UK) == 2 * len(book)
+    assert all(voice.steady for voice in synth.voices)
+    rendered = len(synth.spoken)
+    for persona in book:
+        await lines.render(persona, help_line("crisis", persona, UK).text, steady=True)
+    assert len(synth.spoken) == rendered
+
+
 async def test_a_crisis_turn_speaks_the_help_line_and_the_model_goes_on_with_it() -> None:
     texts = ["I don't want to live anymore.", "Thank you for listening."]
     rig, backend, synth = help_rig(texts)
@@ -317,6 +338,8 @@ async def test_a_crisis_turn_speaks_the_help_line_and_the_model_goes_on_with_it(
     assert turn.reply == help_line("crisis", call.persona, UK).text
     assert "one one six, one two three" in turn.reply  # the numbers the settings gave the call
     assert turn.reply in synth.spoken  # in the persona's voice, through the synthesizer
+    voice = synth.voices[synth.spoken.index(turn.reply)]
+    assert voice == replace(call.persona.voice_spec, steady=True)  # the rendering tests hear
     assert backend.requests == []  # the model was not asked
     assert turn.as_report()["help_line"] == "crisis"
     assert turn.latency_ms.get("first_audio") is not None

@@ -295,10 +295,11 @@ async def prerender_help(
     lines: LineBook, personas: Iterable[Persona], numbers: HelpSettings
 ) -> int:
     """Render every persona's help lines at start-up, so a caller in crisis hears one at once
-    (a whole line takes Piper seconds on a Pi); returns how many."""
+    (a whole line takes Piper seconds on a Pi); steady, so each is the one rendering the tests
+    hear back. Returns how many."""
     count = 0
     for persona in personas:
         for kind in get_args(HelpKind):
-            await lines.render(persona, help_line(kind, persona, numbers).text)
+            await lines.render(persona, help_line(kind, persona, numbers).text, steady=True)
             count += 1
     return count

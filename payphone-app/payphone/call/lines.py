@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 
@@ -42,15 +43,17 @@ class LineBook:
         self._cache: dict[tuple[str, VoiceSpec], Pcm] = {}
         self._lock = asyncio.Lock()
 
-    async def render(self, persona: Persona, text: str) -> Pcm:
-        """The line as PCM, synthesized on first use (one synthesis at a time)."""
-        key = (text, persona.voice_spec)
+    async def render(self, persona: Persona, text: str, steady: bool = False) -> Pcm:
+        """The line as PCM, synthesized on first use (one synthesis at a time); `steady`:
+        without Piper's random variation (`VoiceSpec.steady`)."""
+        voice = replace(persona.voice_spec, steady=steady)
+        key = (text, voice)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         async with self._lock:
             if key not in self._cache:
-                self._cache[key] = await render_line(self._synth, text, persona.voice_spec)
+                self._cache[key] = await render_line(self._synth, text, voice)
         return self._cache[key]
 
     async def line(self, persona: Persona, field: str) -> Pcm:

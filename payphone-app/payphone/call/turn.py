@@ -219,7 +219,7 @@ class Turn:
         rec = self.record
         rec.help_line = help_line.kind
         log.info("help_line_given", kind=help_line.kind, persona=self.persona.id)
-        pcm = await self.deps.lines.render(self.persona, help_line.text)
+        pcm = await self.deps.lines.render(self.persona, help_line.text, steady=True)
         await asyncio.sleep(max(0.0, self._not_before - time.monotonic()))
         self._spoken.append(help_line.text)  # cut off from here on: kept as heard, interrupted
         rec.mark("first_audio")

@@ -154,9 +154,11 @@ class ToneSynthesizer(Synthesizer):
         self.sample_rate = sample_rate
         self.delay_s = delay_s
         self.spoken: list[str] = []
+        self.voices: list[VoiceSpec] = []  # the voice of each text in `spoken`
 
     async def synthesize(self, text: str, voice: VoiceSpec) -> AsyncIterator[Pcm]:
         self.spoken.append(text)
+        self.voices.append(voice)
         await asyncio.sleep(self.delay_s)
         samples = int(max(1, len(text.split())) * 0.06 * self.sample_rate)
         t = np.arange(samples) / self.sample_rate

@@ -40,6 +40,9 @@ class VoiceSpec:
     effect: str = "none"
     pitch_semitones: float = 0.0
     fallback: VoiceSpec | None = None
+    # Piper's random variation off: the same audio every time, for a line where what was
+    # checked must be what plays (the help lines). Not a persona setting.
+    steady: bool = False
 
     def describe(self) -> str:
         """`en_US-joe-medium x1.25 + elderly +3 st`: the voice and what is done to it."""

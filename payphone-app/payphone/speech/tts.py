@@ -16,6 +16,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +237,7 @@ class PiperSynthesizer(Synthesizer):
     def synthesize(self, text: str, voice: VoiceSpec) -> AsyncIterator[Pcm]:
         """PCM chunks (about one per sentence) at `sample_rate`, as Piper produces them, in the
         voice that really speaks for `voice` (its fallback while its own voice is missing)."""
-        used = self.choose(voice).used
+        used = replace(self.choose(replace(voice, steady=False)).used, steady=voice.steady)
         path = self.voice_path(used.model)
         stream = ThreadStream(
             functools.partial(self._pieces, path, text, used), executor=_SYNTH_THREAD
@@ -266,6 +267,8 @@ class PiperSynthesizer(Synthesizer):
             length_scale=voice.length_scale * pitch_ratio(voice.pitch_semitones),
             normalize_audio=False,
         )
+        if voice.steady:
+            config.noise_scale = config.noise_w_scale = 0.0
         started = time.monotonic()
         for count, sentence in enumerate(piper.synthesize(text, config)):
             if stop.is_set():
