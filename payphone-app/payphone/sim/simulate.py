@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from payphone.speech.tts import PiperSynthesizer
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
-CALLER_VOICE = VoiceSpec(length_scale=0.9)
+# steady: the same caller every run, so a simulated call (the demo, the tests) can be replayed
+CALLER_VOICE = VoiceSpec(length_scale=0.9, steady=True)
 
 
 async def speak_as_caller(synthesizer: PiperSynthesizer, text: str) -> Pcm:
