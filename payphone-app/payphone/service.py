@@ -23,6 +23,7 @@ from payphone.hardware.hook import GpioHookSwitch
 from payphone.hardware.keypad import MatrixKeypad, Mt8870Keypad
 from payphone.llm.failover import host_states
 from payphone.log import get_logger, ms
+from payphone.memory import freeze_after_start
 from payphone.models import resolve_gguf
 from payphone.personas.loader import PersonaBook, load_personas
 from payphone.speech.dtmf_keypad import InbandKeypad
@@ -163,11 +164,13 @@ class Service:
                 on_call=page.on_call,
                 on_state=page.on_state,
             )
+            frozen = freeze_after_start()
             self.notifier.ready(page.health.line)
         log.info(
             "service_ready",
             load_ms=ms(time.monotonic() - started),
             lines=rendered,
+            gc_frozen=frozen,
             llm_state=str(stages.llm_status.state),
             llm_cause=stages.llm_status.last_cause,
             health=page.health.line,

@@ -215,6 +215,8 @@ def test_service_notifies_systemd_reloads_and_stops_cleanly(
     with urllib.request.urlopen(status + "/metrics", timeout=5) as response:
         assert "payphone_calls_total 1.0" in response.read().decode()
     # the model it runs, logged at start: the GGUF's file and its sha256 (hashed in a thread)
+    [ready_event] = [e for e in events(log) if e.get("event") == "service_ready"]
+    assert ready_event["gc_frozen"] > 10_000  # the loaded models out of the collector's walks
     [model] = [e for e in events(log) if e.get("event") == "llm_model"]
     assert re.fullmatch(r"[0-9a-f]{64}", model["sha256"]), model
     assert model["path"].endswith(".gguf") and model["digest"] == model["sha256"][:12]

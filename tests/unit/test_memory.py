@@ -87,3 +87,29 @@ def test_tuned_every_large_buffer_is_mmapped() -> None:
 def test_tuned_threads_share_two_arenas() -> None:
     assert int(probe(ARENAS, "default")) >= 4  # the main arena and one per thread, by default
     assert int(probe(ARENAS, "tuned")) == 2
+
+
+def test_start_up_objects_are_frozen_out_of_the_collectors_walks() -> None:
+    """After start-up a full collection walks no model or persona object: the call loop does
+    not stall for them. Garbage from start-up is collected first, not frozen."""
+    code = textwrap.dedent(
+        """
+        import gc, weakref
+        from payphone.memory import freeze_after_start
+
+        class Node:
+            pass
+
+        kept = [[Node() for _ in range(100)] for _ in range(200)]  # lives as long as the process
+        cycle = Node(); cycle.me = cycle; gone = weakref.ref(cycle); del cycle  # start-up garbage
+        before = len(gc.get_objects())
+        frozen = freeze_after_start()
+        assert gone() is None, "garbage is collected before the freeze"
+        assert frozen >= 200 * 101 and gc.get_freeze_count() == frozen
+        assert len(gc.get_objects()) < before - 200 * 101  # the collector no longer walks them
+        del kept  # reference counting still frees what a frozen object no longer needs
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

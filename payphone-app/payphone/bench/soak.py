@@ -25,6 +25,7 @@ from payphone.config import CallSettings, Settings
 from payphone.hardware.base import HookState
 from payphone.llm.base import ChatBackend, ChatOptions, LlmError, Message
 from payphone.log import setup_logging
+from payphone.memory import freeze_after_start
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
 from payphone.sim.echo_path import HandsetEcho
@@ -133,6 +134,7 @@ async def _run(
     book = load_personas(settings.personas.user_dir)
     stages = await load_stages(settings, book.operator, list(book))
     speech = [await speak_as_caller(stages.synthesizer, text) for text in LINES]
+    freeze_after_start()  # as the service does once it has loaded
     backend = FaultyBackend(stages.backend, rng)
     call_settings = CallSettings(dial_tone_s=1.0, idle_prompt_s=3.0, idle_goodbye_s=2.0)
     rig = build_rig(

@@ -40,6 +40,7 @@ from payphone.call.listen import TurnModel
 from payphone.call.options import CallOptions
 from payphone.call.turn import TurnRecord
 from payphone.config import Settings
+from payphone.memory import freeze_after_start
 from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
 from payphone.sim.echo_path import HandsetEcho
@@ -277,6 +278,7 @@ async def _run(settings: Settings, trials: int, echo: HandsetEcho | None) -> dic
     stages = await load_stages(settings, book.operator, list(book))
     try:
         lines = (await _lines(stages))[: max(trials, 1)]
+        freeze_after_start()  # as the service does once it has loaded
         model = "none" if stages.turn_model is None else settings.turn.model
         print(f"{len(lines)} caller lines; end-of-turn model: {model}", flush=True)
         result: dict[str, Any] = {"lines": len(lines), "turn_model": model}
