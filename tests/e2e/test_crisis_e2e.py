@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soxr
 
-from payphone.call.crisis import DIGIT_WORDS, help_line, normalise
+from payphone.call.crisis import DIGIT_WORDS, HelpLine, help_line, normalise, render_help
 from payphone.call.options import CallOptions, first_persona
 from payphone.config import load_settings
 from payphone.personas.loader import load_personas
@@ -92,7 +92,8 @@ async def test_every_persona_answers_spoken_crisis_and_emergency_lines_with_the_
             # Help lines are steady (no Piper noise), so this is the sentence every caller hears
             # (with the noise on, Whisper heard "98" in 3 of 250 COMP-U-TRON renders)
             carrier = next(s for s in line.split(". ") if s.startswith("The number is"))
-            pcm = await call.deps.lines.render(persona, carrier.rstrip(".") + ".", steady=True)
+            said = HelpLine(kind, carrier.rstrip(".") + ".")
+            pcm = await render_help(call.deps.lines, persona, said)
             rate = stages.synthesizer.sample_rate
             at_16k = soxr.resample(pcm.astype(np.float32), rate, SAMPLE_RATE).astype(np.int16)
             heard = (await stages.transcriber.transcribe(at_16k)).text

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from payphone.call.crisis import HelpLine, help_for
+from payphone.call.crisis import HelpLine, help_for, render_help
 from payphone.call.endings import asks, reads_complete, sounds_unfinished
 from payphone.call.events import Heard
 from payphone.call.lines import LineBook
@@ -219,7 +219,7 @@ class Turn:
         rec = self.record
         rec.help_line = help_line.kind
         log.info("help_line_given", kind=help_line.kind, persona=self.persona.id)
-        pcm = await self.deps.lines.render(self.persona, help_line.text, steady=True)
+        pcm = await render_help(self.deps.lines, self.persona, help_line)
         await asyncio.sleep(max(0.0, self._not_before - time.monotonic()))
         self._spoken.append(help_line.text)  # cut off from here on: kept as heard, interrupted
         rec.mark("first_audio")
