@@ -149,8 +149,8 @@ async def test_with_the_handsets_echo_and_barge_in_only_the_callers_turns_are_an
         echo=HandsetEcho(db=-10.0, delay_ms=20.0),
     )
     check_schema(report)
-    # a first half held while the caller went on is on record unanswered (and Whisper may have
-    # misheard it); every answered turn is one of the caller's two lines
+    # a first half held while the caller went on is no turn of its own (it joins the next);
+    # every answered turn is one of the caller's two lines
     # On a loaded machine the phone may answer the first half ("Hello operator,") before the
     # caller goes on, and the caller then talks over that answer: both are the caller's doing.
     # What must never happen is a turn made of the persona's own voice coming back.

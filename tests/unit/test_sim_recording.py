@@ -210,3 +210,25 @@ async def test_without_an_echo_the_mic_hears_nothing_of_the_persona() -> None:
     heard = np.concatenate(rig.handset.delivered)
     assert np.abs(rig.sink.heard_pcm()).max() > 1000  # the persona did speak
     assert not heard.any()
+
+
+def test_the_summary_table_shortens_a_long_reply_at_a_word_with_an_ellipsis() -> None:
+    from rich.console import Console
+
+    from payphone.sim.simulate import TABLE_REPLY_CHARS, print_summary
+
+    long_reply = "You've got a story there, kid. " * 8
+    turn = {
+        "persona": "detective_jones",
+        "heard": "Somebody stole my bicycle.",
+        "reply": long_reply,
+        "fallback": False,
+        "interrupted": False,
+        "latency_ms": {"first_audio": 580.0},
+    }
+    console = Console(record=True, width=400)
+    print_summary({"turns": [turn], "events": []}, console)
+    row = next(line for line in console.export_text().splitlines() if "kid" in line)
+    shown = row.split("│")[4].strip()
+    assert shown.endswith("…") and len(shown) <= TABLE_REPLY_CHARS
+    assert long_reply.startswith(shown[:-1]) and not long_reply[len(shown) - 1].isalpha()

@@ -350,7 +350,7 @@ class Call:
             self.log.event("persona_paused")
         elif self.state is CallState.THINKING and self._turn is not None:
             # the caller goes on before any answer: hold what they said, join what follows
-            await self._hold(self._turn.heard)
+            await self._hold(self._fold(self._turn))
         elif self.state is CallState.DIAL_TONE:
             # the caller says "hello?" over the dial tone: silence, and greet when they stop
             await self._stop_activity()
@@ -399,7 +399,7 @@ class Call:
             return
         earlier, self._held = self._held, None
         if self.state is CallState.THINKING and self._turn is not None:
-            earlier = self._turn.heard  # both parts came before the hold could
+            earlier = self._fold(self._turn)  # both parts came before the hold could
         heard = joined(earlier, heard)
         self.log.event("turn_started", joined=earlier is not None, seconds=heard.seconds)
         self._start_turn(heard)
@@ -447,7 +447,7 @@ class Call:
             # the words after it already made a turn before Whisper had judged this: it came
             # first, so it goes in front of them, as one turn
             self.log.event("turn_started", joined=True, seconds=heard.seconds)
-            self._start_turn(joined(heard, self._turn.heard))
+            self._start_turn(joined(heard, self._fold(self._turn)))
             return
         if self.state not in BARGE_IN_STATES and self.state is not CallState.LISTENING:
             return  # a key, a switch or a goodbye came first
@@ -491,8 +491,15 @@ class Call:
         their next words make (joined in `_on_heard`)."""
         await self._stop_activity()
         self._held = heard
-        self.log.event("turn_held")
+        self.log.event("turn_held", seconds=heard.seconds)
         self._listen()
+
+    def _fold(self, turn: Turn) -> Heard:
+        """The turn still thinking when the caller goes on (nothing of it was heard): its words
+        join what they say next, so it is no turn of its own, neither logged as one nor counted
+        as cut off (the status page's turns and interruptions); returns what it heard."""
+        turn.folded = True
+        return turn.heard
 
     def _resume_persona(self, why: str) -> None:
         """Speech over the persona that was less than a barge-in: it sounds again."""
@@ -656,8 +663,8 @@ class Call:
         try:
             record = await turn.run()
         except asyncio.CancelledError:
-            if turn.record.heard:  # cut off (hang-up, `#`, a key): still a turn of the call
-                self._log_turn(turn.record)
+            if turn.record.heard and not turn.folded:  # cut off (hang-up, `#`, a key)
+                self._log_turn(turn.record)  # still a turn of the call
             raise
         if record is not None:
             self._log_turn(record)

@@ -138,6 +138,8 @@ class Turn:
         self._settled = asyncio.Event()  # the answer is audible, or there will be none
         self._not_before = 0.0  # no sound before this (monotonic): see _speak_not_before
         self.on_audible: Callable[[], None] | None = None
+        # its words went into the caller's next turn before it made a sound (Call._fold)
+        self.folded = False
 
     async def run(self) -> TurnRecord | None:
         rec = self.record

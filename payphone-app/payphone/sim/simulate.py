@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 # steady: the same caller every run, so a simulated call (the demo, the tests) can be replayed
 CALLER_VOICE = VoiceSpec(length_scale=0.9, steady=True)
+TABLE_REPLY_CHARS = 120  # the summary table's reply column; report.json has every word
 
 
 async def speak_as_caller(synthesizer: PiperSynthesizer, text: str) -> Pcm:
@@ -120,7 +121,7 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
             str(index),
             turn["persona"],
             turn["heard"],
-            turn["reply"][:120],
+            _shortened(turn["reply"], TABLE_REPLY_CHARS),
             f"{first_audio:.0f} ms" if first_audio is not None else "-",
             note,
         )
@@ -136,6 +137,14 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     if gaps:
         heard = ", ".join(f"{gap:.2f}" for gap in gaps)
         console.print(f"caller's last sound -> next earpiece sound, from call.wav: {heard} s")
+
+
+def _shortened(text: str, limit: int) -> str:
+    """`text`, or its first words up to `limit` characters and an ellipsis (the report keeps
+    it all): a cut reply must not read as if the persona stopped mid-sentence."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rsplit(" ", 1)[0].rstrip(" ,;:") + "…"
 
 
 def _copy_demo_script(out_dir: Path) -> tuple[Path, dict[str, Any]]:
