@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -243,3 +244,52 @@ async def test_async_helper_yields_utterances_and_flushes(speech: Pcm) -> None:
     found = [u async for u in utterances(frames(), VadEndpointer())]
     assert len(found) == 1
     assert found[0].detected_s >= found[0].end_s
+
+
+BAR_SPEEDS = (0.9, 1.0, 1.1)
+BAR_TALK = (
+    "So I told him, if you want the car you can pay for the gas yourself.",
+    "Two more of those, and a basket of fries for the table please.",
+    "Did you see who just walked in? Over by the jukebox.",
+)
+
+
+def babble(app_settings: Settings, seconds: float) -> npt.NDArray[np.float64]:
+    """Four people talking at once behind the caller, without a common pause (a bar)."""
+    pairs = zip(BAR_TALK, BAR_SPEEDS, strict=True)
+    talk = [piper(app_settings, text, scale) for text, scale in pairs]
+    out = np.zeros(int(seconds * SAMPLE_RATE))
+    for talker in range(4):
+        at = talker * SAMPLE_RATE // 4
+        for n in range(talker, talker + 99):
+            if at >= len(out):
+                break
+            clip = talk[n % len(talk)].astype(np.float64)[: len(out) - at]
+            out[at : at + len(clip)] += clip
+            at += len(clip) + SAMPLE_RATE // 5
+    return out
+
+
+def test_a_caller_in_a_talking_room_is_heard_to_stop(app_settings: Settings, speech: Pcm) -> None:
+    """Babble 15 dB under the caller goes on after they stop: webrtcvad calls it speech too.
+    The pause the end-of-turn model waits for (turn.pause_ms) must still show, at once; it
+    never came while the room talked (the turn ended when the babble did, or at 15 s)."""
+    room = babble(app_settings, 7.0)
+    level = np.sqrt(np.mean(np.square(speech.astype(np.float64))))
+    mix = room * level * 10 ** (-15 / 20) / np.sqrt(np.mean(np.square(room)))
+    at = 2 * SAMPLE_RATE
+    mix[at : at + len(speech)] += speech
+    first, last = speech_bounds(speech)
+    vad = VadEndpointer(VadSettings(), hangover_ms=1200)  # as with the end-of-turn model
+    paused_at, started_at = None, None
+    for start in range(0, len(mix), 480):
+        vad.feed(np.clip(mix[start : start + 480], -32768, 32767).astype(np.int16))
+        now = (start + 480) / SAMPLE_RATE
+        if vad.in_speech and started_at is None and now > (at + first) / SAMPLE_RATE:
+            started_at = now
+        if vad.in_speech and vad.pause_ms >= 180 and now > (at + last) / SAMPLE_RATE:
+            paused_at = now
+            break
+    assert started_at is not None and started_at - (at + first) / SAMPLE_RATE < 0.3
+    assert paused_at is not None, "the caller's pause never showed under the babble"
+    assert paused_at - (at + last) / SAMPLE_RATE < 0.4
