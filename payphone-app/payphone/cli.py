@@ -412,6 +412,14 @@ def bench_command(
         str | None,
         typer.Option("--phones", help="bench fleet: simulated phones per run, e.g. 1,2,4."),
     ] = None,
+    room_db: Annotated[
+        float | None,
+        typer.Option(
+            "--room-db",
+            help="bench turns: four other people talk this many dB under the caller, 0 to 40 "
+            "(a bar; default: a quiet room).",
+        ),
+    ] = None,
 ) -> None:
     """Benchmarks that print figures (JSON on the last line), never pass/fail."""
     import importlib
@@ -428,6 +436,7 @@ def bench_command(
         )
         raise typer.Exit(EXIT_BAD_SETTINGS)
     phone_counts = phones_or_exit(name, phones)
+    room = room_or_exit(name, room_db)
     module = importlib.import_module(f"payphone.bench.{name}")
     settings = state(ctx).settings
     setup_logging("warning", settings.logging.format)
@@ -436,8 +445,23 @@ def bench_command(
         options["echo"] = echo
     if phone_counts is not None:
         options["phones"] = phone_counts
+    if room is not None:
+        options["room_db"] = room
     result = module.main(settings, **options)
     print(json.dumps(result))
+
+
+def room_or_exit(bench: str, db: float | None) -> float | None:
+    """`--room-db` for bench turns, in range; anything else: one line, exit 2."""
+    from payphone.sim.room import RoomLevelError, room_level
+
+    try:
+        if db is not None and bench != "turns":
+            raise RoomLevelError(f"--room-db: bench {bench} has no room; only turns takes it")
+        return room_level(db)
+    except RoomLevelError as exc:
+        print(f"payphone: bad setting: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
 
 
 def phones_or_exit(bench: str, phones: str | None) -> tuple[int, ...] | None:

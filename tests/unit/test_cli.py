@@ -130,6 +130,8 @@ def test_every_bench_exists(name: str) -> None:
         (["simulate", "call.yaml", "--echo-delay-ms", "20"], "--echo-delay-ms"),
         (["bench", "hangup", "--echo-db", "-70"], "--echo-db"),
         (["bench", "stt", "--echo-db", "-10"], "--echo-db"),
+        (["bench", "turns", "--room-db", "50"], "--room-db"),
+        (["bench", "vad", "--room-db", "15"], "--room-db"),
     ],
 )  # fmt: skip
 def test_echo_settings_out_of_range_exit_2_naming_the_setting(args: list[str], named: str) -> None:

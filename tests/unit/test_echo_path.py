@@ -190,3 +190,23 @@ async def test_a_live_mic_hands_on_the_real_earpieces_reference_with_each_frame(
     assert np.array_equal(first, spoken) and first_ref is not None
     assert np.array_equal(first_ref, played)
     assert np.array_equal(second, spoken) and second_ref is None
+
+
+@pytest.mark.parametrize("echo", [None, HandsetEcho(-10, 20)])
+async def test_the_room_talks_under_every_mic_frame_the_callers_silence_too(
+    echo: HandsetEcho | None,
+) -> None:
+    from payphone.sim.room import RoomSound
+
+    room = np.arange(1, 1001, dtype=np.float32)  # a ramp: each sample says where it came from
+    mic = MemorySource(MIC, 30)
+    handset = Handset(mic, MemorySink(EAR), echo, room=RoomSound(room))
+    mic.push(np.full(480, 5000, dtype=np.int16))  # the caller's one frame, then silence
+    got = []
+    async for frame in handset.frames():
+        got.append(frame.astype(np.int32))
+        if len(got) == 3:
+            break
+    looped = np.concatenate([room, room])[: 3 * 480].astype(np.int32)
+    assert np.array_equal(got[0], 5000 + looped[:480])  # nothing played: no echo under it
+    assert np.array_equal(np.concatenate(got[1:]), looped[480:])  # the room after the caller

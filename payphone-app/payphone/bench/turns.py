@@ -45,6 +45,7 @@ from payphone.pcm import Pcm
 from payphone.personas.loader import load_personas
 from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.rig import Rig, build_rig
+from payphone.sim.room import Room, RoomSound, at_level, talking_room
 from payphone.sim.runner import MIC_RATE, to_mic_rate
 from payphone.speech.base import VoiceSpec
 from payphone.stages import Stages, load_stages
@@ -62,6 +63,7 @@ FRAME_S = 0.03
 VOICED = 300  # |sample| above this is the caller's voice (Piper's silence is exact zeros)
 REPLY_WAIT_S = 20.0
 STAGES = ("turn_started", "transcript_ready", "first_token", "first_chunk", "first_audio")
+ROOM_S = 60.0  # of other people talking (`--room-db`), looped under the mic
 CALL_EVERY = 8  # a fresh call every few turns: the history stays short, as in a real call
 # the persona model samples with this seed in both pipelines, so a line gets the same reply in
 # each and their difference is the end of turn, not how long the first sentence came out
@@ -197,12 +199,21 @@ class TimedTurnModel:
 
 
 async def _pipeline(
-    stages: Stages, settings: Settings, lines: list[Line], echo: HandsetEcho | None
+    stages: Stages,
+    settings: Settings,
+    lines: list[Line],
+    echo: HandsetEcho | None,
+    room: Room | None = None,
 ) -> list[TurnFigure]:
     quick = settings.call.model_copy(update={"dial_tone_s": 0.3, "idle_prompt_s": 60})
     options = dataclasses.replace(CallOptions.from_settings(settings), call=quick)
     seeded = dataclasses.replace(stages, options=dataclasses.replace(stages.options, seed=SEED))
-    rig = build_rig(seeded.for_phone(settings.vad, settings.turn), options, echo=echo)
+    rig = build_rig(
+        seeded.for_phone(settings.vad, settings.turn),
+        options,
+        echo=echo,
+        room=None if room is None else RoomSound(room),
+    )
     task = await rig.start()
     figures = []
     try:
@@ -273,7 +284,17 @@ def _checks(check_ms: list[float]) -> dict[str, Any]:
     return result
 
 
-async def _run(settings: Settings, trials: int, echo: HandsetEcho | None) -> dict[str, Any]:
+async def _room(stages: Stages, lines: list[Line], db_under: float) -> Room:
+    """Four people talking `db_under` dB under the callers' lines (their median RMS)."""
+    level = statistics.median(
+        float(np.sqrt(np.mean(np.square(line.pcm.astype(np.float64))))) for line in lines
+    )
+    return at_level(await talking_room(stages.synthesizer, ROOM_S), level, db_under)
+
+
+async def _run(
+    settings: Settings, trials: int, echo: HandsetEcho | None, room_db: float | None
+) -> dict[str, Any]:
     book = load_personas(settings.personas.user_dir)
     stages = await load_stages(settings, book.operator, list(book))
     try:
@@ -284,16 +305,20 @@ async def _run(settings: Settings, trials: int, echo: HandsetEcho | None) -> dic
         result: dict[str, Any] = {"lines": len(lines), "turn_model": model}
         if echo is not None:
             result |= {"echo_db": echo.db, "echo_delay_ms": echo.delay_ms}
+        room = None if room_db is None else await _room(stages, lines, room_db)
+        if room_db is not None:
+            print(f"room: four other people talking {room_db:g} dB under the caller", flush=True)
+            result["room_db"] = room_db
         if stages.turn_model is not None:
             timed = TimedTurnModel(stages.turn_model)
             timed_stages = dataclasses.replace(stages, turn_model=timed)
             result["turn_model_pipeline"] = _summary(
-                "turn model", await _pipeline(timed_stages, settings, lines, echo)
+                "turn model", await _pipeline(timed_stages, settings, lines, echo, room)
             )
             result["turn_model_pipeline"] |= _checks(timed.check_ms)
         silence_only = dataclasses.replace(stages, turn_model=None)
         result["silence_rule"] = _summary(
-            "silence rule", await _pipeline(silence_only, settings, lines, echo)
+            "silence rule", await _pipeline(silence_only, settings, lines, echo, room)
         )
     finally:
         await stages.aclose()
@@ -308,7 +333,8 @@ def main(
     settings: Settings,
     trials: int = len(LINES) * len(SPEEDS) + 2 * len(PAUSED),
     echo: HandsetEcho | None = None,
+    room_db: float | None = None,
 ) -> Any:
     """Run both pipelines over `trials` caller lines (34 by default); `echo`: the earpiece
-    leaks back into the mic."""
-    return asyncio.run(_run(settings, trials, echo))
+    leaks back into the mic; `room_db`: other people talk this many dB under the caller."""
+    return asyncio.run(_run(settings, trials, echo, room_db))

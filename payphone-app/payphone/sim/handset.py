@@ -1,4 +1,5 @@
-"""The mouthpiece as the simulated phone hears it: the caller's voice, plus the earpiece's echo.
+"""The mouthpiece as the simulated phone hears it: the caller's voice, plus the earpiece's echo
+and the room behind the caller (`room`: other people talking, `sim/room.py`), if given.
 
 Without an echo path the handset hands on the in-memory mic's frames untouched, as the rig
 always did. With one it keeps a sample clock like a sound card: mic sample `m` sounds at
@@ -29,6 +30,7 @@ from payphone.hardware.base import AudioSource
 from payphone.hardware.memory_audio import MemorySink, MemorySource
 from payphone.pcm import Pcm
 from payphone.sim.echo_path import EchoPath, HandsetEcho, Samples
+from payphone.sim.room import RoomSound
 from payphone.streams import closing
 
 WAIT_S = 0.002  # how long to wait for the earpiece to play through a frame's span, per try
@@ -51,6 +53,7 @@ class Handset(AudioSource):
         sink: MemorySink,
         echo: HandsetEcho | None = None,
         keep: bool = False,
+        room: RoomSound | None = None,
     ) -> None:
         if echo is not None and sink.speed != 1:
             raise ValueError(f"an echo path needs a real-time earpiece, not speed {sink.speed}")
@@ -58,6 +61,7 @@ class Handset(AudioSource):
         self.sink = sink
         self.echo = echo
         self.keep = keep
+        self.room = room
         self.sample_rate = mic.sample_rate
         self.frame_samples = mic.frame_samples
         self.delivered: list[Pcm] = []
@@ -65,7 +69,8 @@ class Handset(AudioSource):
 
     async def frames(self) -> AsyncIterator[Pcm]:
         if self.echo is None:
-            async for frame in self.mic.frames():
+            async for pushed in self.mic.frames():
+                frame = self._in_the_room(pushed)
                 if self.keep:
                     self.delivered.append(frame)
                 yield frame
@@ -78,10 +83,11 @@ class Handset(AudioSource):
         without an echo path the mic keeps no clock, so the reference is None."""
         if self.echo is None:  # a live mic may bring its earpiece's reference (interactive)
             async with closing(self.mic.frames_with_reference()) as pairs:
-                async for pair in pairs:
+                async for pushed, played in pairs:
+                    heard = self._in_the_room(pushed)
                     if self.keep:
-                        self.delivered.append(pair[0])
-                    yield pair
+                        self.delivered.append(heard)
+                    yield heard, played
             return
         size, rate = self.frame_samples, self.sample_rate
         path = EchoPath(self.echo, self.sink.sample_rate, rate)
@@ -96,11 +102,17 @@ class Handset(AudioSource):
                     path.take(skip)
                     skip = 0
                 reference, echo = path.take(size)
-                heard = _pcm(frame.astype(np.float32) + echo)
+                heard = self._in_the_room(_pcm(frame.astype(np.float32) + echo))
                 if self.keep:
                     self.delivered.append(heard)
                 yield heard, _pcm(reference)
                 frame = await anext(callers, None)
+
+    def _in_the_room(self, frame: Pcm) -> Pcm:
+        """The frame with the room's next samples under it (the caller's silence too)."""
+        if self.room is None:
+            return frame
+        return _pcm(frame.astype(np.float32) + self.room.take(len(frame)))
 
     def _align(self, start: float, rate: int) -> tuple[int, int]:
         """Start the echo path on an earpiece sample that falls on a mic sample, at or before

@@ -27,6 +27,7 @@ from payphone.hardware.memory_audio import MemorySink, MemorySource
 from payphone.personas.loader import PersonaBook, load_personas
 from payphone.sim.echo_path import HandsetEcho
 from payphone.sim.handset import Handset
+from payphone.sim.room import RoomSound
 
 HOOK_PIN = 17
 T = TypeVar("T")
@@ -102,6 +103,7 @@ def build_rig(
     earpiece: AudioSink | None = None,
     echo: HandsetEcho | None = None,
     keep_mic: bool = False,
+    room: RoomSound | None = None,
     on_call: Callable[[Call], None] | None = None,
     on_state: Callable[[CallState], None] | None = None,
 ) -> Rig:
@@ -112,6 +114,7 @@ def build_rig(
     `echo`: the earpiece leaks back into the mouthpiece (`sim/echo_path.py`); the phone then
     hears `rig.handset`, which keeps the mic on a sample clock beside the earpiece's.
     `keep_mic`: `rig.handset.delivered` keeps every frame the phone heard.
+    `room`: other people talking behind the caller, under every mic frame (`sim/room.py`).
     `on_call` / `on_state`: another observer of the phone's calls (the status page), after the
     rig's own lists.
     """
@@ -122,7 +125,7 @@ def build_rig(
     keypad = QueueKeypad()
     mic = MemorySource(16000, mic_frame_ms, live=live_mic)
     sink = MemorySink(stages.synthesizer.sample_rate, speed=sink_speed, keep_heard=keep_heard)
-    handset = Handset(mic, sink, echo, keep=keep_mic)
+    handset = Handset(mic, sink, echo, keep=keep_mic, room=room)
     calls: list[Call] = []
     states: list[CallState] = []
     phone = build_phone(
