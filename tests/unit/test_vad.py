@@ -293,3 +293,14 @@ def test_a_caller_in_a_talking_room_is_heard_to_stop(app_settings: Settings, spe
     assert started_at is not None and started_at - (at + first) / SAMPLE_RATE < 0.3
     assert paused_at is not None, "the caller's pause never showed under the babble"
     assert paused_at - (at + last) / SAMPLE_RATE < 0.4
+
+
+def test_the_room_alone_starts_little_phantom_speech(app_settings: Settings) -> None:
+    """Babble with nobody at the handset: its peaks are speech to webrtcvad, and each
+    utterance they start would hold the caller's turn or become one. A start needs frames
+    well over the room's floor, as the caller's own voice at the handset is (10 in these 20 s
+    when any voiced frame over the floor could start one)."""
+    room = np.clip(babble(app_settings, 20.0) * 0.1, -32768, 32767).astype(np.int16)
+    vad = VadEndpointer(VadSettings(), hangover_ms=180)  # each pause ends one: count them all
+    found = feed_all(vad, room, 480)
+    assert len(found) <= 6
