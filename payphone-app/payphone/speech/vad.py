@@ -26,7 +26,8 @@ room talked (eight caller lines in four-talker babble 20 dB under them: no 90 ms
 the room's floor: the `floor_percentile`th percentile of the frame levels of the last
 `floor_window_ms` (never our own voice: those frames take the echo rules). Babble that never
 pauses sets that floor; the caller at the handset stands above it, and their pause shows under
-the babble (the same lines: a 90 ms pause a median 0.06 s after their last word, at 10-25 dB).
+the babble (the same lines: a 90 ms pause a median 0.02-0.08 s after their last word, at
+10-25 dB).
 The room's own peaks still start speech now and then (a phantom utterance, which holds the
 caller's turn or becomes one), so a start also needs `start_loud_frames` of its voiced frames
 `floor_start_margin_db` over the floor: the caller's onset at the handset clears it (a soft
