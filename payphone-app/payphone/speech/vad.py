@@ -302,7 +302,6 @@ class VadEndpointer:
         self.floor_margin_db = floor_margin_db
         self.floor_start_margin_db = floor_start_margin_db
         self.start_loud_frames = start_loud_frames
-        self._loud = True  # the frame `_is_voiced` judged last cleared the start margin
         self._floor = _RoomFloor(max(1, floor_window_ms // self.frame_ms), floor_percentile)
         self._partial = np.zeros(0, dtype=np.int16)
         self._partial_words = self._partial  # the same samples as the words carry them
@@ -443,18 +442,17 @@ class VadEndpointer:
     def _time(self, frame_index: int) -> float:
         return frame_index * self.frame_samples / self.sample_rate
 
-    def _is_voiced(self, frame: Pcm) -> bool:
+    def _judge(self, frame: Pcm) -> tuple[bool, bool]:
+        """(voiced, loud): whether the frame is the caller speaking, and whether it stands
+        `floor_start_margin_db` over the room's floor, as a start needs (over our own voice the
+        echo rules decide, and every voiced frame may start)."""
         voiced = bool(self._vad.is_speech(frame.tobytes(), self.sample_rate))
         level = frame_dbfs(frame)
         if self._over_our_voice:
             # the echo estimate is frozen while the caller speaks
             tracker = self._residual if self.echo_cancelled else self._echo
-            return tracker.stands_out(level, learn=self._speech is None) and voiced
+            return tracker.stands_out(level, learn=self._speech is None) and voiced, True
         self._floor.add(level)  # not while our voice plays: that returned above, or was gated
-        floor = self._floor.level_db()
-        self._loud = level >= floor + self.floor_start_margin_db
-        if voiced and level < floor + self.floor_margin_db:
-            return False  # the room talking, not the caller at the handset
         if not voiced:
             if self._speech is None:
                 self._noise_db = (
@@ -462,10 +460,14 @@ class VadEndpointer:
                     if self._noise_db is None
                     else self._noise_db + NOISE_ALPHA * (level - self._noise_db)
                 )
-            return False
+            return False, False
+        floor = self._floor.level_db()
+        if level < floor + self.floor_margin_db:
+            return False, False  # the room talking, not the caller at the handset
         # webrtcvad keeps saying "speech" for a few frames after it ends (its own overhang);
         # frames no louder than the background do not count, so the end is stamped on time
-        return self._noise_db is None or level >= self._noise_db + self.energy_margin_db
+        above = self._noise_db is None or level >= self._noise_db + self.energy_margin_db
+        return above, level >= floor + self.floor_start_margin_db
 
     def _frame(self, pcm: Pcm, words: Pcm) -> Utterance | None:
         index = self._next_index
@@ -474,9 +476,7 @@ class VadEndpointer:
         if self._playing and not self.barge_in:
             self.stats.gated += len(pcm)
             return None
-        self._loud = True
-        voiced = self._is_voiced(pcm)
-        frame = _Frame(words, index, voiced, self._loud)
+        frame = _Frame(words, index, *self._judge(pcm))
         self.stats.voiced_frames += frame.voiced
         if self._speech is None:
             self._listen(frame)
