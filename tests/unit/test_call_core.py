@@ -6,13 +6,14 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import structlog
 
 from payphone.call.assembly import PhoneStages
-from payphone.call.events import CallState, Heard, SpeechDropped, SpeechStarted
+from payphone.call.events import CallState, Heard, MicEvent, SpeechDropped, SpeechStarted
 from payphone.call.options import CallOptions
 from payphone.call.session import joined
 from payphone.config import CallSettings
@@ -473,3 +474,37 @@ async def test_without_an_echo_canceller_the_caller_cannot_talk_over_the_persona
     await rig.wait_state(CallState.DIAL_TONE)
     assert rig.calls[0].options.barge_in is False
     await switch_off(rig, task)
+
+
+class SoundingWatcher(EnergyEndpointer):
+    """Notes, frame by frame, the call state and whether the mic was gated and sounding."""
+
+    seen: ClassVar[list[tuple[CallState, bool, bool]]] = []
+    rig: ClassVar[Rig | None] = None
+
+    def feed(
+        self, pcm: Pcm, playing: bool, words: Pcm | None = None, sounding: bool = False
+    ) -> list[MicEvent]:
+        if self.rig is not None and self.rig.phone.call is not None:
+            self.seen.append((self.rig.phone.call.state, playing, sounding))
+        return super().feed(pcm, playing, words, sounding)
+
+
+async def test_the_dial_tone_sounds_to_the_vad_with_the_mic_open() -> None:
+    """Under the dial tone the mic is open (a caller may say "hello?") but the echo canceller
+    suppresses the room with the tone: the VAD is told, so its room floor learns nothing."""
+    stages = PhoneStages(
+        ScriptedTranscriber(deque()), ScriptedBackend(), ToneSynthesizer(), SoundingWatcher
+    )
+    slow_tone = PATIENT.model_copy(update={"dial_tone_s": 1.0})
+    rig = build_rig(stages, CallOptions(slow_tone), sink_speed=4.0)
+    SoundingWatcher.rig, SoundingWatcher.seen = rig, []
+    task = await on_the_line(rig)
+    await asyncio.sleep(0.2)
+    await switch_off(rig, task)
+    seen = SoundingWatcher.seen
+    dial = [(gated, sounding) for state, gated, sounding in seen if state is CallState.DIAL_TONE]
+    listening = [sounding for state, _, sounding in seen if state is CallState.LISTENING]
+    assert dial and all(not gated for gated, _ in dial)
+    assert sum(sounding for _, sounding in dial) >= len(dial) // 2
+    assert listening and not listening[-1]

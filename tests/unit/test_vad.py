@@ -304,3 +304,71 @@ def test_the_room_alone_starts_little_phantom_speech(app_settings: Settings) -> 
     vad = VadEndpointer(VadSettings(), hangover_ms=180)  # each pause ends one: count them all
     found = feed_all(vad, room, 480)
     assert len(found) <= 6
+
+
+def _in_the_room(app_settings: Settings, caller: Pcm, db_under: float) -> tuple[Pcm, int]:
+    """The caller 2 s into `db_under` dB of babble that goes on 3 s after them, and where."""
+    room = babble(app_settings, 5.0 + len(caller) / SAMPLE_RATE)
+    level = np.sqrt(np.mean(np.square(caller.astype(np.float64))))
+    mix = room * level * 10 ** (-db_under / 20) / np.sqrt(np.mean(np.square(room)))
+    at = 2 * SAMPLE_RATE
+    mix[at : at + len(caller)] += caller
+    return np.clip(mix, -32768, 32767).astype(np.int16), at
+
+
+@pytest.mark.parametrize("db_under", [15, 10])
+def test_in_a_talking_room_the_silence_limit_still_ends_the_turn(
+    app_settings: Settings, speech: Pcm, db_under: int
+) -> None:
+    """The end-of-turn model unsure, the silence limit (turn.max_silence_ms) must end the turn:
+    1.2 s in which the room's peaks do not count as the caller going on. They clear the
+    floor's margin in runs, and the limit never came while the room talked."""
+    mix, at = _in_the_room(app_settings, speech, db_under)
+    last = (at + speech_bounds(speech)[1]) / SAMPLE_RATE
+    vad = VadEndpointer(VadSettings(), hangover_ms=1200)  # as with the end-of-turn model
+    found = feed_all(vad, mix[: int((last + 2.0) * SAMPLE_RATE)], 480)
+    assert found, "the room's peaks kept the pause from ever reaching the silence limit"
+    assert abs(found[0].end_s - last) < 0.3
+    assert found[0].detected_s - last < 1.6
+
+
+def test_in_a_talking_room_the_caller_going_on_takes_the_pause_back(
+    app_settings: Settings,
+) -> None:
+    """A caller who pauses to think and goes on ("I was wondering ... if you could help me"):
+    after a settled pause only a clear voice takes it back, and theirs at the handset does,
+    at once."""
+    head, tail = piper(app_settings, "I was wondering"), piper(app_settings, "if you could help")
+    gap = silence(0.7)
+    mix, at = _in_the_room(app_settings, np.concatenate([head, gap, tail]), 15)
+    resumed = (at + len(head) + len(gap) + speech_bounds(tail)[0]) / SAMPLE_RATE
+    vad = VadEndpointer(VadSettings(), hangover_ms=1200)
+    longest, taken_back = 0, None
+    for start in range(0, int((resumed + 0.5) * SAMPLE_RATE), 480):
+        vad.feed(mix[start : start + 480])
+        now = (start + 480) / SAMPLE_RATE
+        if now < resumed:
+            longest = max(longest, vad.pause_ms)
+        elif taken_back is None and vad.in_speech and vad.pause_ms == 0:
+            taken_back = now
+    assert longest >= 500, "the pause never settled"
+    assert taken_back is not None and taken_back - resumed < 0.1
+
+
+def test_a_tone_of_ours_teaches_the_floor_nothing(app_settings: Settings) -> None:
+    """With the mic open under a sound of ours (the dial tone, a key's tone) the echo
+    canceller's suppressor takes the room out too (a bar under the dial tone came out at -95
+    dBFS). Learned, those frames pinned the floor there for its whole window: after them the
+    room's babble was all caller, one utterance of 3.5 s."""
+    room = np.clip(babble(app_settings, 8.0) * 0.1, -32768, 32767).astype(np.int16)
+    suppressed = add_noise(silence(3.0), 95, reference=np.full(16, 32767, np.int16))
+    vad = VadEndpointer(VadSettings(), hangover_ms=180)
+    feed_all(vad, room[: 3 * SAMPLE_RATE], 480)  # the room, before the tone
+    vad.feed(suppressed, sounding=True)
+    found, in_speech = [], 0
+    for start in range(3 * SAMPLE_RATE, len(room), 480):
+        found += vad.feed(room[start : start + 480])
+        in_speech += vad.in_speech
+    found += vad.flush()
+    assert max((u.speech_s for u in found), default=0.0) < 1.5
+    assert in_speech * 0.03 < 2.5

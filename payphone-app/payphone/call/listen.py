@@ -75,9 +75,13 @@ _EMPTY = np.zeros(0, dtype=np.int16)
 class Endpointer(Protocol):
     """Cuts mic frames into utterances; `playing`: our own voice is in the earpiece."""
 
-    def feed(self, pcm: Pcm, playing: bool, words: Pcm | None = None) -> list[MicEvent]:
+    def feed(
+        self, pcm: Pcm, playing: bool, words: Pcm | None = None, sounding: bool = False
+    ) -> list[MicEvent]:
         """`pcm` decides whether the caller speaks; `words` (the same span, through another echo
-        filter; None: `pcm`) is the audio the utterances carry."""
+        filter; None: `pcm`) is the audio the utterances carry; `sounding`: the earpiece makes
+        some sound of ours with the mic open (the dial tone), so the frame says nothing about
+        the room."""
         ...
 
     def answered(self) -> None:
@@ -162,6 +166,8 @@ class VadListener:
         self._vad = VadEndpointer(
             settings,
             hangover_ms=hangover,
+            # a pause as long as the one the model is asked at takes a clear voice to end
+            settle_ms=self._turn.pause_ms,
             barge_in=settings.barge_in and echo_cancelled,
             echo_cancelled=echo_cancelled,
         )
@@ -188,11 +194,13 @@ class VadListener:
         if playing:
             self._held = None  # the persona answered (or spoke): the next words start afresh
 
-    def feed(self, pcm: Pcm, playing: bool, words: Pcm | None = None) -> list[MicEvent]:
+    def feed(
+        self, pcm: Pcm, playing: bool, words: Pcm | None = None, sounding: bool = False
+    ) -> list[MicEvent]:
         self._gate(playing)
         events: list[MicEvent] = []
         paused_ms = self._vad.pause_ms  # before this frame: how long ago a blip ended
-        ended = self._vad.feed(pcm, words)
+        ended = self._vad.feed(pcm, words, sounding=sounding)
         if self._vad.in_speech and not self._was_speaking:
             events.append(SpeechStarted(time.monotonic()))
             self._prefix = self._carried()

@@ -194,7 +194,8 @@ class Call:
     def hear(self, frame: Pcm, words: Pcm | None = None) -> None:
         """One mic frame: the endpointer cuts utterances, gated while our own voice plays.
         `words`: the same frame as Whisper should hear it (another echo filter; None: `frame`)."""
-        for event in self._endpointer.feed(frame, self._gated, words):
+        sounding = self.deps.sink.playing  # the dial tone, say, with the mic open
+        for event in self._endpointer.feed(frame, self._gated, words, sounding):
             self.post(event)
 
     @property

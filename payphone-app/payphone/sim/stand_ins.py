@@ -65,7 +65,9 @@ class EnergyEndpointer:
     def poll(self, playing: bool) -> list[MicEvent]:
         return []
 
-    def feed(self, pcm: Pcm, playing: bool, words: Pcm | None = None) -> list[MicEvent]:
+    def feed(
+        self, pcm: Pcm, playing: bool, words: Pcm | None = None, sounding: bool = False
+    ) -> list[MicEvent]:
         level = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
         loud = level > self.threshold and (self.barge_in or not playing)
         now = time.monotonic()

@@ -34,6 +34,15 @@ caller's turn or becomes one), so a start also needs `start_loud_frames` of its 
 first syllable may sit under it, and rides along in the pre-roll). 20 s of the babble alone:
 4 utterances instead of 10; white noise 20 dB under a caller: the start detected a median
 15 ms later.
+Once a pause has lasted `settle_ms` (as long as the end-of-turn model's `turn.pause_ms`), only a
+voiced frame `floor_resume_margin_db` over the floor takes it back, as the caller at the handset
+speaking again does: the room's peaks clear the floor's margin in runs, and a talking room's pause
+never reached the silence limit (babble 15 dB under: 1.2 s of pause after 2 of 34 caller lines
+instead of 25-34, reached a median 30 ms after their last word; a caller going on is heard as
+soon as before, 30-40 ms).
+The floor learns nothing while a sound of ours plays with the mic open (`feed(sounding=True)`: the
+dial tone): the echo canceller's suppressor takes the room out with the tone (-95 dBFS under a
+bar), and those frames pinned the floor there for its whole window, past the greeting.
 In a quiet room the floor is the room's hiss and changes nothing, except that an unbroken
 monologue's softest frames fall under it once it has filled the window (six 8-10 s monologues
 with -50 dBFS hiss: 45 pauses of 90 ms instead of 22), each soon stale: the end-of-turn model
@@ -129,7 +138,9 @@ class _Frame:
     pcm: Pcm  # as the utterance carries it (the words' audio); only the VAD's decides `voiced`
     index: int
     voiced: bool
-    loud: bool = True  # also clears the room's start margin (`floor_start_margin_db`)
+    # how far the frame stands over the room's floor (inf: no floor yet, or over our voice,
+    # where the echo rules decide): a start and a taken-back pause need a margin of it
+    over_floor_db: float = math.inf
 
 
 @dataclass
@@ -243,6 +254,8 @@ class VadEndpointer:
         floor_margin_db: float = 9.0,
         floor_start_margin_db: float = 18.0,
         start_loud_frames: int = 2,
+        settle_ms: int = 180,
+        floor_resume_margin_db: float = 14.0,
         echo_cancelled: bool = False,
     ) -> None:
         s = settings or VadSettings()
@@ -302,7 +315,10 @@ class VadEndpointer:
         self.floor_margin_db = floor_margin_db
         self.floor_start_margin_db = floor_start_margin_db
         self.start_loud_frames = start_loud_frames
+        self.settle_frames = math.ceil(settle_ms / self.frame_ms)
+        self.floor_resume_margin_db = floor_resume_margin_db
         self._floor = _RoomFloor(max(1, floor_window_ms // self.frame_ms), floor_percentile)
+        self._sounding = False  # some sound of ours with the mic open (`feed`)
         self._partial = np.zeros(0, dtype=np.int16)
         self._partial_words = self._partial  # the same samples as the words carry them
         # frames before a start: the start window plus the pre-roll
@@ -345,12 +361,17 @@ class VadEndpointer:
         if playing and not self.barge_in:
             self._discard_all_to("gated")
 
-    def feed(self, pcm: Pcm, words: Pcm | None = None) -> list[Utterance]:
+    def feed(self, pcm: Pcm, words: Pcm | None = None, sounding: bool = False) -> list[Utterance]:
         """Take any number of samples; return the utterances that ended inside them.
 
         `words`: the same samples as the utterances should carry them (the mic through another
         echo filter, for Whisper); None: `pcm` itself. Only `pcm` decides what is speech.
+        `sounding`: some sound of ours is in the earpiece with the mic open (the dial tone, a
+        key's tone): the echo canceller's suppressor takes the room out with it (the dial tone
+        over a bar's babble came out at -95 dBFS), so these frames teach nothing about the
+        room; learned, they pinned the floor there for its whole window, past the greeting.
         """
+        self._sounding = sounding
         samples = np.asarray(pcm, dtype=np.int16).reshape(-1)
         spoken = samples if words is None else np.asarray(words, dtype=np.int16).reshape(-1)
         if len(spoken) != len(samples):
@@ -442,32 +463,33 @@ class VadEndpointer:
     def _time(self, frame_index: int) -> float:
         return frame_index * self.frame_samples / self.sample_rate
 
-    def _judge(self, frame: Pcm) -> tuple[bool, bool]:
-        """(voiced, loud): whether the frame is the caller speaking, and whether it stands
-        `floor_start_margin_db` over the room's floor, as a start needs (over our own voice the
-        echo rules decide, and every voiced frame may start)."""
+    def _judge(self, frame: Pcm) -> tuple[bool, float]:
+        """(voiced, over the floor): whether the frame is the caller speaking, and how far it
+        stands over the room's floor (a start and a taken-back pause need a margin of it; over
+        our own voice the echo rules decide, and every voiced frame counts)."""
         voiced = bool(self._vad.is_speech(frame.tobytes(), self.sample_rate))
         level = frame_dbfs(frame)
         if self._over_our_voice:
             # the echo estimate is frozen while the caller speaks
             tracker = self._residual if self.echo_cancelled else self._echo
-            return tracker.stands_out(level, learn=self._speech is None) and voiced, True
-        self._floor.add(level)  # not while our voice plays: that returned above, or was gated
+            return tracker.stands_out(level, learn=self._speech is None) and voiced, math.inf
+        if not self._sounding:  # our voice playing returned above, or was gated
+            self._floor.add(level)
         if not voiced:
-            if self._speech is None:
+            if self._speech is None and not self._sounding:
                 self._noise_db = (
                     level
                     if self._noise_db is None
                     else self._noise_db + NOISE_ALPHA * (level - self._noise_db)
                 )
-            return False, False
-        floor = self._floor.level_db()
-        if level < floor + self.floor_margin_db:
-            return False, False  # the room talking, not the caller at the handset
+            return False, -math.inf
+        over = level - self._floor.level_db()
+        if over < self.floor_margin_db:
+            return False, over  # the room talking, not the caller at the handset
         # webrtcvad keeps saying "speech" for a few frames after it ends (its own overhang);
         # frames no louder than the background do not count, so the end is stamped on time
         above = self._noise_db is None or level >= self._noise_db + self.energy_margin_db
-        return above, level >= floor + self.floor_start_margin_db
+        return above, over
 
     def _frame(self, pcm: Pcm, words: Pcm) -> Utterance | None:
         index = self._next_index
@@ -490,7 +512,8 @@ class VadEndpointer:
         voiced = [f for f in window if f.voiced]
         # a start also needs a few frames well over the room's floor: the room's own peaks
         # start less phantom speech, and the caller's onset at the handset clears it
-        loud = sum(f.loud for f in voiced) >= min(self.start_loud_frames, needed)
+        loud = sum(f.over_floor_db >= self.floor_start_margin_db for f in voiced)
+        loud = loud >= min(self.start_loud_frames, needed)
         if len(voiced) >= needed and loud:
             first_voiced = voiced[0]
             keep_from = first_voiced.index - self.preroll_frames
@@ -511,7 +534,7 @@ class VadEndpointer:
         speech = self._speech
         assert speech is not None
         speech.frames.append(frame)
-        if frame.voiced:
+        if frame.voiced and self._takes_back_pause(speech, frame):
             speech.last_voiced_index = frame.index
             speech.unvoiced_run = 0
         else:
@@ -521,6 +544,15 @@ class VadEndpointer:
         if frame.index - speech.speech_start_index + 1 >= self.max_frames:
             return self._finish(cut=True)
         return None
+
+    def _takes_back_pause(self, speech: _Speech, frame: _Frame) -> bool:
+        """Whether a voiced frame ends the pause: early in it, any does; once the pause has
+        lasted `settle_ms` (long enough for the end-of-turn model to have been asked), only a
+        frame `floor_resume_margin_db` over the room's floor, as the caller at the handset
+        speaks. The room's own peaks clear the floor's margin in runs, and they kept a
+        talking room's pause from ever reaching the silence limit."""
+        settled = speech.unvoiced_run >= self.settle_frames
+        return not settled or frame.over_floor_db >= self.floor_resume_margin_db
 
     def _finish(self, cut: bool) -> Utterance | None:
         """Close the utterance in progress: emit it, or drop it as a blip."""
