@@ -395,6 +395,7 @@ async def test_a_cough_after_a_pause_answers_from_the_eager_transcript_still_und
     ("said", "tentative", "waits"),
     [
         ("My name is", False, True),
+        ("Hello?", False, True),  # callers go on: "Hello, who am I speaking with?"
         ("What time is it?", False, False),
         ("I need a taxi.", True, True),
         ("What time is it?", True, False),  # unsure, but Whisper heard a question

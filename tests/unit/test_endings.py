@@ -6,6 +6,7 @@ import pytest
 
 from payphone.call.endings import (
     is_backchannel,
+    only_greets,
     only_opens,
     reads_complete,
     sounds_unfinished,
@@ -101,3 +102,21 @@ def test_a_short_burst_of_stray_words_does_not(text: str) -> None:
 )
 def test_a_short_opening_waits_for_the_rest(text: str, opens: bool) -> None:
     assert only_opens(text) is opens
+
+
+@pytest.mark.parametrize(
+    ("text", "greets"),
+    [
+        ("Hello?", True),
+        ("Hello.", True),
+        ("Hi there.", True),
+        ("Oh, hello operator.", True),
+        ("Hello, who am I speaking with?", False),  # the whole request
+        ("Hello, is anybody there?", False),
+        ("Help!", False),
+        ("There.", False),  # no greeting in it
+        ("", False),
+    ],
+)
+def test_a_lone_greeting_only_greets(text: str, greets: bool) -> None:
+    assert only_greets(text) is greets

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from payphone.call.crisis import HelpLine, help_for, render_help
-from payphone.call.endings import asks, reads_complete, sounds_unfinished
+from payphone.call.endings import asks, only_greets, reads_complete, sounds_unfinished
 from payphone.call.events import Heard
 from payphone.call.lines import LineBook
 from payphone.call.player import play_and_wait
@@ -182,11 +182,14 @@ class Turn:
 
     def _speak_not_before(self, text: str) -> None:
         """Cut before the silence limit but maybe unfinished (the turn model was unsure and the
-        words are no question, or the words trail off: "My name is"): work now, speak at the
+        words are no question, the words trail off: "My name is", or they only greet: "Hello?",
+        as callers do before they say what they want): work now, speak at the
         limit, or a little sooner when the words are a complete statement. If the caller goes on
         meanwhile, the call cancels this turn and their words join it."""
         heard = self.heard
-        unsure = sounds_unfinished(text) or (heard.tentative and not asks(text))
+        unsure = (
+            sounds_unfinished(text) or only_greets(text) or (heard.tentative and not asks(text))
+        )
         if unsure and heard.limit_at > time.monotonic():
             self._not_before = heard.limit_at
             if heard.tentative and heard.complete_at and reads_complete(text):
