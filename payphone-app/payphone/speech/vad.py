@@ -37,9 +37,9 @@ first syllable may sit under it, and rides along in the pre-roll). 20 s of the b
 Once a pause has lasted `settle_ms` (as long as the end-of-turn model's `turn.pause_ms`), only a
 voiced frame `floor_resume_margin_db` over the floor takes it back, as the caller at the handset
 speaking again does: the room's peaks clear the floor's margin in runs, and a talking room's pause
-never reached the silence limit (babble 15 dB under: 1.2 s of pause after 2 of 34 caller lines
-instead of 25-34, reached a median 30 ms after their last word; a caller going on is heard as
-soon as before, 30-40 ms).
+rarely reached the silence limit (babble 15 dB under `bench turns`' 34 lines: 1.2 s of pause
+never came after 19-25 of them with the floor alone, after 0-2 with this rule, and began a
+median 30 ms after the last word; a caller going on is heard as soon as before, 30-40 ms).
 The floor learns nothing while a sound of ours plays with the mic open (`feed(sounding=True)`: the
 dial tone): the echo canceller's suppressor takes the room out with the tone (-95 dBFS under a
 bar), and those frames pinned the floor there for its whole window, past the greeting.
