@@ -270,20 +270,26 @@ def babble(app_settings: Settings, seconds: float) -> npt.NDArray[np.float64]:
     return out
 
 
+def _in_the_room(app_settings: Settings, caller: Pcm, db_under: float) -> tuple[Pcm, int]:
+    """The caller 2 s into `db_under` dB of babble that goes on 3 s after them, and where."""
+    room = babble(app_settings, 5.0 + len(caller) / SAMPLE_RATE)
+    level = np.sqrt(np.mean(np.square(caller.astype(np.float64))))
+    mix = room * level * 10 ** (-db_under / 20) / np.sqrt(np.mean(np.square(room)))
+    at = 2 * SAMPLE_RATE
+    mix[at : at + len(caller)] += caller
+    return np.clip(mix, -32768, 32767).astype(np.int16), at
+
+
 def test_a_caller_in_a_talking_room_is_heard_to_stop(app_settings: Settings, speech: Pcm) -> None:
     """Babble 15 dB under the caller goes on after they stop: webrtcvad calls it speech too.
     The pause the end-of-turn model waits for (turn.pause_ms) must still show, at once; it
     never came while the room talked (the turn ended when the babble did, or at 15 s)."""
-    room = babble(app_settings, 7.0)
-    level = np.sqrt(np.mean(np.square(speech.astype(np.float64))))
-    mix = room * level * 10 ** (-15 / 20) / np.sqrt(np.mean(np.square(room)))
-    at = 2 * SAMPLE_RATE
-    mix[at : at + len(speech)] += speech
+    mix, at = _in_the_room(app_settings, speech, 15)
     first, last = speech_bounds(speech)
     vad = VadEndpointer(VadSettings(), hangover_ms=1200)  # as with the end-of-turn model
     paused_at, started_at = None, None
     for start in range(0, len(mix), 480):
-        vad.feed(np.clip(mix[start : start + 480], -32768, 32767).astype(np.int16))
+        vad.feed(mix[start : start + 480])
         now = (start + 480) / SAMPLE_RATE
         if vad.in_speech and started_at is None and now > (at + first) / SAMPLE_RATE:
             started_at = now
@@ -304,16 +310,6 @@ def test_the_room_alone_starts_little_phantom_speech(app_settings: Settings) -> 
     vad = VadEndpointer(VadSettings(), hangover_ms=180)  # each pause ends one: count them all
     found = feed_all(vad, room, 480)
     assert len(found) <= 6
-
-
-def _in_the_room(app_settings: Settings, caller: Pcm, db_under: float) -> tuple[Pcm, int]:
-    """The caller 2 s into `db_under` dB of babble that goes on 3 s after them, and where."""
-    room = babble(app_settings, 5.0 + len(caller) / SAMPLE_RATE)
-    level = np.sqrt(np.mean(np.square(caller.astype(np.float64))))
-    mix = room * level * 10 ** (-db_under / 20) / np.sqrt(np.mean(np.square(room)))
-    at = 2 * SAMPLE_RATE
-    mix[at : at + len(caller)] += caller
-    return np.clip(mix, -32768, 32767).astype(np.int16), at
 
 
 @pytest.mark.parametrize("db_under", [15, 10])

@@ -318,7 +318,6 @@ class VadEndpointer:
         self.settle_frames = math.ceil(settle_ms / self.frame_ms)
         self.floor_resume_margin_db = floor_resume_margin_db
         self._floor = _RoomFloor(max(1, floor_window_ms // self.frame_ms), floor_percentile)
-        self._sounding = False  # some sound of ours with the mic open (`feed`)
         self._partial = np.zeros(0, dtype=np.int16)
         self._partial_words = self._partial  # the same samples as the words carry them
         # frames before a start: the start window plus the pre-roll
@@ -371,7 +370,6 @@ class VadEndpointer:
         over a bar's babble came out at -95 dBFS), so these frames teach nothing about the
         room; learned, they pinned the floor there for its whole window, past the greeting.
         """
-        self._sounding = sounding
         samples = np.asarray(pcm, dtype=np.int16).reshape(-1)
         spoken = samples if words is None else np.asarray(words, dtype=np.int16).reshape(-1)
         if len(spoken) != len(samples):
@@ -387,7 +385,7 @@ class VadEndpointer:
         out: list[Utterance] = []
         for offset in range(0, whole, self.frame_samples):
             span = slice(offset, offset + self.frame_samples)
-            done = self._frame(buffered[span], carried[span])
+            done = self._frame(buffered[span], carried[span], sounding)
             if done is not None:
                 out.append(done)
         self._update_pending()
@@ -463,20 +461,21 @@ class VadEndpointer:
     def _time(self, frame_index: int) -> float:
         return frame_index * self.frame_samples / self.sample_rate
 
-    def _judge(self, frame: Pcm) -> tuple[bool, float]:
+    def _judge(self, frame: Pcm, sounding: bool) -> tuple[bool, float]:
         """(voiced, over the floor): whether the frame is the caller speaking, and how far it
         stands over the room's floor (a start and a taken-back pause need a margin of it; over
-        our own voice the echo rules decide, and every voiced frame counts)."""
+        our own voice the echo rules decide, and every voiced frame counts). `sounding`: a
+        sound of ours with the mic open, which teaches the room's levels nothing (`feed`)."""
         voiced = bool(self._vad.is_speech(frame.tobytes(), self.sample_rate))
         level = frame_dbfs(frame)
         if self._over_our_voice:
             # the echo estimate is frozen while the caller speaks
             tracker = self._residual if self.echo_cancelled else self._echo
             return tracker.stands_out(level, learn=self._speech is None) and voiced, math.inf
-        if not self._sounding:  # our voice playing returned above, or was gated
+        if not sounding:  # our voice playing returned above, or was gated
             self._floor.add(level)
         if not voiced:
-            if self._speech is None and not self._sounding:
+            if self._speech is None and not sounding:
                 self._noise_db = (
                     level
                     if self._noise_db is None
@@ -491,14 +490,14 @@ class VadEndpointer:
         above = self._noise_db is None or level >= self._noise_db + self.energy_margin_db
         return above, over
 
-    def _frame(self, pcm: Pcm, words: Pcm) -> Utterance | None:
+    def _frame(self, pcm: Pcm, words: Pcm, sounding: bool) -> Utterance | None:
         index = self._next_index
         self._next_index += 1
         self.stats.frames += 1
         if self._playing and not self.barge_in:
             self.stats.gated += len(pcm)
             return None
-        frame = _Frame(words, index, *self._judge(pcm))
+        frame = _Frame(words, index, *self._judge(pcm, sounding))
         self.stats.voiced_frames += frame.voiced
         if self._speech is None:
             self._listen(frame)
