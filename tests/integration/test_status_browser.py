@@ -8,6 +8,7 @@ default privacy setting shows it on the page), healthy parts and a latency chart
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -115,7 +116,10 @@ async def test_the_page_shows_each_state_within_1_s_and_the_call_after(tmp_path:
         until = changes[index + 1][1] if index + 1 < len(changes) else float("inf")
         if until - at < SEEN_LONG_ENOUGH_S:
             continue
-        shown = [float(s["t"]) / 1000 for s in seen if s["state"] == state and s["t"] >= at * 1000]
+        # the page's clock is whole milliseconds (Date.now() floors): a state shown in the same
+        # millisecond as the change reads up to 1 ms before it
+        since_ms = math.floor(at * 1000)
+        shown = [float(s["t"]) / 1000 for s in seen if s["state"] == state and s["t"] >= since_ms]
         assert shown, f"the page never showed {state!r} (held {until - at:.2f} s): {changes} {seen}"
         assert shown[0] - at < LIMIT_S, f"{state!r} showed {shown[0] - at:.2f} s late"
     assert {"listening", "thinking", "speaking", "idle"} <= {str(s["state"]) for s in seen}
