@@ -368,3 +368,54 @@ def test_a_tone_of_ours_teaches_the_floor_nothing(app_settings: Settings) -> Non
     found += vad.flush()
     assert max((u.speech_s for u in found), default=0.0) < 1.5
     assert in_speech * 0.03 < 2.5
+
+
+def _greeting_in_the_room(
+    app_settings: Settings, caller: Pcm, speaks: bool
+) -> tuple[list[float], float]:
+    """The call's first 5 s in a room talking 15 dB under `caller`: 1.5 s of dial tone, then
+    our greeting, with the room heard through the words' filter (`words`, its own array) and
+    AEC3's output as `pcm`. Under the dial tone AEC3's suppressor takes the room out (-95
+    dBFS); under the greeting it passes the room. With `speaks` the caller starts 3.5 s in.
+    Returns when each utterance started, and when the caller began (inf: never)."""
+    room = babble(app_settings, 5.0)
+    level = np.sqrt(np.mean(np.square(room.astype(np.float64))))
+    room = room * np.sqrt(np.mean(np.square(caller.astype(np.float64)))) / level * 10**-0.75
+    at, began = int(3.5 * SAMPLE_RATE), np.inf
+    if speaks:
+        room[at : at + len(caller)] += caller[: len(room) - at]
+        began = (at + speech_bounds(caller)[0]) / SAMPLE_RATE
+    mic = np.clip(room, -32768, 32767).astype(np.int16)
+    suppressed = add_noise(silence(1.5), 95, reference=np.full(16, 32767, np.int16))
+    vad = VadEndpointer(VadSettings(), barge_in=True, echo_cancelled=True)
+    starts: list[float] = []
+    for start in range(0, len(mic), 480):
+        now = start / SAMPLE_RATE
+        words = mic[start : start + 480]
+        tone = now < 1.5
+        vad.gate(not tone)
+        pcm = suppressed[start : start + 480] if tone else words.copy()
+        was = vad.in_speech
+        vad.feed(pcm, words, sounding=tone)
+        if vad.in_speech and not was:
+            starts.append(now)
+    return starts, began
+
+
+def test_a_talking_room_does_not_talk_over_the_greeting(app_settings: Settings) -> None:
+    """Nobody at the handset in a bar: the room's babble must not start speech over the
+    greeting (a barge-in that stops it, then a phantom turn). The room's floor could not be
+    learned from AEC3's output (nothing under the dial tone, never over our voice), so any
+    babble frame over the echo's residue started speech; the words' filter shows the room as
+    it is, and a start over our voice needs frames well over it, as elsewhere."""
+    caller = piper(app_settings, "Hang on, I need a taxi.")
+    starts, _ = _greeting_in_the_room(app_settings, caller, speaks=False)
+    assert not starts, f"the room started speech over the greeting at {starts} s"
+
+
+def test_a_caller_talks_over_the_greeting_in_a_talking_room(app_settings: Settings) -> None:
+    """...while the caller at the handset, 15 dB over the room, still stops it at once."""
+    caller = piper(app_settings, "Hang on, I need a taxi.")
+    starts, began = _greeting_in_the_room(app_settings, caller, speaks=True)
+    caught = [s for s in starts if s >= began - 0.1]
+    assert caught and caught[0] - began < 0.2

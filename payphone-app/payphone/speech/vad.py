@@ -40,9 +40,18 @@ speaking again does: the room's peaks clear the floor's margin in runs, and a ta
 rarely reached the silence limit (babble 15 dB under `bench turns`' 34 lines: 1.2 s of pause
 never came after 19-25 of them with the floor alone, after 0-2 with this rule, and began a
 median 30 ms after the last word; a caller going on is heard as soon as before, 30-40 ms).
-The floor learns nothing while a sound of ours plays with the mic open (`feed(sounding=True)`: the
-dial tone): the echo canceller's suppressor takes the room out with the tone (-95 dBFS under a
-bar), and those frames pinned the floor there for its whole window, past the greeting.
+The echo canceller's suppressor takes the room out with our own sounds (the dial tone over a
+bar's babble came out at -95 dBFS), and over our voice it passes the room only as what its
+echo rules call residue. So when the words come through a filter of their own (`feed(pcm,
+words)`, speexdsp's linear filter: it subtracts our echo and leaves the room alone) the floor and
+every margin over it are measured on the words, under the dial tone and the greeting too, and a
+start over our voice needs the same frames well over the floor as any other. Learned from AEC3's
+output alone, the floor knew nothing at the start of a call: in a bar with nobody at the handset
+(babble 15 dB under the bench's callers, 6 calls of 8 s) the room was heard as a "hello?" over
+the dial tone in 5 calls, paused our voice 10 times and cut it off 8 times, and started 8 turns
+(3 answered); with the words' floor: 3, 3, 0 and 4 (1 answered).
+Without a second filter, frames under a sound of ours (`sounding`) or our voice teach the floor
+nothing (pinned at -95 dBFS it made the babble after the tone all caller).
 In a quiet room the floor is the room's hiss and changes nothing, except that an unbroken
 monologue's softest frames fall under it once it has filled the window (six 8-10 s monologues
 with -50 dBFS hiss: 45 pauses of 90 ms instead of 22), each soon stale: the end-of-turn model
@@ -365,11 +374,17 @@ class VadEndpointer:
 
         `words`: the same samples as the utterances should carry them (the mic through another
         echo filter, for Whisper); None: `pcm` itself. Only `pcm` decides what is speech.
-        `sounding`: some sound of ours is in the earpiece with the mic open (the dial tone, a
-        key's tone): the echo canceller's suppressor takes the room out with it (the dial tone
-        over a bar's babble came out at -95 dBFS), so these frames teach nothing about the
-        room; learned, they pinned the floor there for its whole window, past the greeting.
+        `words` as an array of its own (not `pcm` again) is a second filter's view of the room:
+        the room's floor is learned from it. `sounding`: some sound of ours is in the earpiece
+        with the mic open (the dial tone, a key's tone): the echo canceller's suppressor takes
+        the room out with it (the dial tone over a bar's babble came out at -95 dBFS), so
+        without a words channel these frames teach nothing about the room; learned, they
+        pinned the floor there for its whole window, past the greeting.
         """
+        # a words channel of its own (not `pcm` again, as without a second filter) shows the
+        # room as it is, where the echo canceller's suppressor hides it: under the dial tone and
+        # our voice
+        own_words = words is not None and words is not pcm
         samples = np.asarray(pcm, dtype=np.int16).reshape(-1)
         spoken = samples if words is None else np.asarray(words, dtype=np.int16).reshape(-1)
         if len(spoken) != len(samples):
@@ -385,7 +400,7 @@ class VadEndpointer:
         out: list[Utterance] = []
         for offset in range(0, whole, self.frame_samples):
             span = slice(offset, offset + self.frame_samples)
-            done = self._frame(buffered[span], carried[span], sounding)
+            done = self._frame(buffered[span], carried[span], sounding, own_words)
             if done is not None:
                 out.append(done)
         self._update_pending()
@@ -461,19 +476,27 @@ class VadEndpointer:
     def _time(self, frame_index: int) -> float:
         return frame_index * self.frame_samples / self.sample_rate
 
-    def _judge(self, frame: Pcm, sounding: bool) -> tuple[bool, float]:
+    def _judge(self, frame: Pcm, sounding: bool, room: Pcm | None) -> tuple[bool, float]:
         """(voiced, over the floor): whether the frame is the caller speaking, and how far it
-        stands over the room's floor (a start and a taken-back pause need a margin of it; over
-        our own voice the echo rules decide, and every voiced frame counts). `sounding`: a
-        sound of ours with the mic open, which teaches the room's levels nothing (`feed`)."""
+        stands over the room's floor (a start and a taken-back pause need a margin of it).
+        `room`: the same frame through the words' echo filter, which only subtracts our echo
+        and leaves the room alone: the floor and the margins are measured on it, under our
+        voice and the dial tone too. Without it, over our own voice the echo rules decide and
+        every voiced frame counts, and `sounding` (a sound of ours with the mic open) frames
+        teach the room's levels nothing (`feed`)."""
         voiced = bool(self._vad.is_speech(frame.tobytes(), self.sample_rate))
         level = frame_dbfs(frame)
+        room_db = level if room is None else frame_dbfs(room)
+        if room is not None or not (sounding or self._over_our_voice):
+            self._floor.add(room_db)
+        over = room_db - self._floor.level_db()
         if self._over_our_voice:
             # the echo estimate is frozen while the caller speaks
             tracker = self._residual if self.echo_cancelled else self._echo
-            return tracker.stands_out(level, learn=self._speech is None) and voiced, math.inf
-        if not sounding:  # our voice playing returned above, or was gated
-            self._floor.add(level)
+            voiced = tracker.stands_out(level, learn=self._speech is None) and voiced
+            if room is None:
+                return voiced, math.inf
+            return voiced and over >= self.floor_margin_db, over
         if not voiced:
             if self._speech is None and not sounding:
                 self._noise_db = (
@@ -482,7 +505,6 @@ class VadEndpointer:
                     else self._noise_db + NOISE_ALPHA * (level - self._noise_db)
                 )
             return False, -math.inf
-        over = level - self._floor.level_db()
         if over < self.floor_margin_db:
             return False, over  # the room talking, not the caller at the handset
         # webrtcvad keeps saying "speech" for a few frames after it ends (its own overhang);
@@ -490,14 +512,14 @@ class VadEndpointer:
         above = self._noise_db is None or level >= self._noise_db + self.energy_margin_db
         return above, over
 
-    def _frame(self, pcm: Pcm, words: Pcm, sounding: bool) -> Utterance | None:
+    def _frame(self, pcm: Pcm, words: Pcm, sounding: bool, own_words: bool) -> Utterance | None:
         index = self._next_index
         self._next_index += 1
         self.stats.frames += 1
         if self._playing and not self.barge_in:
             self.stats.gated += len(pcm)
             return None
-        frame = _Frame(words, index, *self._judge(pcm, sounding))
+        frame = _Frame(words, index, *self._judge(pcm, sounding, words if own_words else None))
         self.stats.voiced_frames += frame.voiced
         if self._speech is None:
             self._listen(frame)
