@@ -270,11 +270,23 @@ def babble(app_settings: Settings, seconds: float) -> npt.NDArray[np.float64]:
     return out
 
 
+def _room_under(
+    app_settings: Settings, caller: Pcm, db_under: float, seconds: float
+) -> npt.NDArray[np.float64]:
+    """`seconds` of babble `db_under` dB under the caller's level."""
+    room = babble(app_settings, seconds)
+    level = np.sqrt(np.mean(np.square(caller.astype(np.float64))))
+    return room * level * 10 ** (-db_under / 20) / np.sqrt(np.mean(np.square(room)))
+
+
+def _under_our_tone(seconds: float) -> Pcm:
+    """AEC3's output under the dial tone: its suppressor takes the room out (-95 dBFS)."""
+    return add_noise(silence(seconds), 95, reference=np.full(16, 32767, np.int16))
+
+
 def _in_the_room(app_settings: Settings, caller: Pcm, db_under: float) -> tuple[Pcm, int]:
     """The caller 2 s into `db_under` dB of babble that goes on 3 s after them, and where."""
-    room = babble(app_settings, 5.0 + len(caller) / SAMPLE_RATE)
-    level = np.sqrt(np.mean(np.square(caller.astype(np.float64))))
-    mix = room * level * 10 ** (-db_under / 20) / np.sqrt(np.mean(np.square(room)))
+    mix = _room_under(app_settings, caller, db_under, 5.0 + len(caller) / SAMPLE_RATE)
     at = 2 * SAMPLE_RATE
     mix[at : at + len(caller)] += caller
     return np.clip(mix, -32768, 32767).astype(np.int16), at
@@ -357,7 +369,7 @@ def test_a_tone_of_ours_teaches_the_floor_nothing(app_settings: Settings) -> Non
     dBFS). Learned, those frames pinned the floor there for its whole window: after them the
     room's babble was all caller, one utterance of 3.5 s."""
     room = np.clip(babble(app_settings, 8.0) * 0.1, -32768, 32767).astype(np.int16)
-    suppressed = add_noise(silence(3.0), 95, reference=np.full(16, 32767, np.int16))
+    suppressed = _under_our_tone(3.0)
     vad = VadEndpointer(VadSettings(), hangover_ms=180)
     feed_all(vad, room[: 3 * SAMPLE_RATE], 480)  # the room, before the tone
     vad.feed(suppressed, sounding=True)
@@ -375,18 +387,16 @@ def _greeting_in_the_room(
 ) -> tuple[list[float], float]:
     """The call's first 5 s in a room talking 15 dB under `caller`: 1.5 s of dial tone, then
     our greeting, with the room heard through the words' filter (`words`, its own array) and
-    AEC3's output as `pcm`. Under the dial tone AEC3's suppressor takes the room out (-95
-    dBFS); under the greeting it passes the room. With `speaks` the caller starts 3.5 s in.
+    AEC3's output as `pcm`: under the dial tone `_under_our_tone`, under the greeting the
+    room. With `speaks` the caller starts 3.5 s in.
     Returns when each utterance started, and when the caller began (inf: never)."""
-    room = babble(app_settings, 5.0)
-    level = np.sqrt(np.mean(np.square(room.astype(np.float64))))
-    room = room * np.sqrt(np.mean(np.square(caller.astype(np.float64)))) / level * 10**-0.75
+    room = _room_under(app_settings, caller, 15, 5.0)
     at, began = int(3.5 * SAMPLE_RATE), np.inf
     if speaks:
         room[at : at + len(caller)] += caller[: len(room) - at]
         began = (at + speech_bounds(caller)[0]) / SAMPLE_RATE
     mic = np.clip(room, -32768, 32767).astype(np.int16)
-    suppressed = add_noise(silence(1.5), 95, reference=np.full(16, 32767, np.int16))
+    suppressed = _under_our_tone(1.5)
     vad = VadEndpointer(VadSettings(), barge_in=True, echo_cancelled=True)
     starts: list[float] = []
     for start in range(0, len(mic), 480):

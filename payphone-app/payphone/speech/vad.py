@@ -381,9 +381,6 @@ class VadEndpointer:
         without a words channel these frames teach nothing about the room; learned, they
         pinned the floor there for its whole window, past the greeting.
         """
-        # a words channel of its own (not `pcm` again, as without a second filter) shows the
-        # room as it is, where the echo canceller's suppressor hides it: under the dial tone and
-        # our voice
         own_words = words is not None and words is not pcm
         samples = np.asarray(pcm, dtype=np.int16).reshape(-1)
         spoken = samples if words is None else np.asarray(words, dtype=np.int16).reshape(-1)
@@ -489,14 +486,16 @@ class VadEndpointer:
         room_db = level if room is None else frame_dbfs(room)
         if room is not None or not (sounding or self._over_our_voice):
             self._floor.add(room_db)
-        over = room_db - self._floor.level_db()
         if self._over_our_voice:
             # the echo estimate is frozen while the caller speaks
             tracker = self._residual if self.echo_cancelled else self._echo
             voiced = tracker.stands_out(level, learn=self._speech is None) and voiced
             if room is None:
                 return voiced, math.inf
-            return voiced and over >= self.floor_margin_db, over
+            if not voiced:
+                return False, -math.inf
+            over = room_db - self._floor.level_db()
+            return over >= self.floor_margin_db, over
         if not voiced:
             if self._speech is None and not sounding:
                 self._noise_db = (
@@ -505,6 +504,7 @@ class VadEndpointer:
                     else self._noise_db + NOISE_ALPHA * (level - self._noise_db)
                 )
             return False, -math.inf
+        over = room_db - self._floor.level_db()
         if over < self.floor_margin_db:
             return False, over  # the room talking, not the caller at the handset
         # webrtcvad keeps saying "speech" for a few frames after it ends (its own overhang);
